@@ -1,0 +1,154 @@
+// `hipserve bench`: llama-bench-style throughput. pp<N>: prefill N random tokens into an empty cache;
+// tg<N>: N single-token decode steps after a (untimed) prefill of --depth tokens. Each test runs once to warm
+// up, then -r times; we report mean ± sample standard deviation of tokens/s.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/cli.h"
+#include "apps/commands.h"
+#include "apps/loader.h"
+#include "model/kv_cache.h"
+#include "util/common.h"
+
+namespace hs::cli {
+
+namespace {
+
+struct BenchResult {
+  std::string test;  // "pp512", "tg128", "tg128@d4096"
+  int n_prompt = 0, n_gen = 0, depth = 0;
+  std::vector<double> tok_per_s;
+  double mean() const {
+    double s = 0;
+    for (double x : tok_per_s) s += x;
+    return tok_per_s.empty() ? 0 : s / tok_per_s.size();
+  }
+  double stddev() const {
+    if (tok_per_s.size() < 2) return 0;
+    const double m = mean();
+    double s = 0;
+    for (double x : tok_per_s) s += (x - m) * (x - m);
+    return std::sqrt(s / (tok_per_s.size() - 1));
+  }
+};
+
+}  // namespace
+
+int cmd_bench(const std::vector<std::string>& args) {
+  CommonArgs common;
+  std::vector<int> prompts = {512}, gens = {128}, depths = {0};
+  int reps = 3;
+  bool json = false, help = false;
+  OptionTable t;
+  add_common_options(t, common);
+  t.add({"-p", "--n-prompt", "N[,N...]", "prefill tests: prompt lengths (default: 512; 0 = none)",
+         [&](const std::string& v) { prompts = parse_int_list("--n-prompt", v, 0, 1 << 22); }});
+  t.add({"-n", "--n-gen", "N[,N...]", "decode tests: tokens generated (default: 128; 0 = none)",
+         [&](const std::string& v) { gens = parse_int_list("--n-gen", v, 0, 1 << 22); }});
+  t.add({"-d", "--depth", "N[,N...]", "context already in the cache for decode tests (default: 0)",
+         [&](const std::string& v) { depths = parse_int_list("--depth", v, 0, 1 << 22); }});
+  t.add({"-r", "--repetitions", "N", "timed repetitions per test (default: 3)",
+         [&](const std::string& v) { reps = parse_int("--repetitions", v, 1, 1000); }});
+  t.add({"", "--json", "", "print results as JSON on stdout", [&](const std::string&) { json = true; }});
+  t.add({"-h", "--help", "", "show this help", [&](const std::string&) { help = true; }});
+  const std::vector<std::string> pos = t.parse(args);
+  if (help) {
+    std::printf("usage: hipserve bench [options]\n\n%s", t.help().c_str());
+    return 0;
+  }
+  HS_CHECK(pos.empty(), "unexpected argument '%s'", pos[0].c_str());
+
+  int need = 1;
+  for (int p : prompts) need = std::max(need, p + 1);
+  for (int g : gens)
+    for (int d : depths) need = std::max(need, d + g + 1);
+  if (common.ctx <= 0) common.ctx = need;
+  HS_CHECK(common.ctx >= need, "-c %d is too small for these tests (need %d)", common.ctx, need);
+
+  LoadedModel lm = load_model(common, json);
+  Model& model = *lm.model;
+  const ModelConfig& c = model.config();
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> pick(0, c.n_vocab - 1);
+  auto random_tokens = [&](int n) {
+    std::vector<int32_t> v(n);
+    for (auto& x : v) x = pick(rng);
+    return v;
+  };
+  std::vector<float> logits(c.n_vocab);
+  using clock = std::chrono::steady_clock;
+
+  std::vector<BenchResult> results;
+  for (int p : prompts) {
+    if (p <= 0) continue;
+    BenchResult r;
+    r.test = strfmt("pp%d", p);
+    r.n_prompt = p;
+    const std::vector<int32_t> toks = random_tokens(p);
+    for (int rep = -1; rep < reps; ++rep) {
+      KvCache cache(c, lm.n_ctx);
+      const auto t0 = clock::now();
+      model.prefill(cache, toks, logits.data(), *lm.pool);
+      const double s = std::chrono::duration<double>(clock::now() - t0).count();
+      if (rep >= 0) r.tok_per_s.push_back(p / s);
+    }
+    results.push_back(r);
+  }
+  for (int g : gens) {
+    if (g <= 0) continue;
+    for (int d : depths) {
+      BenchResult r;
+      r.test = d > 0 ? strfmt("tg%d@d%d", g, d) : strfmt("tg%d", g);
+      r.n_gen = g;
+      r.depth = d;
+      const std::vector<int32_t> ctx_toks = random_tokens(std::max(d, 1));
+      const std::vector<int32_t> gen_toks = random_tokens(g);
+      KvCache cache(c, lm.n_ctx);
+      if (d > 0) model.prefill(cache, ctx_toks, nullptr, *lm.pool);
+      for (int rep = -1; rep < reps; ++rep) {
+        cache.truncate(d);
+        const auto t0 = clock::now();
+        for (int i = 0; i < g; ++i) model.prefill(cache, std::span<const int32_t>(&gen_toks[i], 1), logits.data(), *lm.pool);
+        const double s = std::chrono::duration<double>(clock::now() - t0).count();
+        if (rep >= 0) r.tok_per_s.push_back(g / s);
+      }
+      results.push_back(r);
+    }
+  }
+
+  int64_t params = 0;
+  for (const auto& ti : model.file().tensors()) params += ti.n_elements;
+  const double size_mib = double(model.weight_bytes()) / (1 << 20);
+  const double peak = peak_rss_mib();
+  if (json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const BenchResult& r : results)
+      out.push_back({{"model", c.name},
+                     {"model_size_bytes", model.weight_bytes()},
+                     {"params", params},
+                     {"threads", lm.pool->size()},
+                     {"test", r.test},
+                     {"n_prompt", r.n_prompt},
+                     {"n_gen", r.n_gen},
+                     {"depth", r.depth},
+                     {"samples_ts", r.tok_per_s},
+                     {"avg_ts", r.mean()},
+                     {"stddev_ts", r.stddev()},
+                     {"peak_rss_mib", peak}});
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("| model                          |       size |     params | backend | threads |         test |              t/s |\n");
+  std::printf("| ------------------------------ | ---------: | ---------: | ------- | ------: | -----------: | ---------------: |\n");
+  for (const BenchResult& r : results)
+    std::printf("| %-30s | %6.2f MiB | %8.2f M | CPU     | %7d | %12s | %8.2f ± %5.2f |\n", c.name.substr(0, 30).c_str(),
+                size_mib, params / 1e6, lm.pool->size(), r.test.c_str(), r.mean(), r.stddev());
+  std::printf("\npeak memory (max RSS): %.1f MiB\n", peak);
+  return 0;
+}
+
+}  // namespace hs::cli

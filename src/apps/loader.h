@@ -1,0 +1,25 @@
+// Loads the model named by the common options, with the pool and context size every command needs.
+#pragma once
+
+#include <memory>
+
+#include "apps/cli.h"
+#include "model/llama.h"
+#include "util/thread_pool.h"
+
+namespace hs::cli {
+
+struct LoadedModel {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<ThreadPool> pool;
+  int32_t n_ctx = 0;
+  double load_ms = 0;
+};
+
+// Prints one summary line (and the metadata with --verbose) to stderr.
+LoadedModel load_model(const CommonArgs& args, bool quiet = false);
+
+// Peak resident memory of this process so far, in MiB (getrusage).
+double peak_rss_mib();
+
+}  // namespace hs::cli

@@ -1,0 +1,311 @@
+#include "backends/cpu/matmul.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <vector>
+
+#include "backends/cpu/cpu_features.h"
+#include "backends/cpu/quants.h"
+#include "backends/cpu/quants_testutil.h"
+#include "model/gguf.h"
+#include "util/common.h"
+
+namespace hs::cpu {
+namespace {
+
+// Restores the SIMD path on scope exit.
+struct PathGuard {
+  SimdPath saved = simd_path();
+  ~PathGuard() { set_simd_path(saved); }
+};
+
+bool is_int_type(GgmlType t) {
+  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0 || t == GgmlType::Q4_K ||
+         t == GgmlType::Q5_K || t == GgmlType::Q6_K;
+}
+
+// |m| of the block holding each column (the additive term of Q4_1 / Q4_K / Q5_K; 0 for other types).
+std::vector<float> column_mins(GgmlType t, const uint8_t* row, int64_t cols) {
+  std::vector<float> m(size_t(cols), 0.0f);
+  for (int64_t c = 0; c < cols; ++c) {
+    if (t == GgmlType::Q4_1) {
+      m[size_t(c)] = std::fabs(fp16_to_fp32(reinterpret_cast<const BlockQ4_1*>(row)[c / 32].m));
+    } else if (t == GgmlType::Q4_K || t == GgmlType::Q5_K) {
+      const size_t bb = ggml_traits(t).block_bytes;
+      const uint8_t* blk = row + size_t(c / 256) * bb;
+      uint16_t dmin;
+      std::memcpy(&dmin, blk + 2, 2);
+      uint8_t sc, mn;
+      get_scale_min_k4(int(c % 256) / 32, blk + 4, &sc, &mn);
+      m[size_t(c)] = std::fabs(fp16_to_fp32(dmin) * mn);
+    }
+  }
+  return m;
+}
+
+// Error bound for y[t][r] of matmul vs the exact product (matmul_ref) for weights w and activations x.
+//
+// int8 activations (integer types): per 32-block b of token t the activation scale is d_b = max|x_b| / 127
+// and each element is rounded to the nearest multiple of d_b, so |x_c - x^_c| <= d_b / 2 = max|x_b| / 254.
+// The integer dot products are exact (|sum| < 2^24), so the quantization error of y is at most
+//     E_q = sum_b (max|x_b| / 254) * sum_{c in b} |W_c|.
+// The fp32 part (scale products, conversion, one fma per block per lane, a final horizontal sum; or K/8 fmas
+// per lane on the fp32 path) adds relative errors of a few ulps per accumulated term; the terms summed are
+// bounded by (|W_c| + 2 |m_b|) |x_c| (the min term m * sum(x) and d * u * x are accumulated separately), so
+//     E_f = (K / 8 + 8) * 2^-23 * sum_c (|W_c| + 2 |m_c|) |x_c|   (conservative: assumes every rounding
+//     adds).
+struct Bound {
+  std::vector<double> tol;  // [t][r]
+};
+
+Bound error_bound(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx, bool exact_x) {
+  Bound b;
+  b.tol.assign(size_t(n_tokens * w.rows), 0.0);
+  std::vector<float> row(size_t(w.cols));
+  const double fp_factor = (double(w.cols) / 8 + 8) * std::ldexp(1.0, -23);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    const uint8_t* src = static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes;
+    dequantize_row_ref(w.type, src, row.data(), w.cols);
+    const auto mins = column_mins(w.type, src, w.cols);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const float* xt = x + t * ldx;
+      double eq = 0, ef = 0;
+      for (int64_t c0 = 0; c0 < w.cols; c0 += 32) {
+        double amax = 0, wsum = 0;
+        for (int64_t c = c0; c < std::min(c0 + 32, w.cols); ++c) {
+          amax = std::max(amax, double(std::fabs(xt[c])));
+          wsum += std::fabs(row[size_t(c)]);
+          ef += (std::fabs(row[size_t(c)]) + 2.0 * mins[size_t(c)]) * std::fabs(xt[c]);
+        }
+        eq += amax / 254.0 * wsum;
+      }
+      const double int_part = is_int_type(w.type) && !exact_x ? eq * 1.0001 : 0.0;
+      b.tol[size_t(t * w.rows + r)] = int_part + fp_factor * ef + 1e-30;
+    }
+  }
+  return b;
+}
+
+struct Case {
+  GgmlType type;
+  int64_t rows, cols, n_tokens;
+};
+
+std::vector<float> random_x(std::mt19937& rng, int64_t n_tokens, int64_t ldx, int64_t cols) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(size_t(n_tokens * ldx), NAN);  // padding columns are NaN: must never be read
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t c = 0; c < cols; ++c) x[size_t(t * ldx + c)] = nd(rng) * (c % 7 == 0 ? 4.0f : 1.0f);
+  return x;
+}
+
+// x whose int8 quantization is exact: per block of 32 a power-of-two step s and integers k in [-127, 127]
+// with one |k| = 127, so d = 127 s / 127 = s exactly and q = x / s = k exactly.
+std::vector<float> exact_x(std::mt19937& rng, int64_t n_tokens, int64_t ldx, int64_t cols) {
+  std::vector<float> x(size_t(n_tokens * ldx), NAN);
+  std::uniform_int_distribution<int> k(-127, 127), e(-6, 3);
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t c0 = 0; c0 < cols; c0 += 32) {
+      const float s = std::ldexp(1.0f, e(rng));
+      const int64_t c1 = std::min(c0 + 32, cols);
+      for (int64_t c = c0; c < c1; ++c) x[size_t(t * ldx + c)] = s * float(k(rng));
+      x[size_t(t * ldx + c0 + int64_t(rng() % uint32_t(c1 - c0)))] = (rng() & 1) ? 127 * s : -127 * s;
+    }
+  return x;
+}
+
+// Runs matmul for every SIMD path and thread count and checks it against matmul_ref within the bound.
+void check_case(const Case& cs, std::mt19937& rng, bool exact, const std::vector<ThreadPool*>& pools) {
+  const int64_t ldx = cs.cols + 3, ldy = cs.rows + 5;
+  std::vector<uint8_t> wbytes;
+  for (int64_t r = 0; r < cs.rows; ++r) {
+    auto row = testutil::random_row(cs.type, cs.cols, rng);
+    wbytes.insert(wbytes.end(), row.begin(), row.end());
+  }
+  const MatmulWeight w = make_weight(cs.type, wbytes.data(), cs.rows, cs.cols);
+  const auto x = exact ? exact_x(rng, cs.n_tokens, ldx, cs.cols) : random_x(rng, cs.n_tokens, ldx, cs.cols);
+  std::vector<float> yref(size_t(cs.n_tokens * ldy), 0.0f);
+  matmul_ref(w, x.data(), cs.n_tokens, ldx, yref.data(), ldy);
+  const Bound bound = error_bound(w, x.data(), cs.n_tokens, ldx, exact);
+  PathGuard guard;
+  for (SimdPath path : supported_simd_paths()) {
+    set_simd_path(path);
+    for (ThreadPool* pool : pools) {
+      std::vector<float> y(size_t(cs.n_tokens * ldy), -7.0f);
+      matmul(w, x.data(), cs.n_tokens, ldx, y.data(), ldy, *pool);
+      for (int64_t t = 0; t < cs.n_tokens; ++t) {
+        for (int64_t r = 0; r < cs.rows; ++r) {
+          const double got = y[size_t(t * ldy + r)], want = yref[size_t(t * ldy + r)];
+          const double tol = bound.tol[size_t(t * cs.rows + r)];
+          ASSERT_LE(std::fabs(got - want), tol)
+              << ggml_traits(cs.type).name << " rows=" << cs.rows << " cols=" << cs.cols
+              << " n_tokens=" << cs.n_tokens << " path=" << simd_path_name(path)
+              << " threads=" << pool->size() << " t=" << t << " r=" << r << (exact ? " exact-x" : "")
+              << " got " << got << " want " << want;
+        }
+        for (int64_t r = cs.rows; r < ldy; ++r)
+          ASSERT_EQ(y[size_t(t * ldy + r)], -7.0f) << "wrote into ldy padding";
+      }
+    }
+  }
+}
+
+int64_t cols_for(GgmlType t, int i) {
+  const int64_t bs = ggml_traits(t).block_size;
+  if (bs == 256) return i == 0 ? 256 : 768;
+  if (bs == 32) return i == 0 ? 160 : 576;  // 5 blocks (odd), 18 blocks
+  return i == 0 ? 100 : 264;                // not a multiple of 8
+}
+
+class MatmulTest : public ::testing::Test {
+ protected:
+  ThreadPool p1{1}, p2{2}, p3{3};
+  std::vector<ThreadPool*> pools{&p1, &p2, &p3};
+};
+
+TEST_F(MatmulTest, MatchesRefAllTypesShapesThreadsPaths) {
+  std::mt19937 rng(42);
+  for (GgmlType t : testutil::all_types())
+    for (int ci = 0; ci < 2; ++ci)
+      for (int64_t rows : {1, 7, 33, 67})
+        for (int64_t n_tokens : {1, 3, 17, 64}) {
+          if (ci == 1 && rows == 67 && n_tokens == 64) continue;  // keep the run short
+          check_case({t, rows, cols_for(t, ci), n_tokens}, rng, false, pools);
+        }
+}
+
+TEST_F(MatmulTest, ExactActivationsAreExactUpToFp32Summation) {
+  std::mt19937 rng(43);
+  for (GgmlType t : testutil::all_types())
+    for (int64_t n_tokens : {1, 2, 5, 19}) check_case({t, 37, cols_for(t, 1), n_tokens}, rng, true, pools);
+}
+
+TEST_F(MatmulTest, LargeRowCountsAndTokenTails) {
+  // More rows than one work item, token counts around the tile sizes.
+  std::mt19937 rng(44);
+  for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0})
+    for (int64_t n_tokens : {4, 7, 8, 9, 31}) check_case({t, 301, 64, n_tokens}, rng, false, pools);
+}
+
+TEST_F(MatmulTest, ZeroActivationsGiveZero) {
+  std::mt19937 rng(45);
+  for (GgmlType t : testutil::all_types()) {
+    const int64_t cols = cols_for(t, 0), rows = 19, n = 9;
+    std::vector<uint8_t> wb;
+    for (int r = 0; r < rows; ++r) {
+      auto row = testutil::random_row(t, cols, rng);
+      wb.insert(wb.end(), row.begin(), row.end());
+    }
+    const MatmulWeight w = make_weight(t, wb.data(), rows, cols);
+    std::vector<float> x(size_t(n * cols), 0.0f), y(size_t(n * rows), 1.0f);
+    for (int k : {1, 5}) {  // GEMV and GEMM
+      matmul(w, x.data(), k, cols, y.data(), rows, p2);
+      for (int64_t i = 0; i < k * rows; ++i) ASSERT_EQ(y[size_t(i)], 0.0f) << ggml_traits(t).name;
+    }
+  }
+}
+
+TEST_F(MatmulTest, GetRowMatchesRef) {
+  std::mt19937 rng(46);
+  for (GgmlType t : testutil::all_types()) {
+    const int64_t cols = cols_for(t, 1), rows = 5;
+    std::vector<uint8_t> wb;
+    for (int r = 0; r < rows; ++r) {
+      auto row = testutil::random_row(t, cols, rng);
+      wb.insert(wb.end(), row.begin(), row.end());
+    }
+    const MatmulWeight w = make_weight(t, wb.data(), rows, cols);
+    std::vector<float> a(static_cast<size_t>(cols)), b(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      get_row(w, r, a.data());
+      dequantize_row_ref(t, wb.data() + size_t(r) * w.row_bytes, b.data(), cols);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), size_t(cols) * 4)) << ggml_traits(t).name;
+    }
+    EXPECT_THROW(get_row(w, rows, a.data()), Error);
+  }
+}
+
+TEST_F(MatmulTest, RejectsBadArguments) {
+  std::vector<uint8_t> wb(20 * 4);
+  std::vector<float> x(64), y(64);
+  MatmulWeight w = make_weight(GgmlType::Q4_1, wb.data(), 2, 64);
+  EXPECT_THROW(matmul(w, x.data(), 1, 63, y.data(), 2, p1), Error);  // ldx < cols
+  EXPECT_THROW(matmul(w, x.data(), 1, 64, y.data(), 1, p1), Error);  // ldy < rows
+  w.cols = 48;
+  EXPECT_THROW(matmul(w, x.data(), 1, 64, y.data(), 2, p1), Error);  // partial block
+  w = make_weight(GgmlType::Q4_1, wb.data(), 2, 64);
+  w.row_bytes = 20;
+  EXPECT_THROW(matmul(w, x.data(), 1, 64, y.data(), 2, p1), Error);  // rows overlap
+  EXPECT_THROW(make_weight(GgmlType::Q4_1, wb.data(), 2, 50), Error);
+}
+
+TEST_F(MatmulTest, EnvOverrideNames) {
+  EXPECT_STREQ(simd_path_name(SimdPath::kAvx2), "avx2");
+  EXPECT_STREQ(simd_path_name(SimdPath::kAvx512), "avx512");
+  EXPECT_EQ(supported_simd_paths().front(), SimdPath::kAvx2);
+  if (!cpu_features().has_avx512_path()) {
+    EXPECT_THROW(set_simd_path(SimdPath::kAvx512), Error);
+  }
+}
+
+// ---- the real model
+// -----------------------------------------------------------------------------------------
+
+const char* kModelPath = HIPSERVE_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+TEST_F(MatmulTest, RealModelWeights) {
+  if (!std::filesystem::exists(kModelPath)) GTEST_SKIP() << "model not present: " << kModelPath;
+  auto file = gguf::File::open(kModelPath);
+  std::mt19937 rng(47);
+  struct Want {
+    const char* name;
+    GgmlType type;
+  };
+  for (const Want& want :
+       {Want{"blk.0.ffn_down.weight", GgmlType::Q4_1}, Want{"blk.3.attn_q.weight", GgmlType::Q4_1},
+        Want{"token_embd.weight", GgmlType::Q8_0}}) {
+    const gguf::TensorInfo* ti = file->find_tensor(want.name);
+    ASSERT_NE(ti, nullptr) << want.name;
+    ASSERT_EQ(ti->type, want.type) << want.name;
+    ASSERT_EQ(ti->dims.size(), 2u);
+    const MatmulWeight w = make_weight(ti->type, ti->data, ti->dims[1], ti->dims[0]);
+    for (int64_t n_tokens : {1, 6}) {
+      const int64_t ldx = w.cols, ldy = w.rows;
+      const auto x = random_x(rng, n_tokens, ldx, w.cols);
+      std::vector<float> yref(size_t(n_tokens * ldy)), y(size_t(n_tokens * ldy));
+      matmul_ref(w, x.data(), n_tokens, ldx, yref.data(), ldy);
+      const Bound bound = error_bound(w, x.data(), n_tokens, ldx, false);
+      PathGuard guard;
+      for (SimdPath path : supported_simd_paths()) {
+        set_simd_path(path);
+        matmul(w, x.data(), n_tokens, ldx, y.data(), ldy, p2);
+        double max_err = 0, max_ratio = 0;
+        for (size_t i = 0; i < y.size(); ++i) {
+          const int64_t t = int64_t(i) / ldy, r = int64_t(i) % ldy;
+          const double err = std::fabs(double(y[i]) - yref[i]), tol = bound.tol[size_t(t * w.rows + r)];
+          ASSERT_LE(err, tol) << want.name << " " << simd_path_name(path) << " t=" << t << " r=" << r;
+          max_err = std::max(max_err, err);
+          max_ratio = std::max(max_ratio, err / tol);
+        }
+        RecordProperty(std::string(want.name) + "." + simd_path_name(path) + ".n" + std::to_string(n_tokens) +
+                           ".max_err_over_bound",
+                       std::to_string(max_ratio));
+      }
+    }
+    // Embedding lookups are exact.
+    std::vector<float> a(size_t(w.cols)), b(size_t(w.cols));
+    for (int64_t r : {int64_t(0), w.rows / 2, w.rows - 1}) {
+      get_row(w, r, a.data());
+      dequantize_row_ref(w.type, static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes, b.data(),
+                         w.cols);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hs::cpu
