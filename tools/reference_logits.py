@@ -503,7 +503,7 @@ def main():
 
     header = {
         "generator": "tools/reference_logits.py",
-        "command": " ".join([Path(sys.executable).name, "tools/reference_logits.py"] + sys.argv[1:]),
+        "command": " ".join([_exe(), "tools/reference_logits.py"] + sys.argv[1:]),
         "versions": {
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "gguf": _version("gguf"),
@@ -693,7 +693,7 @@ def main():
                 log(f"[{p['name']}] {mode}: {stat}")
             noise["prompts"].append(rec)
         _RoPE_MODE["mode"] = "hf"
-        model.float()
+        # (the model is left in float64: transformers refuses .float() on a GGUF-loaded model)
 
     doc = {
         "header": {
@@ -748,6 +748,12 @@ def check_dequant_exact(model_path: Path) -> bool:
         if not np.array_equal(f32.astype(np.float64), exact):
             return False
     return True
+
+
+def _exe() -> str:
+    """The interpreter as typed from the repository root (e.g. .venv-ref/bin/python)."""
+    rel = os.path.relpath(sys.executable)
+    return rel if not rel.startswith("..") else Path(sys.executable).name
 
 
 def _version(pkg: str) -> str:

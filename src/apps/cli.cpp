@@ -123,6 +123,42 @@ void add_common_options(OptionTable& t, CommonArgs& a) {
          [&a](const std::string& v) { a.ctx = parse_int("--ctx-size", v, 1, 1 << 24); }});
   t.add({"-v", "--verbose", "", "print model metadata and more details",
          [&a](const std::string&) { a.verbose = true; }});
+  t.add({"", "--attn", "dense|hip", "attention: HiP (default) or dense in every layer", [&a](const std::string& v) {
+           HS_CHECK(v == "dense" || v == "hip", "--attn must be dense or hip, got '%s'", v.c_str());
+           a.attn_overrides["attn"] = v;
+         }});
+  t.add({"", "--attn-config", "FILE", "JSON attention settings, e.g. {\"attn\": \"hip\", \"k\": 1024} (flags override it)",
+         [&a](const std::string& v) { a.attn_config_file = v; }});
+  struct HipFlag {
+    const char* flag;
+    const char* key;
+    const char* help;
+  };
+  static const HipFlag kHipFlags[] = {
+      {"--hip-k", "k", "HiP: keys kept per query block, k (default: 512)"},
+      {"--hip-block-q", "block_q", "HiP: query block size b_q (default: 32)"},
+      {"--hip-block-k", "block_k", "HiP: key block size b_k (default: 2)"},
+      {"--hip-stride-q", "stride_q", "HiP: query sampling stride b_sq (default: 2)"},
+      {"--hip-stride-k", "stride_k", "HiP: key sampling stride b_sk (default: 1)"},
+      {"--hip-sink", "sink", "HiP: sink tokens always attended (default: 16)"},
+      {"--hip-window", "window", "HiP: sliding window always attended (default: 256)"},
+      {"--hip-refresh", "refresh", "HiP: decode mask refresh interval r_m (default: 8)"},
+      {"--hip-dense-layers", "dense_layers", "HiP: first layers kept dense, l_d (default: 3)"},
+  };
+  for (const HipFlag& f : kHipFlags) {
+    const std::string flag = f.flag, key = f.key;
+    t.add({"", flag, "N", f.help,
+           [&a, flag, key](const std::string& v) { a.attn_overrides[key] = parse_int(flag, v, 0, 1 << 24); }});
+  }
+}
+
+AttentionConfig CommonArgs::attention() const {
+  AttentionConfig c;
+  if (!attn_config_file.empty()) load_attention_config_file(c, attn_config_file);
+  apply_attention_json(c, attn_overrides.dump(), "command-line attention flags");
+  const std::string why = c.validate();
+  HS_CHECK(why.empty(), "invalid attention settings: %s", why.c_str());
+  return c;
 }
 
 void add_sampling_options(OptionTable& t, SamplingParams& s) {

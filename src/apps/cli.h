@@ -5,7 +5,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "engine/sampler.h"
+#include "model/attention_config.h"
 
 namespace hs::cli {
 
@@ -39,6 +42,10 @@ struct CommonArgs {
   int threads = 0;    // -t; 0 = number of CPUs
   int ctx = 0;        // -c; 0 = the model's training context
   bool verbose = false;
+  // Attention: defaults, then --attn-config FILE, then the individual flags (kept as JSON overrides).
+  std::string attn_config_file;
+  nlohmann::json attn_overrides = nlohmann::json::object();
+  AttentionConfig attention() const;  // the resolved configuration
 };
 std::string default_model_path();
 int default_threads();

@@ -18,6 +18,7 @@ const char* kUsage =
     "  chat     interactive chat that keeps the conversation's KV cache\n"
     "  inspect  print a GGUF file's metadata and tensor table\n"
     "  bench    measure prefill and decode speed (llama-bench style)\n"
+    "  eval     quality of the attention: perplexity, passkey retrieval, HiP mask recall\n"
     "\n"
     "`hipserve COMMAND --help` lists the options of a command.\n";
 
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
     if (cmd == "chat") return hs::cli::cmd_run(args, true);
     if (cmd == "inspect") return hs::cli::cmd_inspect(args);
     if (cmd == "bench") return hs::cli::cmd_bench(args);
+    if (cmd == "eval") return hs::cli::cmd_eval(args);
     std::fprintf(stderr, "hipserve: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 1;
   } catch (const hs::Error& e) {

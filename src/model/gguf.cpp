@@ -475,7 +475,7 @@ class Parser {
 
   size_t remaining() const { return size_ - pos_; }
 
-  // `what` names the item for the message, e.g. "metadata key #3 ('general.name') value".
+  // `what` names the field being read ("value", "array length"); where_ names the key or tensor around it.
   void need(size_t n, const char* what) const {
     if (n > remaining())
       fail(strfmt("the file is truncated: %s%s at offset %zu needs %zu bytes, but only %zu remain",

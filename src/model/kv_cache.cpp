@@ -12,6 +12,7 @@ KvCache::KvCache(const ModelConfig& c, int32_t n_ctx_max)
   HS_CHECK(n_ctx_max >= 1, "context size must be at least 1 (got %d)", n_ctx_max);
   k_.resize(n_layer_);
   v_.resize(n_layer_);
+  hip_masks_.resize(n_layer_);
 }
 
 void KvCache::reserve(int32_t n) {
@@ -42,6 +43,7 @@ void KvCache::advance(int32_t n) {
 void KvCache::truncate(int32_t n) {
   HS_CHECK(n >= 0 && n <= n_past_, "KV cache truncate to %d beyond %d", n, n_past_);
   n_past_ = n;
+  if (hip_refresh_pos_ >= n) hip_refresh_pos_ = -1;  // the cached masks were estimated for a position now gone
 }
 
 size_t KvCache::bytes() const { return size_t(2) * n_layer_ * n_head_kv_ * size_t(capacity_) * head_dim_ * 2; }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "ops/hip_attention.h"
 
 namespace hs {
 
@@ -26,7 +27,7 @@ class KvCache {
   void advance(int32_t n);
   // Forgets positions >= n (n <= n_past): rewinds a sequence, e.g. to reuse a common prefix.
   void truncate(int32_t n);
-  void clear() { n_past_ = 0; }
+  void clear() { truncate(0); }
 
   uint16_t* k(int32_t layer) { return k_[layer].data(); }
   uint16_t* v(int32_t layer) { return v_[layer].data(); }
@@ -35,12 +36,20 @@ class KvCache {
 
   size_t bytes() const;  // memory held
 
+  // HiP decode state: per layer, the masks estimated at the last refresh (one single-row query block per
+  // head), and the position of that refresh (-1: none valid; prefill and truncation invalidate it).
+  HipMask& hip_mask(int32_t layer) { return hip_masks_[layer]; }
+  int32_t hip_refresh_pos() const { return hip_refresh_pos_; }
+  void set_hip_refresh_pos(int32_t pos) { hip_refresh_pos_ = pos; }
+
  private:
   int32_t n_layer_, n_head_kv_, head_dim_;
   int32_t n_ctx_max_;
   int32_t capacity_ = 0;
   int32_t n_past_ = 0;
   std::vector<std::vector<uint16_t>> k_, v_;
+  std::vector<HipMask> hip_masks_;
+  int32_t hip_refresh_pos_ = -1;
 };
 
 }  // namespace hs

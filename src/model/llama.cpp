@@ -142,6 +142,12 @@ void Model::bind_weights() {
   }
 }
 
+void Model::set_attention(const AttentionConfig& config) {
+  const std::string why = config.validate();
+  HS_CHECK(why.empty(), "invalid attention config: %s", why.c_str());
+  attn_ = config;
+}
+
 void Model::ensure_scratch(int32_t n_rows, int32_t n_out) {
   const ModelConfig& c = config_;
   auto fit = [](std::vector<float>& v, size_t n) {
@@ -152,7 +158,7 @@ void Model::ensure_scratch(int32_t n_rows, int32_t n_out) {
   fit(q_, size_t(n_rows) * c.q_dim());
   fit(k_, size_t(n_rows) * c.kv_dim());
   fit(v_, size_t(n_rows) * c.kv_dim());
-  fit(attn_, size_t(n_rows) * c.q_dim());
+  fit(attn_out_, size_t(n_rows) * c.q_dim());
   fit(gate_, size_t(n_rows) * c.n_ff);
   fit(up_, size_t(n_rows) * c.n_ff);
   fit(out_rows_, size_t(n_out) * c.n_embd);
@@ -189,6 +195,15 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
     }
   }
   tap("inp_embd", -1, x_.data(), n_rows, E);
+
+  // HiP plan, made once per step for every layer: a decode row re-estimates its cached masks every
+  // `refresh` steps; prefill chunks estimate the masks of their own query blocks.
+  std::vector<uint8_t> hip_estimate(batch.size(), 1);
+  for (size_t si = 0; si < batch.size(); ++si) {
+    const KvCache& kv = *batch[si].cache;
+    if (batch[si].n_tokens == 1 && kv.hip_refresh_pos() >= 0)
+      hip_estimate[si] = kv.n_past() - kv.hip_refresh_pos() >= attn_.hip.refresh;
+  }
 
   std::vector<AttentionParams> attn_problems(batch.size());
   for (int il = 0; il < c.n_layer; ++il) {
@@ -233,7 +248,7 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
       ap.v = vc;
       ap.kv_head_stride = kv.head_stride();
       ap.kv_pos_stride = kv.pos_stride();
-      ap.out = attn_.data() + int64_t(r0) * QD;
+      ap.out = attn_out_.data() + int64_t(r0) * QD;
       ap.out_stride = QD;
       ap.n_q = s.n_tokens;
       ap.n_kv = kv.n_past() + s.n_tokens;
@@ -244,13 +259,20 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
       ap.scale = 1.0f / std::sqrt(float(c.head_dim));
       r0 += s.n_tokens;
     }
-    if (attn_problems.size() == 1)
+    if (attn_.layer_uses_hip(il)) {
+      for (size_t si = 0; si < batch.size(); ++si) {
+        const bool decode = batch[si].n_tokens == 1;
+        HipMask& mask = decode ? batch[si].cache->hip_mask(il) : prefill_mask_;
+        hip_attention(attn_.hip, attn_problems[si], mask, hip_estimate[si] != 0, pool, &hip_stats_);
+      }
+    } else if (attn_problems.size() == 1) {
       attention_dense(attn_problems[0], pool);
-    else
+    } else {
       attention_dense_batch(attn_problems.data(), int(attn_problems.size()), pool);
-    tap("attn_out", il, attn_.data(), n_rows, QD);
+    }
+    tap("attn_out", il, attn_out_.data(), n_rows, QD);
 
-    cpu::matmul(L.wo, attn_.data(), n_rows, QD, xn_.data(), E, pool);
+    cpu::matmul(L.wo, attn_out_.data(), n_rows, QD, xn_.data(), E, pool);
     for (int32_t r = 0; r < n_rows; ++r) add_inplace(x_.data() + r * E, xn_.data() + r * E, E);
     tap("ffn_inp", il, x_.data(), n_rows, E);
 
@@ -263,7 +285,13 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
     for (int32_t r = 0; r < n_rows; ++r) add_inplace(x_.data() + r * E, xn_.data() + r * E, E);
     tap("l_out", il, x_.data(), n_rows, E);
   }
-  for (const SeqBatch& s : batch) s.cache->advance(s.n_tokens);
+  for (size_t si = 0; si < batch.size(); ++si) {
+    KvCache& kv = *batch[si].cache;
+    const bool decode = batch[si].n_tokens == 1;
+    if (attn_.kind == AttentionKind::Hip)
+      kv.set_hip_refresh_pos(!decode ? -1 : hip_estimate[si] ? kv.n_past() : kv.hip_refresh_pos());
+    kv.advance(batch[si].n_tokens);
+  }
 
   // Logits only for the rows that want them.
   if (n_out == 0) return;

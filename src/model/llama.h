@@ -14,6 +14,7 @@
 
 #include "backends/cpu/matmul.h"
 #include "backends/cpu/quants.h"
+#include "model/attention_config.h"
 #include "model/config.h"
 #include "model/gguf.h"
 #include "model/kv_cache.h"
@@ -75,6 +76,13 @@ class Model {
 
   void set_debug_tap(DebugTap tap) { tap_ = std::move(tap); }
 
+  // Attention per layer (default: HiP with the first layers dense). Throws hs::Error on an invalid config.
+  void set_attention(const AttentionConfig& config);
+  const AttentionConfig& attention() const { return attn_; }
+  // HiP counters summed over every forward since the last reset (mask / attention time, keys scored...).
+  const HipStats& hip_stats() const { return hip_stats_; }
+  void reset_hip_stats() { hip_stats_ = HipStats(); }
+
  private:
   Model() = default;
   void bind_weights();
@@ -91,9 +99,12 @@ class Model {
   size_t weight_bytes_ = 0;
   int32_t max_batch_tokens_ = 512;
   DebugTap tap_;
+  AttentionConfig attn_;
+  HipStats hip_stats_;
+  HipMask prefill_mask_;  // scratch: masks of a prefill chunk's query blocks (not kept after the chunk)
 
   // Scratch, [rows x width] row-major; sized for max_batch_tokens rows.
-  std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_, out_rows_, logits_;
+  std::vector<float> x_, xn_, q_, k_, v_, attn_out_, gate_, up_, out_rows_, logits_;
   std::vector<int32_t> pos_;
 };
 

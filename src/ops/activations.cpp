@@ -9,7 +9,8 @@ float exp_fast(float x) {
 }
 
 void swiglu(const float* gate, const float* up, float* out, int64_t n) {
-  // silu(g) * u = g * u / (1 + exp(-g)); exp(-g) saturates at ~2e38 for g < -88, which gives -0 like the limit.
+  // silu(g) * u = g * u / (1 + exp(-g)); exp(-g) saturates at ~2e38 for g < -88, which gives -0 like the
+  // limit.
   const __m256 one = _mm256_set1_ps(1.0f);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {

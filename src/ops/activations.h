@@ -8,18 +8,20 @@
 
 namespace hs {
 
-// SwiGLU: out[i] = silu(gate[i]) * up[i] with silu(x) = x / (1 + exp(-x)); n values. out may alias gate or up.
+// SwiGLU: out[i] = silu(gate[i]) * up[i] with silu(x) = x / (1 + exp(-x)); n values. out may alias gate or
+// up.
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 
 // Residual add: dst[i] += src[i], n values.
 void add_inplace(float* dst, const float* src, int64_t n);
 
 // exp(x) for 8 floats (AVX2 + FMA, the build's baseline).
-// Method: n = round(x * log2(e)); r = x - n*ln2 with ln2 split in two (Cody-Waite, r exact to ~1 ulp, |r| <= 0.347);
-// exp(r) by its degree-7 Taylor polynomial (truncation < 6e-9 relative); result = exp(r) * 2^n built in the
-// exponent field. Relative error <= 3e-7 over the whole clamped range (measured in activations_test).
-// x is clamped to [-87.3, 88.3] so 2^n stays a normal float: exp(-inf) and exp(x < -87.3) give ~1.2e-38 (not 0;
-// callers that need an exact 0 for masked entries blend it in), exp(+inf) gives ~2e38. NaN inputs give a finite value.
+// Method: n = round(x * log2(e)); r = x - n*ln2 with ln2 split in two (Cody-Waite, r exact to ~1 ulp, |r| <=
+// 0.347); exp(r) by its degree-7 Taylor polynomial (truncation < 6e-9 relative); result = exp(r) * 2^n built
+// in the exponent field. Relative error <= 3e-7 over the whole clamped range (measured in activations_test).
+// x is clamped to [-87.3, 88.3] so 2^n stays a normal float: exp(-inf) and exp(x < -87.3) give ~1.2e-38 (not
+// 0; callers that need an exact 0 for masked entries blend it in), exp(+inf) gives ~2e38. NaN inputs give a
+// finite value.
 __attribute__((always_inline)) inline __m256 exp_avx2(__m256 x) {
   x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));  // max/min return the constant when x is NaN
   x = _mm256_min_ps(x, _mm256_set1_ps(88.3f));

@@ -9,8 +9,14 @@
 #include <new>
 #include <vector>
 
+#include "backends/cpu/cpu_features.h"
 #include "ops/activations.h"
 #include "util/common.h"
+
+// gcc 12 warns about the undefined pass-through operand inside the AVX-512 conversion intrinsics.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace hs {
 
@@ -62,7 +68,8 @@ void SoftmaxState::merge(const SoftmaxState& other) {
     l_.data()[r] = l_.data()[r] * a1 + other.l_.data()[r] * a2;
     const __m256 va1 = _mm256_set1_ps(a1), va2 = _mm256_set1_ps(a2);
     for (int32_t d = 0; d < dim_; d += 8)
-      _mm256_store_ps(o + d, _mm256_fmadd_ps(_mm256_load_ps(o2 + d), va2, _mm256_mul_ps(_mm256_load_ps(o + d), va1)));
+      _mm256_store_ps(
+          o + d, _mm256_fmadd_ps(_mm256_load_ps(o2 + d), va2, _mm256_mul_ps(_mm256_load_ps(o + d), va1)));
   }
 }
 
@@ -101,24 +108,41 @@ void QueryTile::set_row(int32_t r, const float* q, float scale, int32_t key_lo, 
 
 // ---------------------------------------------------------------------------------------------------------------
 // The block kernel (AVX2 + FMA + F16C)
+//
+// One block of n <= 64 keys against a tile of R query rows (update_block):
+//  1. Per row, the visible columns [clo, chi) of the block, from the row's key range. Nobody sees any: skip.
+//  2. Scores. Wide tiles: K^T [dim][64] and V [64][dim] to fp32 (8x8 transposes of F16C rows), then
+//     S = Q K^T with a 6-row x 16-key register tile (12 ymm accumulators, q broadcast). Thin tiles (<= 8
+//     rows,
+//     <= 12 with AVX-512, i.e. decode): 4-key dot products straight from fp16, no copies.
+//  3. Per row, the online-softmax update: m_new = max(m, max_c s); P = exp(s - m_new) with exp_avx2 (masked
+//     columns 0); l = l * alpha + sum P, alpha = exp(m - m_new).
+//  4. o = o * alpha + P V (6 rows x 16 dims register tile; alpha folded into the load of o).
+// The thin kernels also exist in AVX-512 form, taken when cpu::simd_path() is kAvx512.
+// Q rows come pre-scaled, so s is already the scaled logit. A 6-row group only touches the 16-key chunks some
+// of its rows can see, which trims the causal diagonal. Per (row, key) pair the wide path costs 16 FMAs at
+// head_dim 64 (8 QK + 8 PV) plus ~2 ops of softmax and ~1 of conversion: ~70-77% of FMA peak on Zen 4.
 
 namespace {
 
 constexpr int kBc = kAttnKeyBlock;  // keys per block; also the row stride of the score and K^T buffers
-constexpr int kMr = 6;              // query rows per microkernel call: 6 x 16 keys = 12 accumulators of 16 ymm
-// Tiles of at most kThinRows rows (decode: the G heads of one token) score keys with dot products straight from
-// fp16 (no K transpose, no V copy), kThinMr rows per call. Measured on Zen 4 at 3 rows: 14 ns/key against 21 for
-// the transposed path; they break even at 6 rows.
-constexpr int kThinRows = 6;
+constexpr int kMr = 6;  // query rows per microkernel call: 6 x 16 keys = 12 accumulators of 16 ymm
+// Thin tiles (decode: the G heads of one token) score keys with dot products straight from fp16 (no K
+// transpose, no V copy), kThinMr rows per call (kThinMr512 with AVX-512). Measured on Zen 4 (ns per key, 64
+// dims): 3 rows 13.6 thin vs 21 transposed; 8 rows 33.5 vs 37; AVX-512 thin 3 rows 11.9, 12 rows 41 vs ~45.
+constexpr int kThinRowsAvx2 = 8;
+constexpr int kThinRowsAvx512 = 12;
 constexpr int kThinMr = 3;
+constexpr int kThinMr512 = 6;
 
-alignas(64) const uint16_t kZeroKeyRow[kMaxHeadDim] = {};  // stands in for the missing keys of a partial block
+// Stands in for the missing keys of a partial block.
+alignas(64) const uint16_t kZeroKeyRow[kMaxHeadDim] = {};
 
 struct Scratch {
-  AlignedFloats kt;     // [dim][kBc]: K^T of the block in fp32 (keys beyond the block are zero)
-  AlignedFloats v;      // [kBc][dim]: V of the block in fp32
-  AlignedFloats s;      // [rows][kBc]: scores, then probabilities
-  AlignedFloats alpha;  // [rows]: exp(m_old - m_new), the rescale of o
+  AlignedFloats kt;               // [dim][kBc]: K^T of the block in fp32 (keys beyond the block are zero)
+  AlignedFloats v;                // [kBc][dim]: V of the block in fp32
+  AlignedFloats s;                // [rows][kBc]: scores, then probabilities
+  AlignedFloats alpha;            // [rows]: exp(m_old - m_new), the rescale of o
   std::vector<int32_t> clo, chi;  // [rows]: the row's visible columns [clo, chi) of this block
   const uint16_t* krow[kBc];
   const uint16_t* vrow[kBc];
@@ -153,7 +177,7 @@ inline __m256 load_half8(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-// K^T[d][c] for c in [c8_begin*8, c8_end*8) (groups of 8 keys), from fp16 key rows.
+// K^T[d][c] = krow[c][d] in fp32 for c in [c_begin, c_end) (multiples of 8), d < dim.
 void convert_kt(const uint16_t* const* krow, int dim, int c_begin, int c_end, float* kt) {
   for (int c = c_begin; c < c_end; c += 8) {
     const uint16_t* const* kr = krow + c;
@@ -175,7 +199,7 @@ void convert_kt(const uint16_t* const* krow, int dim, int c_begin, int c_end, fl
   }
 }
 
-// S[r][0..16) = q_r . K^T[:, 0..16) for MR rows; q rows dim apart, S rows kBc apart, kt points at the 16 keys.
+// S[r][0..16) = q_r . K^T[:, 0..16) for MR rows: q rows dim apart, S rows kBc apart, kt at the 16 keys.
 template <int MR>
 inline void qk_kernel(const float* q, int dim, const float* kt, float* s) {
   __m256 acc0[MR], acc1[MR];
@@ -197,8 +221,8 @@ inline void qk_kernel(const float* q, int dim, const float* kt, float* s) {
   }
 }
 
-// o[r][0..16) = o[r][0..16) * alpha[r] + sum_{c in [c0, c1)} P[r][c] * V[c][0..16) for MR rows; o and v point at the
-// 16-dim slice, rows dim apart; P rows kBc apart.
+// o[r][0..16) = o[r][0..16) * alpha[r] + sum_{c in [c0, c1)} P[r][c] * V[c][0..16) for MR rows; o and v point
+// at the 16-dim slice, rows dim apart; P rows kBc apart.
 template <int MR>
 inline void pv_kernel(const float* p, const float* v, int dim, int c0, int c1, const float* alpha, float* o) {
   __m256 acc0[MR], acc1[MR];
@@ -236,20 +260,28 @@ void pv_rows(const float* p, const float* v, int dim, int c0, int c1, const floa
 
 void qk_group(int mr, const float* q, int dim, const float* kt, int j0, int j1, float* s) {
   switch (mr) {
-    case 1: return qk_rows<1>(q, dim, kt, j0, j1, s);
-    case 2: return qk_rows<2>(q, dim, kt, j0, j1, s);
-    case 3: return qk_rows<3>(q, dim, kt, j0, j1, s);
-    case 4: return qk_rows<4>(q, dim, kt, j0, j1, s);
-    case 5: return qk_rows<5>(q, dim, kt, j0, j1, s);
-    default: return qk_rows<6>(q, dim, kt, j0, j1, s);
+    case 1:
+      return qk_rows<1>(q, dim, kt, j0, j1, s);
+    case 2:
+      return qk_rows<2>(q, dim, kt, j0, j1, s);
+    case 3:
+      return qk_rows<3>(q, dim, kt, j0, j1, s);
+    case 4:
+      return qk_rows<4>(q, dim, kt, j0, j1, s);
+    case 5:
+      return qk_rows<5>(q, dim, kt, j0, j1, s);
+    default:
+      return qk_rows<6>(q, dim, kt, j0, j1, s);
   }
 }
 
-// Thin tiles (decode: the G heads of one token) skip the K transpose: S[r][c..c+4) = q_r . k_c as 4 dot products
-// per row straight from fp16, reduced with horizontal adds. MR <= 3 keeps 4*MR accumulators + 4 keys in 16 ymm.
+// Thin tiles (decode: the G heads of one token) skip the K transpose: S[r][c..c+4) = q_r . k_c as 4 dot
+// products per row straight from fp16, reduced with horizontal adds. MR <= 3 keeps 4*MR accumulators + 4 keys
+// in 16 ymm.
+// (sum a0, sum a1, sum a2, sum a3)
 inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));  // (sum a0, sum a1, sum a2, sum a3)
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
 template <int MR>
@@ -272,20 +304,24 @@ void qk_dot_rows(const float* q, int dim, const uint16_t* const* krow, int c0, i
       }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) _mm_store_ps(s + r * kBc + c, hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+    for (int r = 0; r < MR; ++r)
+      _mm_store_ps(s + r * kBc + c, hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
   }
 }
 
 void qk_dot_group(int mr, const float* q, int dim, const uint16_t* const* krow, int c0, int c1, float* s) {
   switch (mr) {
-    case 1: return qk_dot_rows<1>(q, dim, krow, c0, c1, s);
-    case 2: return qk_dot_rows<2>(q, dim, krow, c0, c1, s);
-    default: return qk_dot_rows<3>(q, dim, krow, c0, c1, s);
+    case 1:
+      return qk_dot_rows<1>(q, dim, krow, c0, c1, s);
+    case 2:
+      return qk_dot_rows<2>(q, dim, krow, c0, c1, s);
+    default:
+      return qk_dot_rows<3>(q, dim, krow, c0, c1, s);
   }
 }
 
-// P.V for thin tiles straight from the fp16 value rows (no fp32 copy: each value is used by <= 3 rows); 16 dims at
-// a time so 2*MR accumulators + 2 values + 1 broadcast stay in registers.
+// P.V for thin tiles straight from the fp16 value rows (no fp32 copy: each value is used by <= 3 rows); 16
+// dims at a time so 2*MR accumulators + 2 values + 1 broadcast stay in registers.
 template <int MR>
 void pv_half_rows(const float* p, const uint16_t* const* vrow, int dim, int c0, int c1, const float* alpha,
                   float* o) {
@@ -314,28 +350,163 @@ void pv_half_rows(const float* p, const uint16_t* const* vrow, int dim, int c0, 
   }
 }
 
-void pv_half_group(int mr, const float* p, const uint16_t* const* vrow, int dim, int c0, int c1, const float* alpha,
-                   float* o) {
+void pv_half_group(int mr, const float* p, const uint16_t* const* vrow, int dim, int c0, int c1,
+                   const float* alpha, float* o) {
   switch (mr) {
-    case 1: return pv_half_rows<1>(p, vrow, dim, c0, c1, alpha, o);
-    case 2: return pv_half_rows<2>(p, vrow, dim, c0, c1, alpha, o);
-    default: return pv_half_rows<3>(p, vrow, dim, c0, c1, alpha, o);
+    case 1:
+      return pv_half_rows<1>(p, vrow, dim, c0, c1, alpha, o);
+    case 2:
+      return pv_half_rows<2>(p, vrow, dim, c0, c1, alpha, o);
+    default:
+      return pv_half_rows<3>(p, vrow, dim, c0, c1, alpha, o);
+  }
+}
+
+// ---- AVX-512 thin kernels (run-time dispatch, cpu::simd_path()) ----
+// The two thin-tile loops with 32 zmm registers: up to 6 rows per call, 16 dims per vector, and P.V keeps 64
+// dims of 6 rows in registers (one broadcast of P feeds 4 FMAs). On Zen 4 a zmm FMA has the throughput of two
+// ymm ones, so the gain is fewer loads and broadcasts per FMA: decode at 4096 keys 93 us vs 111 us (2
+// threads). zmm versions of the wide-tile kernels measured no faster there (already FMA bound), so they do
+// not exist. No std templates in here (a baseline caller must never link an AVX-512 instantiation).
+#define HS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+HS_AVX512 inline __m256 fold512(__m512 a) {  // 16 lanes -> 8 lanes, pairwise sums
+  return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+}
+
+HS_AVX512 inline __m512 load_half16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+template <int MR>
+HS_AVX512 void qk_dot_rows_512(const float* q, int dim, const uint16_t* const* krow, int c0, int c1,
+                               float* s) {
+  for (int c = c0; c < c1; c += 4) {
+    const uint16_t* const* kr = krow + c;
+    __m512 acc[MR][4];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
+    for (int d = 0; d < dim; d += 16) {
+      const __m512 k0 = load_half16(kr[0] + d), k1 = load_half16(kr[1] + d), k2 = load_half16(kr[2] + d),
+                   k3 = load_half16(kr[3] + d);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const __m512 qv = _mm512_load_ps(q + r * dim + d);
+        acc[r][0] = _mm512_fmadd_ps(qv, k0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(qv, k1, acc[r][1]);
+        acc[r][2] = _mm512_fmadd_ps(qv, k2, acc[r][2]);
+        acc[r][3] = _mm512_fmadd_ps(qv, k3, acc[r][3]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(fold512(acc[r][0]), fold512(acc[r][1])),
+                                      _mm256_hadd_ps(fold512(acc[r][2]), fold512(acc[r][3])));
+      _mm_store_ps(s + r * kBc + c, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+    }
+  }
+}
+
+// o[r][d, d + 16*NZ) = o * alpha[r] + sum_c P[r][c] * V[c][d, d + 16*NZ), values from fp16.
+template <int MR, int NZ>
+HS_AVX512 void pv_half_chunk_512(const float* p, const uint16_t* const* vrow, int dim, int d, int c0, int c1,
+                                 const float* alpha, float* o) {
+  __m512 acc[MR][NZ];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    const __m512 a = _mm512_set1_ps(alpha[r]);
+#pragma GCC unroll 4
+    for (int z = 0; z < NZ; ++z) acc[r][z] = _mm512_mul_ps(_mm512_load_ps(o + r * dim + d + 16 * z), a);
+  }
+  for (int c = c0; c < c1; ++c) {
+    __m512 v[NZ];
+#pragma GCC unroll 4
+    for (int z = 0; z < NZ; ++z) v[z] = load_half16(vrow[c] + d + 16 * z);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 b = _mm512_set1_ps(p[r * kBc + c]);
+#pragma GCC unroll 4
+      for (int z = 0; z < NZ; ++z) acc[r][z] = _mm512_fmadd_ps(b, v[z], acc[r][z]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int z = 0; z < NZ; ++z) _mm512_store_ps(o + r * dim + d + 16 * z, acc[r][z]);
+}
+
+template <int MR>
+HS_AVX512 void pv_half_rows_512(const float* p, const uint16_t* const* vrow, int dim, int c0, int c1,
+                                const float* alpha, float* o) {
+  int d = 0;
+  for (; d + 64 <= dim; d += 64) pv_half_chunk_512<MR, 4>(p, vrow, dim, d, c0, c1, alpha, o);
+  switch ((dim - d) / 16) {
+    case 1:
+      return pv_half_chunk_512<MR, 1>(p, vrow, dim, d, c0, c1, alpha, o);
+    case 2:
+      return pv_half_chunk_512<MR, 2>(p, vrow, dim, d, c0, c1, alpha, o);
+    case 3:
+      return pv_half_chunk_512<MR, 3>(p, vrow, dim, d, c0, c1, alpha, o);
+    default:
+      return;
+  }
+}
+
+HS_AVX512 void qk_dot_group_512(int mr, const float* q, int dim, const uint16_t* const* krow, int c0, int c1,
+                                float* s) {
+  switch (mr) {
+    case 1:
+      return qk_dot_rows_512<1>(q, dim, krow, c0, c1, s);
+    case 2:
+      return qk_dot_rows_512<2>(q, dim, krow, c0, c1, s);
+    case 3:
+      return qk_dot_rows_512<3>(q, dim, krow, c0, c1, s);
+    case 4:
+      return qk_dot_rows_512<4>(q, dim, krow, c0, c1, s);
+    case 5:
+      return qk_dot_rows_512<5>(q, dim, krow, c0, c1, s);
+    default:
+      return qk_dot_rows_512<6>(q, dim, krow, c0, c1, s);
+  }
+}
+
+HS_AVX512 void pv_half_group_512(int mr, const float* p, const uint16_t* const* vrow, int dim, int c0, int c1,
+                                 const float* alpha, float* o) {
+  switch (mr) {
+    case 1:
+      return pv_half_rows_512<1>(p, vrow, dim, c0, c1, alpha, o);
+    case 2:
+      return pv_half_rows_512<2>(p, vrow, dim, c0, c1, alpha, o);
+    case 3:
+      return pv_half_rows_512<3>(p, vrow, dim, c0, c1, alpha, o);
+    case 4:
+      return pv_half_rows_512<4>(p, vrow, dim, c0, c1, alpha, o);
+    case 5:
+      return pv_half_rows_512<5>(p, vrow, dim, c0, c1, alpha, o);
+    default:
+      return pv_half_rows_512<6>(p, vrow, dim, c0, c1, alpha, o);
   }
 }
 
 void pv_group(int mr, const float* p, const float* v, int dim, int c0, int c1, const float* alpha, float* o) {
   switch (mr) {
-    case 1: return pv_rows<1>(p, v, dim, c0, c1, alpha, o);
-    case 2: return pv_rows<2>(p, v, dim, c0, c1, alpha, o);
-    case 3: return pv_rows<3>(p, v, dim, c0, c1, alpha, o);
-    case 4: return pv_rows<4>(p, v, dim, c0, c1, alpha, o);
-    case 5: return pv_rows<5>(p, v, dim, c0, c1, alpha, o);
-    default: return pv_rows<6>(p, v, dim, c0, c1, alpha, o);
+    case 1:
+      return pv_rows<1>(p, v, dim, c0, c1, alpha, o);
+    case 2:
+      return pv_rows<2>(p, v, dim, c0, c1, alpha, o);
+    case 3:
+      return pv_rows<3>(p, v, dim, c0, c1, alpha, o);
+    case 4:
+      return pv_rows<4>(p, v, dim, c0, c1, alpha, o);
+    case 5:
+      return pv_rows<5>(p, v, dim, c0, c1, alpha, o);
+    default:
+      return pv_rows<6>(p, v, dim, c0, c1, alpha, o);
   }
 }
 
-// Online-softmax update of one row over the score columns [c0, c1) (multiples of 8) of which [clo, chi) are
-// visible: s becomes the probabilities exp(s - m_new) (0 where not visible); returns alpha = exp(m_old - m_new).
+// Online-softmax update of one row over the score columns [c0, c1) (multiples of 8), of which [clo, chi)
+// are visible: s becomes exp(s - m_new) (0 where not visible). Returns alpha = exp(m_old - m_new).
 float softmax_row(float* s, int c0, int c1, int clo, int chi, float& m, float& l) {
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -376,9 +547,10 @@ float softmax_row(float* s, int c0, int c1, int clo, int chi, float& m, float& l
   return alpha;
 }
 
-// Updates st with one block of n <= kBc keys whose key/value rows are sc.krow / sc.vrow and whose positions are
-// k0 + c (kpos == nullptr) or kpos[c] (ascending).
-void update_block(SoftmaxState& st, const QueryTile& qt, const int32_t* kpos, int32_t k0, int n, Scratch& sc) {
+// Updates st with one block of n <= kBc keys whose key/value rows are sc.krow / sc.vrow and whose positions
+// are k0 + c (kpos == nullptr) or kpos[c] (ascending).
+void update_block(SoftmaxState& st, const QueryTile& qt, const int32_t* kpos, int32_t k0, int n, Scratch& sc,
+                  bool avx512) {
   const int rows = qt.n_rows(), dim = qt.dim();
   int cmax = 0;
   for (int r = 0; r < rows; ++r) {
@@ -400,13 +572,13 @@ void update_block(SoftmaxState& st, const QueryTile& qt, const int32_t* kpos, in
   // K^T over the 16-key chunks that hold visible keys (missing keys read as zero), V over the visible rows.
   const int nc = (cmax + 15) / 16 * 16;
   for (int c = n; c < nc; ++c) sc.krow[c] = kZeroKeyRow;
-  const bool thin = rows <= kThinRows;
+  const bool thin = rows <= (avx512 ? kThinRowsAvx512 : kThinRowsAvx2);
   if (!thin) convert_kt(sc.krow, dim, 0, nc, sc.kt.data());
   float* vb = sc.v.data();
   for (int c = 0; c < (thin ? 0 : cmax); ++c)
     for (int d = 0; d < dim; d += 8) _mm256_store_ps(vb + c * dim + d, load_half8(sc.vrow[c] + d));
 
-  const int group_rows = thin ? kThinMr : kMr;
+  const int group_rows = thin ? (avx512 ? kThinMr512 : kThinMr) : kMr;
   for (int r0 = 0; r0 < rows; r0 += group_rows) {
     const int mr = std::min(group_rows, rows - r0);
     int glo = kBc, ghi = 0;  // columns visible to some row of the group
@@ -418,7 +590,9 @@ void update_block(SoftmaxState& st, const QueryTile& qt, const int32_t* kpos, in
     if (ghi == 0) continue;
     const int j0 = glo / 16, j1 = (ghi + 15) / 16;
     float* s = sc.s.data() + int64_t(r0) * kBc;
-    if (thin)
+    if (thin && avx512)
+      qk_dot_group_512(mr, qt.row(r0), dim, sc.krow, j0 * 16, j1 * 16, s);
+    else if (thin)
       qk_dot_group(mr, qt.row(r0), dim, sc.krow, j0 * 16, j1 * 16, s);
     else
       qk_group(mr, qt.row(r0), dim, sc.kt.data(), j0, j1, s);
@@ -433,26 +607,19 @@ void update_block(SoftmaxState& st, const QueryTile& qt, const int32_t* kpos, in
         std::fill(sr + glo, sr + ghi, 0.0f);
       }
     }
-    if (thin)
+    if (thin && avx512)
+      pv_half_group_512(mr, s, sc.vrow, dim, glo, ghi, alpha, st.o_row(r0));
+    else if (thin)
       pv_half_group(mr, s, sc.vrow, dim, glo, ghi, alpha, st.o_row(r0));
     else
       pv_group(mr, s, vb, dim, glo, ghi, alpha, st.o_row(r0));
   }
 }
 
-inline void prefetch_row(const KvHeadView& kv, int32_t pos, int dim) {
-  const char* k = reinterpret_cast<const char*>(kv.k + int64_t(pos) * kv.pos_stride);
-  const char* v = reinterpret_cast<const char*>(kv.v + int64_t(pos) * kv.pos_stride);
-  for (int b = 0; b < dim * 2; b += 64) {
-    _mm_prefetch(k + b, _MM_HINT_T0);
-    _mm_prefetch(v + b, _MM_HINT_T0);
-  }
-}
-
 void check_update_args(const SoftmaxState& st, const QueryTile& q) {
   HS_CHECK(st.n_rows() == q.n_rows() && st.dim() == q.dim(),
-           "attention_update: state %d x %d does not match query tile %d x %d", st.n_rows(), st.dim(), q.n_rows(),
-           q.dim());
+           "attention_update: state %d x %d does not match query tile %d x %d", st.n_rows(), st.dim(),
+           q.n_rows(), q.dim());
 }
 
 void prepare_scratch(Scratch& sc, int rows, int dim) {
@@ -473,16 +640,14 @@ void attention_update(SoftmaxState& st, const QueryTile& q, const KvHeadView& kv
   if (k1 <= k0 || q.n_rows() == 0) return;
   Scratch& sc = thread_scratch();
   prepare_scratch(sc, q.n_rows(), q.dim());
+  const bool avx512 = cpu::simd_path() == cpu::SimdPath::kAvx512;
   for (int32_t kb = k0; kb < k1; kb += kBc) {
     const int n = std::min<int32_t>(kBc, k1 - kb);
     for (int c = 0; c < n; ++c) {
       sc.krow[c] = kv.k + int64_t(kb + c) * kv.pos_stride;
       sc.vrow[c] = kv.v + int64_t(kb + c) * kv.pos_stride;
     }
-    // Decode streams the cache from DRAM and is latency bound without this: fetch the next block during this one.
-    const int32_t next_end = std::min<int32_t>(k1, kb + 2 * kBc);
-    for (int32_t c = kb + kBc; c < next_end; ++c) prefetch_row(kv, c, q.dim());
-    update_block(st, q, nullptr, kb, n, sc);
+    update_block(st, q, nullptr, kb, n, sc, avx512);
   }
 }
 
@@ -492,13 +657,14 @@ void attention_update_gather(SoftmaxState& st, const QueryTile& q, const KvHeadV
   if (n_keys <= 0 || q.n_rows() == 0) return;
   Scratch& sc = thread_scratch();
   prepare_scratch(sc, q.n_rows(), q.dim());
+  const bool avx512 = cpu::simd_path() == cpu::SimdPath::kAvx512;
   for (int32_t b = 0; b < n_keys; b += kBc) {
     const int n = std::min<int32_t>(kBc, n_keys - b);
     for (int c = 0; c < n; ++c) {
       sc.krow[c] = kv.k + int64_t(keys[b + c]) * kv.pos_stride;
       sc.vrow[c] = kv.v + int64_t(keys[b + c]) * kv.pos_stride;
     }
-    update_block(st, q, keys + b, 0, n, sc);
+    update_block(st, q, keys + b, 0, n, sc, avx512);
   }
 }
 
@@ -507,12 +673,13 @@ void attention_update_gather(SoftmaxState& st, const QueryTile& q, const KvHeadV
 
 namespace {
 
-constexpr int kTileRows = 48;          // target rows (G heads x tokens) per query tile
+constexpr int kTileRows = 96;  // target rows (G heads x tokens) per query tile: amortizes the K/V conversion
 constexpr int kMinSplitKeys = 4 * kBc;  // a split-K piece covers at least this many keys
 
 void check_params(const AttentionParams& p) {
   HS_CHECK(p.n_q >= 0 && p.q_pos0 >= 0 && int64_t(p.q_pos0) + p.n_q <= p.n_kv,
-           "attention: queries [%d, %d) must lie in the cache of %d positions", p.q_pos0, p.q_pos0 + p.n_q, p.n_kv);
+           "attention: queries [%d, %d) must lie in the cache of %d positions", p.q_pos0, p.q_pos0 + p.n_q,
+           p.n_kv);
   HS_CHECK(p.n_kv_head > 0 && p.n_head > 0 && p.n_head % p.n_kv_head == 0,
            "attention: n_head %d is not a multiple of n_kv_head %d", p.n_head, p.n_kv_head);
   HS_CHECK(p.head_dim > 0 && p.head_dim % 16 == 0 && p.head_dim <= kMaxHeadDim,
@@ -538,26 +705,6 @@ struct Plan {
   std::vector<SoftmaxState> partials;
 };
 
-void pack_tile(const AttentionParams& p, const TileGroup& g, QueryTile& qt) {
-  const int32_t G = p.n_head / p.n_kv_head;
-  qt.init(g.n_tok * G, p.head_dim);
-  // Row r = i*G + h: token-major, so a kMr-row group spans few tokens and shares most of its causal limit.
-  for (int32_t i = 0; i < g.n_tok; ++i) {
-    const int32_t t = g.tok0 + i;
-    const float* qrow = p.q + int64_t(t) * p.q_stride + int64_t(g.kvh) * G * p.head_dim;
-    for (int32_t h = 0; h < G; ++h)
-      qt.set_row(i * G + h, qrow + int64_t(h) * p.head_dim, p.scale, 0, p.q_pos0 + t + 1);
-  }
-}
-
-void write_tile(const AttentionParams& p, const TileGroup& g, const SoftmaxState& st) {
-  const int32_t G = p.n_head / p.n_kv_head;
-  for (int32_t i = 0; i < g.n_tok; ++i) {
-    float* orow = p.out + int64_t(g.tok0 + i) * p.out_stride + int64_t(g.kvh) * G * p.head_dim;
-    for (int32_t h = 0; h < G; ++h) st.finalize_row(i * G + h, orow + int64_t(h) * p.head_dim);
-  }
-}
-
 void build_plan(const AttentionParams* probs, int n_probs, int n_threads, Plan& plan) {
   plan.groups.clear();
   plan.items.clear();
@@ -572,15 +719,16 @@ void build_plan(const AttentionParams* probs, int n_probs, int n_threads, Plan& 
         const int32_t nt = std::min(tile_tok, p.n_q - t0);
         const int32_t k_end = p.q_pos0 + t0 + nt;  // keys [0, k_end) are visible to the tile's last row
         plan.groups.push_back({pi, kvh, t0, nt, -1, 1});
-        // Cost ~ rows x keys scored (the diagonal blocks are partly masked; ignore that) plus fixed per-tile work.
+        // Cost ~ rows x keys scored (the diagonal blocks are partly masked; ignore that) plus fixed per-tile
+        // work.
         const double cost = double(nt) * G * (double(k_end) + 2 * kBc);
         plan.items.push_back({int32_t(plan.groups.size() - 1), 0, k_end, -1, cost});
         total += cost;
       }
   }
 
-  // Split-K: with several threads, cut tiles that are large next to a thread's share into pieces of whole blocks,
-  // so that 3 KV heads of one decode row (or a few big tiles) still keep every thread busy.
+  // Split-K: with several threads, cut tiles that are large next to a thread's share into pieces of whole
+  // blocks, so that 3 KV heads of one decode row (or a few big tiles) still keep every thread busy.
   int32_t n_slots = 0;
   if (n_threads > 1) {
     const double target = total / (8.0 * n_threads);
@@ -616,10 +764,36 @@ void build_plan(const AttentionParams* probs, int n_probs, int n_threads, Plan& 
 
 }  // namespace
 
+void pack_query_tile(const AttentionParams& p, int32_t head0, int32_t n_heads, int32_t tok0, int32_t n_tok,
+                     QueryTile& qt) {
+  const int32_t G = p.n_head / p.n_kv_head;
+  HS_CHECK(n_heads > 0 && head0 / G == (head0 + n_heads - 1) / G && head0 + n_heads <= p.n_head,
+           "pack_query_tile: heads [%d, %d) do not share one kv head", head0, head0 + n_heads);
+  HS_CHECK(tok0 >= 0 && n_tok >= 0 && tok0 + n_tok <= p.n_q,
+           "pack_query_tile: queries [%d, %d) out of [0, %d)", tok0, tok0 + n_tok, p.n_q);
+  qt.init(n_tok * n_heads, p.head_dim);
+  // Row r = i*n_heads + j: token-major, so a 6-row group spans few tokens and shares most of its causal
+  // limit.
+  for (int32_t i = 0; i < n_tok; ++i) {
+    const int32_t t = tok0 + i;
+    const float* qrow = p.q + int64_t(t) * p.q_stride + int64_t(head0) * p.head_dim;
+    for (int32_t j = 0; j < n_heads; ++j)
+      qt.set_row(i * n_heads + j, qrow + int64_t(j) * p.head_dim, p.scale, 0, p.q_pos0 + t + 1);
+  }
+}
+
+void write_query_tile(const AttentionParams& p, int32_t head0, int32_t n_heads, int32_t tok0, int32_t n_tok,
+                      const SoftmaxState& st) {
+  for (int32_t i = 0; i < n_tok; ++i) {
+    float* orow = p.out + int64_t(tok0 + i) * p.out_stride + int64_t(head0) * p.head_dim;
+    for (int32_t j = 0; j < n_heads; ++j) st.finalize_row(i * n_heads + j, orow + int64_t(j) * p.head_dim);
+  }
+}
+
 void attention_dense_batch(const AttentionParams* problems, int n_problems, ThreadPool& pool) {
   for (int i = 0; i < n_problems; ++i) check_params(problems[i]);
   thread_local Plan caller_plan;  // reused across calls
-  Plan& plan = caller_plan;        // a reference, so the workers' lambda sees the caller's plan, not their own
+  Plan& plan = caller_plan;       // a reference, so the workers' lambda sees the caller's plan, not their own
   build_plan(problems, n_problems, pool.size(), plan);
   if (plan.items.empty()) return;
 
@@ -632,12 +806,12 @@ void attention_dense_batch(const AttentionParams* problems, int n_problems, Thre
       const WorkItem& w = plan.items[i];
       const TileGroup& g = plan.groups[w.group];
       const AttentionParams& p = problems[g.prob];
-      pack_tile(p, g, qt);
+      const int32_t G = p.n_head / p.n_kv_head;
+      pack_query_tile(p, g.kvh * G, G, g.tok0, g.n_tok, qt);
       SoftmaxState& st = w.slot < 0 ? direct : plan.partials[w.slot];
       st.init(qt.n_rows(), qt.dim());
-      const KvHeadView kv{p.k + g.kvh * p.kv_head_stride, p.v + g.kvh * p.kv_head_stride, p.kv_pos_stride};
-      attention_update(st, qt, kv, w.k0, w.k1);
-      if (w.slot < 0) write_tile(p, g, st);
+      attention_update(st, qt, kv_head_view(p, g.kvh), w.k0, w.k1);
+      if (w.slot < 0) write_query_tile(p, g.kvh * G, G, g.tok0, g.n_tok, st);
     }
   };
   if (pool.size() == 1 || plan.items.size() == 1)
@@ -650,11 +824,15 @@ void attention_dense_batch(const AttentionParams* problems, int n_problems, Thre
     if (g.n_slots <= 1) continue;
     SoftmaxState& st = plan.partials[g.first_slot];
     for (int32_t s = 1; s < g.n_slots; ++s) st.merge(plan.partials[g.first_slot + s]);
-    write_tile(problems[g.prob], g, st);
+    const AttentionParams& p = problems[g.prob];
+    const int32_t G = p.n_head / p.n_kv_head;
+    write_query_tile(p, g.kvh * G, G, g.tok0, g.n_tok, st);
   }
 }
 
-void attention_dense(const AttentionParams& p, ThreadPool& pool) { attention_dense_batch(&p, 1, pool); }
+void attention_dense(const AttentionParams& p, ThreadPool& pool) {
+  attention_dense_batch(&p, 1, pool);
+}
 
 void attention_naive(const AttentionParams& p) {
   check_params(p);

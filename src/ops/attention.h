@@ -1,11 +1,11 @@
 // Causal attention over an fp16 KV cache on the CPU, built from one reusable piece: an online-softmax state
 // (m, l, o) per query row that is updated one key block at a time and merged across disjoint key sets.
 //
-// Dense attention (attention_dense) packs the G query heads of one KV group for a few consecutive tokens into a
-// QueryTile (so every fp16 K/V block converted to fp32 is reused by G heads), runs attention_update over the
-// visible key blocks, and finalizes. Long key ranges with few tiles (decode) are split across threads (split-K) and
-// the partial states merged. HiP attention drives the same QueryTile / SoftmaxState / attention_update over its
-// sink, window and selected key blocks, with per-row key ranges for its masks.
+// Dense attention (attention_dense) packs the G query heads of one KV group for a few consecutive tokens into
+// a QueryTile (so every fp16 K/V block converted to fp32 is reused by G heads), runs attention_update over
+// the visible key blocks, and finalizes. Long key ranges with few tiles (decode) are split across threads
+// (split-K) and the partial states merged. HiP attention drives the same QueryTile / SoftmaxState /
+// attention_update over its sink, window and selected key blocks, with per-row key ranges for its masks.
 #pragma once
 
 #include <cstdint>
@@ -17,7 +17,7 @@
 namespace hs {
 
 struct AttentionParams {
-  // Q: n_q rows of one sequence; row i holds n_head heads of head_dim floats at q + i*q_stride (+ h*head_dim).
+  // Q: n_q rows of one sequence; row i holds n_head heads of head_dim floats at q + i*q_stride + h*head_dim.
   const float* q = nullptr;
   int64_t q_stride = 0;
   // K/V cache of that sequence, IEEE fp16, positions [0, n_kv): element (kv head g, position p, dim d) at
@@ -62,12 +62,13 @@ class AlignedFloats {
   size_t cap_ = 0;
 };
 
-// Online-softmax partial state of n_rows query rows x dim values, for some key set S (rows may see different S):
-//   m[r] = max_{j in S} s_rj        (scaled logits s_rj = scale * q_r . k_j, natural-log domain; -inf if S empty)
-//   l[r] = sum_{j in S} exp(s_rj - m[r])                                         (0 if S empty)
-//   o[r] = sum_{j in S} exp(s_rj - m[r]) * v_j    (unnormalized, dim floats)     (0 if S empty)
-// Merging states of disjoint key sets gives the state of their union (up to rounding), so partial attentions over
-// sink / window / selected blocks / split-K ranges combine without special cases; finalize() divides o by l.
+// Online-softmax partial state of n_rows query rows x dim values over some key set S (each row its own S).
+// With s_rj = scale * q_r . k_j (the scaled logit, natural-log domain):
+//   m[r] = max_{j in S} s_rj                    (-inf if S is empty)
+//   l[r] = sum_{j in S} exp(s_rj - m[r])        (0 if S is empty)
+//   o[r] = sum_{j in S} exp(s_rj - m[r]) * v_j  (dim floats, unnormalized; 0 if S is empty)
+// Merging the states of disjoint key sets gives the state of their union (up to rounding), so partials over
+// sink / window / selected blocks / split-K ranges combine without special cases. finalize() divides o by l.
 class SoftmaxState {
  public:
   SoftmaxState() = default;
@@ -75,8 +76,8 @@ class SoftmaxState {
 
   void init(int32_t n_rows, int32_t dim);  // sizes (allocating only to grow) and reset()s
   void reset();                            // the empty key set: m = -inf, l = 0, o = 0
-  // this := state of (this key set) U (other's), row by row; same n_rows and dim. Empty sides (m = -inf) are exact
-  // no-ops, so fully masked pieces never produce NaN.
+  // this := state of (this key set) U (other's), row by row; same n_rows and dim. Empty sides (m = -inf) are
+  // exact no-ops, so fully masked pieces never produce NaN.
   void merge(const SoftmaxState& other);
   // out[d] = o[r][d] / l[r]; a row that saw no key (l == 0) gives zeros.
   void finalize_row(int32_t r, float* out) const;
@@ -96,8 +97,8 @@ class SoftmaxState {
   AlignedFloats m_, l_, o_;
 };
 
-// The query side of a tile: n_rows query vectors pre-multiplied by the softmax scale and packed (row r at
-// row(r), dim floats), plus the key range [key_lo[r], key_hi[r]) each row may see (causal limit, HiP window...).
+// The query side of a tile: n_rows query vectors, pre-multiplied by the softmax scale and packed (row r at
+// row(r), dim floats), and the key range [key_lo(r), key_hi(r)) each row may see (causal limit, HiP window).
 // Rows can come from different heads and tokens as long as they read the same KV head.
 class QueryTile {
  public:
@@ -129,14 +130,28 @@ struct KvHeadView {
   int64_t pos_stride = 0;
 };
 
-// The inner block loop: adds the keys [k0, k1) of kv to st, row r taking only keys in [key_lo(r), key_hi(r)).
-// Keys go in blocks of kAttnKeyBlock: fp16 -> fp32 once per block, scores for all rows (AVX2 FMA), online-softmax
-// update with exp_avx2 (<= 3e-7 relative), P.V accumulation. Blocks no row can see are skipped without reading them.
-// st must be init()ed with q's n_rows and dim (and hold the state of keys disjoint from these). Thread-safe for
-// distinct st (scratch is thread-local).
+// Tiles as attention_dense builds them, for callers that drive attention_update themselves (HiP). Queries
+// [tok0, tok0 + n_tok) of p for heads [head0, head0 + n_heads) (which must share one kv head) go to row
+// i*n_heads + j (token-major), scaled by p.scale; row i*n_heads + j sees its causal range
+// [0, p.q_pos0 + tok0 + i + 1).
+void pack_query_tile(const AttentionParams& p, int32_t head0, int32_t n_heads, int32_t tok0, int32_t n_tok,
+                     QueryTile& qt);
+// Finalizes st's rows (laid out as pack_query_tile made them) into p.out.
+void write_query_tile(const AttentionParams& p, int32_t head0, int32_t n_heads, int32_t tok0, int32_t n_tok,
+                      const SoftmaxState& st);
+inline KvHeadView kv_head_view(const AttentionParams& p, int32_t kv_head) {
+  return {p.k + kv_head * p.kv_head_stride, p.v + kv_head * p.kv_head_stride, p.kv_pos_stride};
+}
+
+// The inner block loop: adds the keys [k0, k1) of kv to st, row r taking only the keys in
+// [key_lo(r), key_hi(r)). Keys go in blocks of kAttnKeyBlock: fp16 -> fp32 once per block, scores for all
+// rows, online-softmax update with exp_avx2 (<= 3e-7 relative), P.V accumulation; AVX2, or AVX-512 where
+// cpu::simd_path() says so. Blocks no row can see are skipped without being read. st must be init()ed with
+// q's n_rows and dim and may already hold the state of keys disjoint from these. Thread-safe for distinct st
+// (the scratch is thread-local).
 void attention_update(SoftmaxState& st, const QueryTile& q, const KvHeadView& kv, int32_t k0, int32_t k1);
-// The same over an explicit list of key positions, sorted ascending (e.g. HiP's selected blocks, gathered block
-// by block); row r still takes only positions in [key_lo(r), key_hi(r)).
+// The same over an explicit list of key positions, sorted ascending, e.g. HiP's selected blocks; row r still
+// takes only the positions in [key_lo(r), key_hi(r)).
 void attention_update_gather(SoftmaxState& st, const QueryTile& q, const KvHeadView& kv, const int32_t* keys,
                              int32_t n_keys);
 

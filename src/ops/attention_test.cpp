@@ -7,10 +7,17 @@
 #include <random>
 #include <vector>
 
+#include "backends/cpu/cpu_features.h"
 #include "util/common.h"
 
 namespace hs {
 namespace {
+
+// Puts the process's SIMD path back as it was (tests switch between the AVX2 and AVX-512 kernels).
+struct SimdPathScope {
+  cpu::SimdPath saved = cpu::simd_path();
+  ~SimdPathScope() { cpu::set_simd_path(saved); }
+};
 
 // One random problem with its own storage. kv_pos_major: cache laid out [pos][kv head][dim] (llama.cpp style)
 // instead of [kv head][pos][dim]; q rows are padded so strides are exercised.
@@ -48,7 +55,8 @@ struct Problem {
 };
 
 // Error bound, relative to max|v| (= 1 here): the output is a convex combination of v's. Sources:
-//  - scores in fp32 over head_dim terms: |ds| <= head_dim * 2^-24 * scale * sum|q||k| ~ 1e-6 for |q|<=2, |k|<=1;
+//  - scores in fp32 over head_dim terms: |ds| <= head_dim * 2^-24 * scale * sum|q||k| ~ 1e-6 for |q|<=2,
+//  |k|<=1;
 //    a score error ds changes the weights by a factor exp(ds), i.e. the output by <= 2|ds|;
 //  - exp_avx2 relative error 3e-7 on every weight: output <= 2 * 3e-7;
 //  - fp32 running sums l and o over n_vis terms: <= n_vis * 2^-24 worst case (sqrt(n_vis) * 2^-24 typical).
@@ -97,34 +105,41 @@ struct Case {
 
 TEST(AttentionDense, MatchesNaive) {
   const Case cases[] = {
-      {1, 1, 0, 9, 3, 64},      // decode on the first token
-      {1, 577, 576, 9, 3, 64},  // decode at length: split-K with several threads
-      {5, 133, 128, 8, 2, 64},  // GQA 4
-      {64, 64, 0, 4, 4, 128},   // GQA 1, prefill from empty
+      {1, 1, 0, 9, 3, 64},        // decode on the first token
+      {1, 577, 576, 9, 3, 64},    // decode at length: split-K with several threads
+      {5, 133, 128, 8, 2, 64},    // GQA 4
+      {64, 64, 0, 4, 4, 128},     // GQA 1, prefill from empty
       {200, 600, 400, 9, 3, 64},  // chunked prefill on a prior cache, G = 3
       {200, 333, 100, 6, 6, 128},
       {64, 200, 136, 12, 3, 128},  // G = 4
       {5, 37, 17, 2, 1, 48},       // head_dim a multiple of 16 only
       {33, 600, 10, 3, 1, 16},     // q_pos0 + n_q < n_kv: the cache holds keys past the queries, never seen
-      // Thin tiles (<= 6 rows: dot-product path): 1 row, 6 rows in two groups with a causal diagonal, 4 rows.
+      // Thin tiles (dot-product path: <= 8 rows with AVX2, <= 12 with AVX-512): 1 row, 6 rows with a causal
+      // diagonal, 4 rows at head_dim 16, 12 rows (transposed path with AVX2).
       {1, 300, 299, 4, 4, 128},
       {3, 100, 97, 4, 2, 64},
       {1, 250, 249, 8, 2, 16},
+      {2, 64, 62, 6, 1, 64},
   };
   uint32_t seed = 10;
   ThreadPool pools[3] = {ThreadPool(1), ThreadPool(2), ThreadPool(3)};
+  SimdPathScope restore;
   for (const Case& c : cases)
     for (bool pos_major : {false, true}) {
       Problem pr(c.n_q, c.n_kv, c.q_pos0, c.n_head, c.n_kv_head, c.head_dim, seed++, pos_major);
       const std::vector<float> ref = naive_out(pr);
-      for (ThreadPool& pool : pools) {
-        if (pos_major && pool.size() != 2) continue;
-        std::fill(pr.out.begin(), pr.out.end(), -7.0f);
-        attention_dense(pr.p, pool);
-        const std::string what = strfmt("n_q %d n_kv %d q_pos0 %d heads %d/%d dim %d threads %d pos_major %d",
-                                        c.n_q, c.n_kv, c.q_pos0, c.n_head, c.n_kv_head, c.head_dim, pool.size(),
-                                        int(pos_major));
-        expect_close(pr.p, pr.out, ref, what.c_str());
+      for (cpu::SimdPath path : cpu::supported_simd_paths()) {
+        cpu::set_simd_path(path);
+        for (ThreadPool& pool : pools) {
+          if (pos_major && pool.size() != 2) continue;
+          std::fill(pr.out.begin(), pr.out.end(), -7.0f);
+          attention_dense(pr.p, pool);
+          const std::string what =
+              strfmt("%s n_q %d n_kv %d q_pos0 %d heads %d/%d dim %d threads %d pos_major %d",
+                     cpu::simd_path_name(path), c.n_q, c.n_kv, c.q_pos0, c.n_head, c.n_kv_head, c.head_dim,
+                     pool.size(), int(pos_major));
+          expect_close(pr.p, pr.out, ref, what.c_str());
+        }
       }
     }
 }
@@ -163,13 +178,40 @@ TEST(AttentionDense, BatchEqualsPerProblemCalls) {
     attention_dense_batch(ps.data(), int(ps.size()), pool);
     for (size_t i = 0; i < probs.size(); ++i)
       for (size_t j = 0; j < single[i].size(); ++j) {
-        // One thread: the same tiles in the same order, so the same bits. Two threads: the split-K cut may differ.
+        // One thread: the same tiles in the same order, so the same bits. Two threads: the split-K cut may
+        // differ.
         if (threads == 1)
           ASSERT_EQ(probs[i].out[j], single[i][j]) << i << " " << j;
         else
           ASSERT_NEAR(probs[i].out[j], single[i][j], 2e-6) << i << " " << j;
       }
   }
+}
+
+// Driving the pieces by hand, one head per tile (as HiP does with its per-head masks), gives the dense
+// result.
+TEST(AttentionDense, HandDrivenPerHeadTilesMatchDense) {
+  Problem pr(23, 150, 127, 6, 2, 64, 9);
+  ThreadPool pool(2);
+  attention_dense(pr.p, pool);
+  std::vector<float> mine(pr.out.size(), -7.0f);
+  AttentionParams p = pr.p;
+  p.out = mine.data();
+  const int32_t G = p.n_head / p.n_kv_head;
+  QueryTile qt;
+  SoftmaxState st;
+  for (int32_t h = 0; h < p.n_head; ++h)
+    for (int32_t t0 = 0; t0 < p.n_q; t0 += 7) {
+      const int32_t nt = std::min(7, p.n_q - t0);
+      pack_query_tile(p, h, 1, t0, nt, qt);
+      st.init(qt.n_rows(), qt.dim());
+      const int32_t k_end = p.q_pos0 + t0 + nt, mid = k_end / 3;  // two ranges, merged by the state itself
+      attention_update(st, qt, kv_head_view(p, h / G), mid, k_end);
+      attention_update(st, qt, kv_head_view(p, h / G), 0, mid);
+      write_query_tile(p, h, 1, t0, nt, st);
+    }
+  for (size_t j = 0; j < mine.size(); ++j) ASSERT_NEAR(mine[j], pr.out[j], 1e-6) << j;
+  EXPECT_THROW(pack_query_tile(p, 2, 2, 0, 1, qt), Error);  // heads 2, 3 read different kv heads
 }
 
 TEST(AttentionDense, RejectsBadShapes) {
@@ -196,7 +238,7 @@ void check_merge_of_pieces(int32_t n_rows) {
   qt.init(n_rows, dim);
   for (int32_t r = 0; r < n_rows; ++r) {
     // Mixed row masks: causal-like, windowed, and row 3 sees a short range that lies in one piece only.
-    int32_t lo = 0, hi = 150 + 13 * r;
+    int32_t lo = 0, hi = std::min(150 + 13 * r, n_keys);
     if (r % 3 == 1) lo = 40 + r;
     if (r == 3) lo = 200, hi = 203;
     qt.set_row(r, pr.p.q + r * pr.p.q_stride, pr.p.scale, lo, hi);
@@ -212,10 +254,12 @@ void check_merge_of_pieces(int32_t n_rows) {
   for (int32_t j = 0; j < n_keys; ++j) piece[rng() % 3].push_back(j);
   // Move keys 200..202 to piece 2 so rows 3's keys are all there and its pieces 0, 1 are fully masked.
   for (int p = 0; p < 2; ++p)
-    piece[p].erase(std::remove_if(piece[p].begin(), piece[p].end(), [](int32_t j) { return j >= 200 && j < 203; }),
-                   piece[p].end());
+    piece[p].erase(
+        std::remove_if(piece[p].begin(), piece[p].end(), [](int32_t j) { return j >= 200 && j < 203; }),
+        piece[p].end());
   for (int32_t j = 200; j < 203; ++j)
-    if (!std::binary_search(piece[2].begin(), piece[2].end(), j)) piece[2].insert(std::lower_bound(piece[2].begin(), piece[2].end(), j), j);
+    if (!std::binary_search(piece[2].begin(), piece[2].end(), j))
+      piece[2].insert(std::lower_bound(piece[2].begin(), piece[2].end(), j), j);
 
   SoftmaxState parts[3];
   for (int p = 0; p < 3; ++p) {
@@ -232,8 +276,8 @@ void check_merge_of_pieces(int32_t n_rows) {
   whole.finalize(a.data(), dim);
   parts[2].finalize(b.data(), dim);
   for (int32_t r = 0; r < n_rows; ++r) {
-    EXPECT_NEAR(parts[2].m()[r] == -INFINITY ? 0.0f : parts[2].m()[r], whole.m()[r] == -INFINITY ? 0.0f : whole.m()[r],
-                1e-6f);
+    EXPECT_NEAR(parts[2].m()[r] == -INFINITY ? 0.0f : parts[2].m()[r],
+                whole.m()[r] == -INFINITY ? 0.0f : whole.m()[r], 1e-6f);
     for (int32_t d = 0; d < dim; ++d) {
       ASSERT_TRUE(std::isfinite(b[r * dim + d])) << r;
       ASSERT_NEAR(a[r * dim + d], b[r * dim + d], 2e-6) << r << " " << d;
@@ -256,8 +300,14 @@ void check_merge_of_pieces(int32_t n_rows) {
 }
 
 TEST(SoftmaxState, MergeOfDisjointPiecesEqualsWhole) {
-  check_merge_of_pieces(11);
-  check_merge_of_pieces(5);
+  SimdPathScope restore;
+  for (cpu::SimdPath path : cpu::supported_simd_paths()) {
+    SCOPED_TRACE(cpu::simd_path_name(path));
+    cpu::set_simd_path(path);
+    check_merge_of_pieces(14);  // transposed-K kernels
+    check_merge_of_pieces(11);  // thin with AVX-512, transposed with AVX2
+    check_merge_of_pieces(5);   // thin
+  }
 }
 
 TEST(SoftmaxState, EmptyMergesAreNoOps) {

@@ -37,7 +37,8 @@ void rms_norm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy
     const __m256 vinv = _mm256_set1_ps(inv);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
-      _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv), _mm256_loadu_ps(w + i)));
+      _mm256_storeu_ps(yr + i,
+                       _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv), _mm256_loadu_ps(w + i)));
     for (; i < n; ++i) yr[i] = xr[i] * inv * w[i];
   }
 }

@@ -9,8 +9,8 @@ namespace hs {
 
 void rope_inplace(float* x, int64_t n_tok, int64_t ld, int32_t n_head, int32_t head_dim, const int32_t* pos,
                   const RopeParams& p) {
-  HS_CHECK(p.n_rot >= 0 && p.n_rot % 2 == 0 && p.n_rot <= head_dim, "rope: n_rot %d must be even and <= head_dim %d",
-           p.n_rot, head_dim);
+  HS_CHECK(p.n_rot >= 0 && p.n_rot % 2 == 0 && p.n_rot <= head_dim,
+           "rope: n_rot %d must be even and <= head_dim %d", p.n_rot, head_dim);
   const int32_t half = p.n_rot / 2;
   if (half == 0 || n_tok == 0) return;
 
@@ -24,7 +24,8 @@ void rope_inplace(float* x, int64_t n_tok, int64_t ld, int32_t n_head, int32_t h
     inv_freq[i] = f;
   }
 
-  std::vector<float> cs(2 * size_t(half));  // (cos, sin) of pair i at cs[2i], cs[2i+1]; shared by the row's heads
+  std::vector<float> cs(2 *
+                        size_t(half));  // (cos, sin) of pair i at cs[2i], cs[2i+1]; shared by the row's heads
   for (int64_t t = 0; t < n_tok; ++t) {
     const float fpos = float(pos[t]);
     for (int32_t i = 0; i < half; ++i) ::sincosf(fpos * inv_freq[i], &cs[2 * i + 1], &cs[2 * i]);

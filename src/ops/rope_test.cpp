@@ -31,7 +31,8 @@ void rope_reference(std::vector<double>& x, const Shape& s, const int32_t* pos, 
       for (int32_t i = 0; i < half; ++i) {
         double theta = pos[t] * double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / p.n_rot);
         if (p.freq_factors) theta /= p.freq_factors[i];
-        const int a = p.type == RopeType::Norm ? 2 * i : i, b = p.type == RopeType::Norm ? 2 * i + 1 : i + half;
+        const int a = p.type == RopeType::Norm ? 2 * i : i,
+                  b = p.type == RopeType::Norm ? 2 * i + 1 : i + half;
         const double x0 = v[a], x1 = v[b];
         v[a] = x0 * std::cos(theta) - x1 * std::sin(theta);
         v[b] = x0 * std::sin(theta) + x1 * std::cos(theta);
@@ -57,12 +58,13 @@ TEST(Rope, MatchesDirectFormulaNormAndNeoX) {
         std::vector<double> ref(x.begin(), x.end());
         rope_inplace(x.data(), s.n_tok, s.ld, s.n_head, s.head_dim, pos, p);
         rope_reference(ref, s, pos, p);
-        // theta is formed in float32 like HF: |dtheta| <= ~2 ulp(theta) ~ 2.4e-7 * 4095 rad = 1e-3 at pos 4095,
-        // so compare with an error that grows with the position.
+        // theta is formed in float32 like HF: |dtheta| <= ~2 ulp(theta) ~ 2.4e-7 * 4095 rad = 1e-3 at pos
+        // 4095, so compare with an error that grows with the position.
         for (int64_t t = 0; t < s.n_tok; ++t)
           for (int64_t i = 0; i < s.ld; ++i) {
             const double tol = 1e-6 + 4.0 * 2.4e-7 * pos[t];
-            EXPECT_NEAR(x[t * s.ld + i], ref[t * s.ld + i], tol) << int(type) << " rot " << n_rot << " t " << t;
+            EXPECT_NEAR(x[t * s.ld + i], ref[t * s.ld + i], tol)
+                << int(type) << " rot " << n_rot << " t " << t;
           }
       }
 }

@@ -38,7 +38,9 @@ void ThreadPool::worker_loop(int ith) {
     int spins = 0;
     while (generation_.load(std::memory_order_acquire) == seen) {
       HS_PAUSE();
-      if (++spins % 1024 == 0 && std::chrono::steady_clock::now() - start > kSpinTime) {
+      // Yield now and then: when the machine is oversubscribed the thread we wait for may need this core.
+      if (++spins % 64 == 0) std::this_thread::yield();
+      if (spins % 1024 == 0 && std::chrono::steady_clock::now() - start > kSpinTime) {
         std::unique_lock<std::mutex> lock(mutex_);
         sleeping_.fetch_add(1);
         wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
@@ -67,7 +69,10 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
   if (sleeping_.load() > 0) wake_.notify_all();
   fn(0, n_threads_);
-  while (pending_.load(std::memory_order_acquire) != 0) HS_PAUSE();
+  for (int spins = 1; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    HS_PAUSE();
+    if (spins % 64 == 0) std::this_thread::yield();
+  }
   job_ = nullptr;
 }
 

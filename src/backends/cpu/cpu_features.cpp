@@ -33,20 +33,6 @@ CpuFeatures detect() {
 // -1 until first use, then a SimdPath value.
 std::atomic<int> g_path{-1};
 
-SimdPath initial_path() {
-  const CpuFeatures& f = cpu_features();
-  const char* env = std::getenv("HIPSERVE_CPU");
-  if (env && *env) {
-    if (std::strcmp(env, "avx2") == 0) return SimdPath::kAvx2;
-    if (std::strcmp(env, "avx512") == 0) {
-      HS_CHECK(f.has_avx512_path(), "HIPSERVE_CPU=avx512, but this CPU lacks AVX-512 F/BW/VL/VNNI");
-      return SimdPath::kAvx512;
-    }
-    fail(strfmt("HIPSERVE_CPU=%s: expected avx2 or avx512", env));
-  }
-  return f.has_avx512_path() ? SimdPath::kAvx512 : SimdPath::kAvx2;
-}
-
 }  // namespace
 
 const CpuFeatures& cpu_features() {
@@ -57,7 +43,7 @@ const CpuFeatures& cpu_features() {
 SimdPath simd_path() {
   int p = g_path.load(std::memory_order_relaxed);
   if (p < 0) {
-    p = int(initial_path());
+    p = int(simd_path_from_env(std::getenv("HIPSERVE_CPU")));
     g_path.store(p, std::memory_order_relaxed);
   }
   return SimdPath(p);
@@ -67,6 +53,19 @@ void set_simd_path(SimdPath path) {
   HS_CHECK(path == SimdPath::kAvx2 || cpu_features().has_avx512_path(),
            "SIMD path %s is not supported by this CPU", simd_path_name(path));
   g_path.store(int(path), std::memory_order_relaxed);
+}
+
+SimdPath simd_path_from_env(const char* value) {
+  const CpuFeatures& f = cpu_features();
+  if (value && *value) {
+    if (std::strcmp(value, "avx2") == 0) return SimdPath::kAvx2;
+    if (std::strcmp(value, "avx512") == 0) {
+      HS_CHECK(f.has_avx512_path(), "HIPSERVE_CPU=avx512, but this CPU lacks AVX-512 F/BW/VL/VNNI");
+      return SimdPath::kAvx512;
+    }
+    fail(strfmt("HIPSERVE_CPU=%s: expected avx2 or avx512", value));
+  }
+  return f.has_avx512_path() ? SimdPath::kAvx512 : SimdPath::kAvx2;
 }
 
 std::vector<SimdPath> supported_simd_paths() {

@@ -30,6 +30,10 @@ SimdPath simd_path();
 // synchronized with kernels running concurrently: switch only between calls.
 void set_simd_path(SimdPath path);
 
+// The path a HIPSERVE_CPU value selects: "avx2", "avx512", or nullptr / "" for the best the CPU supports.
+// Throws hs::Error for other values and for a path the CPU lacks.
+SimdPath simd_path_from_env(const char* value);
+
 std::vector<SimdPath> supported_simd_paths();  // kAvx2 first
 const char* simd_path_name(SimdPath path);     // "avx2", "avx512"
 

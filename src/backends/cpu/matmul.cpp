@@ -2,13 +2,13 @@
 //
 // Integer path (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K):
 //   1. Each activation row is quantized once per call to int8 blocks of 32 (ActQ, matmul_kernels.h).
-//   2a. Few tokens (decode): Q4_0 / Q4_1 / Q8_0 rows are streamed straight from the GGML blocks, one row
-//       at a time against all tokens (gemv_int_*). Threads take chunks of rows.
+//   2a. Few tokens (decode, < gemm_min_tokens): weight rows are streamed straight from the GGML blocks, one
+//       row at a time against all tokens (gemv_int_*). Threads take chunks of rows.
 //   2b. Many tokens (prefill): a thread takes a tile of NR rows, repacks it once into an interleaved u8
-//       layout (pack_tile) in its own scratch, and runs an NR rows x NT tokens register-tiled microkernel
+//       layout (pack_tile*) in its own scratch, and runs an NR rows x NT tokens register-tiled microkernel
 //       over every token (gemm_int_*); the tile is reused from L1/L2 for all tokens.
-// fp32 path (F32, F16, BF16, and K-quants when there are few tokens): rows are dequantized to fp32 in
-// per-thread scratch and multiplied with an AVX2 FMA kernel of 4 rows x 2 tokens.
+// fp32 path (F32, F16, BF16): rows are dequantized to fp32 in per-thread scratch and multiplied with an AVX2
+// FMA kernel of 4 rows x 2 tokens.
 #include "backends/cpu/matmul.h"
 
 #include <immintrin.h>
@@ -32,8 +32,9 @@ using detail::IntScheme;
 
 namespace {
 
-// With at least this many tokens the repacked GEMM beats streaming rows (see bench/matmul_bench.cpp).
-constexpr int64_t kGemmMinTokens = 4;
+// With at least this many tokens the repacked GEMM beats streaming rows (measured with
+// bench/matmul_bench.cpp; adjustable for tuning and tests through detail::set_gemm_min_tokens).
+std::atomic<int64_t> g_gemm_min_tokens{4};
 
 constexpr size_t align64(size_t n) {
   return (n + 63) & ~size_t(63);
@@ -62,7 +63,8 @@ bool is_int_type(GgmlType t) {
   }
 }
 
-bool has_gemv_kernel(GgmlType t) {
+// The AVX-512 GEMV kernels cover these; K-quants stream through the AVX2 ones on both paths.
+bool has_avx512_gemv(GgmlType t) {
   return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0;
 }
 
@@ -342,7 +344,7 @@ void run_gemv(Job& job, int ith, int nth) {
   for (int64_t i; (i = job.next.fetch_add(1, std::memory_order_relaxed)) < job.n_items;) {
     g.r0 = i * job.rows_per_item;
     g.r1 = std::min(w.rows, g.r0 + job.rows_per_item);
-    if (job.path == SimdPath::kAvx512) {
+    if (job.path == SimdPath::kAvx512 && has_avx512_gemv(w.type)) {
       detail::gemv_int_avx512(g);
     } else {
       detail::gemv_int_avx2(g);
@@ -363,8 +365,12 @@ void run_gemm(Job& job, int ith, int nth) {
     const int64_t r0 = tile * NR;
     const int nr = int(std::min<int64_t>(NR, w.rows - r0));
     if (tile != packed_tile) {
-      pack_tile(w.type, job.scheme, static_cast<const uint8_t*>(w.data) + size_t(r0) * w.row_bytes,
-                w.row_bytes, nr, NR, nsb, pack);
+      const uint8_t* row0 = static_cast<const uint8_t*>(w.data) + size_t(r0) * w.row_bytes;
+      const bool fast =
+          nr == NR && (job.path == SimdPath::kAvx512
+                           ? detail::pack_tile_avx512(w.type, job.scheme, row0, w.row_bytes, nsb, pack)
+                           : detail::pack_tile_avx2(w.type, job.scheme, row0, w.row_bytes, nsb, pack));
+      if (!fast) pack_tile(w.type, job.scheme, row0, w.row_bytes, nr, NR, nsb, pack);
       packed_tile = tile;
     }
     GemmArgs g;
@@ -429,6 +435,13 @@ void check_args(const MatmulWeight& w, int64_t n_tokens, int64_t ldx, int64_t ld
 
 }  // namespace
 
+int64_t detail::gemm_min_tokens() {
+  return g_gemm_min_tokens.load(std::memory_order_relaxed);
+}
+int64_t detail::set_gemm_min_tokens(int64_t n) {
+  return g_gemm_min_tokens.exchange(std::max<int64_t>(1, n));
+}
+
 MatmulWeight make_weight(GgmlType type, const void* data, int64_t rows, int64_t cols) {
   MatmulWeight w;
   w.type = type;
@@ -455,8 +468,8 @@ void matmul(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx
   job.ldy = ldy;
   job.path = simd_path();
 
-  const bool int_path = is_int_type(w.type) && (n_tokens >= kGemmMinTokens || has_gemv_kernel(w.type));
-  if (!int_path) {
+  const int64_t gemm_min_tokens = detail::gemm_min_tokens();
+  if (!is_int_type(w.type)) {
     // fp32: chunks of rows, enough of them to balance the threads.
     job.rows_per_item = std::clamp<int64_t>(w.rows / (8 * nth), 4, kFpMaxChunk) & ~int64_t(3);
     job.n_items = (w.rows + job.rows_per_item - 1) / job.rows_per_item;
@@ -464,8 +477,9 @@ void matmul(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx
     return;
   }
 
-  job.scheme = int_scheme(w.type, job.path);
-  const bool gemm = n_tokens >= kGemmMinTokens;
+  const bool gemm = n_tokens >= gemm_min_tokens;
+  // Q8_0's AVX-512 GEMM stores u8 = q + 128; the row-streaming kernels read the blocks as they are.
+  job.scheme = int_scheme(w.type, gemm ? job.path : SimdPath::kAvx2);
   const int L = !gemm                           ? 1
                 : job.path == SimdPath::kAvx512 ? detail::kGemmTokensAvx512
                                                 : detail::kGemmTokensAvx2;
@@ -473,7 +487,8 @@ void matmul(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx
   if (!gemm) {
     quantize_activations(x, ldx, job.act, job.scheme.sb, job.scheme.offset, 0, n_tokens);
     // About 16 row chunks per thread, multiples of 8 rows.
-    job.rows_per_item = std::max<int64_t>(8, (w.rows / (16 * nth)) & ~int64_t(7));
+    static const int64_t chunks = getenv("HS_GEMV_CHUNKS") ? atoll(getenv("HS_GEMV_CHUNKS")) : 16;  // TUNING
+    job.rows_per_item = std::max<int64_t>(8, (w.rows / (chunks * nth)) & ~int64_t(7));
     job.n_items = (w.rows + job.rows_per_item - 1) / job.rows_per_item;
     pool.run([&job](int ith, int nth) { run_gemv(job, ith, nth); });
     return;

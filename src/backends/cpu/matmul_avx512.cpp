@@ -100,8 +100,7 @@ HS_AVX512 void gemm_run16(const GemmArgs& g) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// GEMV: as the AVX2 version (matmul_avx2.cpp) with vpdpbusd on ymm; the offset correction seeds the
-// accumulator.
+// GEMV: as the AVX2 version (matmul_avx2.cpp) with vpdpbusd; the offset correction seeds the accumulator.
 
 template <int T, bool kMin>
 HS_AVX512 inline void q4_block(const uint8_t* blk, int64_t b, const int8_t* const* xq, const float* const* ds,
@@ -134,6 +133,63 @@ HS_AVX512 inline void q8_block(const uint8_t* blk, int64_t b, const int8_t* cons
   }
 }
 
+// Two consecutive blocks per zmm (the streaming loop's main step); the single-block ymm versions above handle
+// an odd last block. Scales: [d0, m0 or 0, d1, m1 or 0] (fp16 -> fp32) times the activation's
+// [dx0, sx0, dx1, sx1] gives both blocks' d * dx (lanes 0 and 2, spread over the two 256-bit halves by one
+// vpermps) and, for Q4_1, m * dx * sum(q_x) (lanes 1 and 3, summed at the end of the row).
+
+HS_AVX512 inline __m512 spread_pair_scales(__m128 prod) {
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2),
+                               _mm512_castps128_ps512(prod));
+}
+
+template <int T, bool kMin>
+HS_AVX512 inline void q4_pair(const uint8_t* blk, int64_t b, const int8_t* const* xq, const float* const* ds,
+                              const int32_t* const* off, __m512* acc, __m128* macc) {
+  constexpr int kBytes = kMin ? sizeof(BlockQ4_1) : sizeof(BlockQ4_0), kQs = kMin ? 4 : 2;
+  const uint8_t* blk1 = blk + kBytes;
+  // [qs0, qs0, qs1, qs1] -> low nibbles of each in the first copy, high nibbles in the second
+  __m512i q = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kQs)));
+  q = _mm512_mask_broadcast_i32x4(q, 0xFF00, _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk1 + kQs)));
+  q = _mm512_and_si512(
+      _mm512_srlv_epi32(q, _mm512_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4, 0, 0, 0, 0, 4, 4, 4, 4)),
+      _mm512_set1_epi8(0x0F));
+  const uint64_t h = kMin ? uint64_t(uint32_t(load_i32(blk))) | uint64_t(uint32_t(load_i32(blk1))) << 32
+                          : uint64_t(load_u16(blk)) | uint64_t(load_u16(blk1)) << 32;
+  const __m128 dm = _mm_cvtph_ps(_mm_cvtsi64_si128(int64_t(h)));
+  for (int t = 0; t < T; ++t) {
+    __m512i seed = _mm512_setzero_si512();
+    if constexpr (!kMin)  // -8 * sum(q_x) of each block, in one lane of its half
+      seed = _mm512_inserti32x4(_mm512_zextsi128_si512(_mm_cvtsi32_si128(off[t][b])),
+                                _mm_cvtsi32_si128(off[t][b + 1]), 2);
+    const __m512i s = _mm512_dpbusd_epi32(seed, q, _mm512_loadu_si512(xq[t] + 32 * b));
+    const __m128 prod = _mm_mul_ps(dm, _mm_loadu_ps(ds[t] + 2 * b));
+    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), spread_pair_scales(prod), acc[t]);
+    if constexpr (kMin) macc[t] = _mm_add_ps(macc[t], prod);
+  }
+}
+
+template <int T>
+HS_AVX512 inline void q8_pair(const uint8_t* blk, int64_t b, const int8_t* const* xq, const float* const* ds,
+                              __m512* acc) {
+  const uint8_t* blk1 = blk + sizeof(BlockQ8_0);
+  const __m512i w = _mm512_inserti64x4(
+      _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2))),
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk1 + 2)), 1);
+  // w * x = |w| * (x negated where w < 0); |w| <= 128 fits u8
+  const __m512i wa = _mm512_abs_epi8(w);
+  const __mmask64 neg = _mm512_movepi8_mask(w);
+  const __m128 d =
+      _mm_cvtph_ps(_mm_cvtsi64_si128(int64_t(uint64_t(load_u16(blk)) | uint64_t(load_u16(blk1)) << 32)));
+  for (int t = 0; t < T; ++t) {
+    const __m512i x = _mm512_loadu_si512(xq[t] + 32 * b);
+    const __m512i xs = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
+    const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wa, xs);
+    const __m128 prod = _mm_mul_ps(d, _mm_loadu_ps(ds[t] + 2 * b));
+    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), spread_pair_scales(prod), acc[t]);
+  }
+}
+
 template <int T, GgmlType kType>
 HS_AVX512 void gemv_rows(const GemvArgs& g, int64_t t0) {
   constexpr bool kQ8 = kType == GgmlType::Q8_0, kMin = kType == GgmlType::Q4_1;
@@ -149,29 +205,46 @@ HS_AVX512 void gemv_rows(const GemvArgs& g, int64_t t0) {
   }
   for (int64_t r = g.r0; r < g.r1; ++r) {
     const uint8_t* row = g.w + r * g.row_bytes;
-    __m256 acc0[T], acc1[T];
+    __m512 acc0[T], acc1[T];  // two accumulators so consecutive pairs do not wait on one fma chain
+    __m256 tail[T];
     __m128 macc[T];
-    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps(), macc[t] = _mm_setzero_ps();
+    for (int t = 0; t < T; ++t) {
+      acc0[t] = acc1[t] = _mm512_setzero_ps();
+      tail[t] = _mm256_setzero_ps();
+      macc[t] = _mm_setzero_ps();
+    }
     int64_t b = 0;
-    for (; b + 2 <= g.nb; b += 2) {
+    for (; b + 4 <= g.nb; b += 4) {
       if constexpr (kQ8) {
-        q8_block<T>(row + b * kBlockBytes, b, xq, ds, acc0);
-        q8_block<T>(row + (b + 1) * kBlockBytes, b + 1, xq, ds, acc1);
+        q8_pair<T>(row + b * kBlockBytes, b, xq, ds, acc0);
+        q8_pair<T>(row + (b + 2) * kBlockBytes, b + 2, xq, ds, acc1);
       } else {
-        q4_block<T, kMin>(row + b * kBlockBytes, b, xq, ds, off, acc0, macc);
-        q4_block<T, kMin>(row + (b + 1) * kBlockBytes, b + 1, xq, ds, off, acc1, macc);
+        q4_pair<T, kMin>(row + b * kBlockBytes, b, xq, ds, off, acc0, macc);
+        q4_pair<T, kMin>(row + (b + 2) * kBlockBytes, b + 2, xq, ds, off, acc1, macc);
       }
+    }
+    if (b + 2 <= g.nb) {
+      if constexpr (kQ8) {
+        q8_pair<T>(row + b * kBlockBytes, b, xq, ds, acc0);
+      } else {
+        q4_pair<T, kMin>(row + b * kBlockBytes, b, xq, ds, off, acc0, macc);
+      }
+      b += 2;
     }
     if (b < g.nb) {
       if constexpr (kQ8) {
-        q8_block<T>(row + b * kBlockBytes, b, xq, ds, acc0);
+        q8_block<T>(row + b * kBlockBytes, b, xq, ds, tail);
       } else {
-        q4_block<T, kMin>(row + b * kBlockBytes, b, xq, ds, off, acc0, macc);
+        q4_block<T, kMin>(row + b * kBlockBytes, b, xq, ds, off, tail, macc);
       }
     }
     for (int t = 0; t < T; ++t) {
-      float v = hsum(_mm256_add_ps(acc0[t], acc1[t]));
-      if constexpr (kMin) v += _mm_cvtss_f32(_mm_movehdup_ps(macc[t]));
+      const __m512 s = _mm512_add_ps(acc0[t], acc1[t]);
+      float v = hsum(_mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1))) + hsum(tail[t]);
+      if constexpr (kMin) {  // lanes 1 and 3: the m * dx * sum(q_x) terms
+        const __m128 m = _mm_add_ps(macc[t], _mm_movehl_ps(macc[t], macc[t]));
+        v += _mm_cvtss_f32(_mm_movehdup_ps(m));
+      }
       g.y[(t0 + t) * g.ldy + r] = v;
     }
   }
@@ -192,7 +265,75 @@ HS_AVX512 void gemv_tokens(const GemvArgs& g, int64_t t0) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Repacking 16 rows of Q4_0 / Q4_1 / Q8_0 per 32-column block: four rows' 16-byte halves go into one zmm
+// (a 128-bit lane per row), vpermd turns that into lane k = step k of the four rows, and a 4x4 transpose of
+// 128-bit lanes across the four row groups gives the 64-byte step vectors [row 0..15] x 4 bytes.
+
+// 16 bytes at p, p + stride, p + 2 stride, p + 3 stride -> lane k = bytes 4k..4k+3 of each of the 4 rows.
+HS_AVX512 inline __m512i quad_steps(const uint8_t* p, size_t stride) {
+  __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + stride)), 1);
+  v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * stride)), 2);
+  v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 3 * stride)), 3);
+  return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), v);
+}
+
+// g[q] lane k = step k of rows 4q..4q+3; stores step k of all 16 rows at out + 64 k (k = 0..3).
+HS_AVX512 inline void store_transposed(const __m512i* g, uint8_t* out) {
+  const __m512i t0 = _mm512_shuffle_i64x2(g[0], g[1], 0x44), t1 = _mm512_shuffle_i64x2(g[0], g[1], 0xEE);
+  const __m512i t2 = _mm512_shuffle_i64x2(g[2], g[3], 0x44), t3 = _mm512_shuffle_i64x2(g[2], g[3], 0xEE);
+  _mm512_store_si512(out + 0, _mm512_shuffle_i64x2(t0, t2, 0x88));
+  _mm512_store_si512(out + 64, _mm512_shuffle_i64x2(t0, t2, 0xDD));
+  _mm512_store_si512(out + 128, _mm512_shuffle_i64x2(t1, t3, 0x88));
+  _mm512_store_si512(out + 192, _mm512_shuffle_i64x2(t1, t3, 0xDD));
+}
+
+// fp16 at byte offset `at` of block j of each of the 16 rows -> 16 floats.
+HS_AVX512 inline __m512 gather_halves(const uint8_t* blk0, __m512i row_offsets, int at) {
+  const __m512i g = _mm512_i32gather_epi32(row_offsets, blk0 + at, 1);
+  return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+}
+
 }  // namespace
+
+HS_AVX512 bool pack_tile_avx512(GgmlType type, const IntScheme& s, const uint8_t* row0, size_t row_bytes,
+                                int64_t nsb, uint8_t* out) {
+  constexpr int NR = kGemmRowsAvx512;
+  if (s.sb != 32 || (type != GgmlType::Q4_0 && type != GgmlType::Q4_1 && type != GgmlType::Q8_0))
+    return false;
+  if (row_bytes * NR > size_t(1) << 30) return false;  // gather offsets are int32
+  const bool q8 = type == GgmlType::Q8_0;
+  const size_t bb = q8 ? sizeof(BlockQ8_0) : type == GgmlType::Q4_1 ? sizeof(BlockQ4_1) : sizeof(BlockQ4_0);
+  const int qs_at = type == GgmlType::Q4_1 ? 4 : 2;
+  const size_t sub_bytes = packed_subblock_bytes(s, NR);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  const __m512i flip = _mm512_set1_epi8(s.offset == 128 ? char(0x80) : 0);
+  const __m512i row_offsets =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(int(row_bytes)));
+  for (int64_t j = 0; j < nsb; ++j, out += sub_bytes) {
+    const uint8_t* blk0 = row0 + size_t(j) * bb;
+    __m512i lo[4], hi[4];
+    for (int q = 0; q < 4; ++q) {
+      const uint8_t* p = blk0 + size_t(4 * q) * row_bytes + qs_at;
+      if (q8) {  // steps 0..3 from bytes 0..15, steps 4..7 from bytes 16..31
+        lo[q] = _mm512_xor_si512(quad_steps(p, row_bytes), flip);
+        hi[q] = _mm512_xor_si512(quad_steps(p + 16, row_bytes), flip);
+      } else {  // steps 0..3 are the low nibbles, 4..7 the high nibbles
+        const __m512i v = quad_steps(p, row_bytes);
+        lo[q] = _mm512_and_si512(v, m4);
+        hi[q] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+      }
+    }
+    store_transposed(lo, out);
+    store_transposed(hi, out + 256);
+    float* dv = reinterpret_cast<float*>(out + 64 * 8);
+    _mm512_store_ps(dv, gather_halves(blk0, row_offsets, 0));
+    if (s.has_min) _mm512_store_ps(dv + NR, gather_halves(blk0, row_offsets, 2));
+  }
+  return true;
+}
 
 HS_AVX512 void gemm_int_avx512(const IntScheme& s, const GemmArgs& g) {
   if (s.sb == 16) {

@@ -66,8 +66,9 @@ struct GemmArgs {
   int nr_valid = 0;  // rows of the tile inside the matrix
 };
 
-// Row-streaming kernel over weight rows [r0, r1) of a Q4_0 / Q4_1 / Q8_0 matrix and tokens [0, n_tokens)
-// of an L = 1 ActQ (built with sb 32, offset 8 for Q4_0 and 0 otherwise).
+// Row-streaming kernel over weight rows [r0, r1) and tokens [0, n_tokens) of an L = 1 ActQ built with the
+// type's IntScheme (sb, offset; Q8_0 with offset 0). gemv_int_avx512 handles Q4_0 / Q4_1 / Q8_0 only,
+// gemv_int_avx2 every integer type.
 struct GemvArgs {
   GgmlType type = GgmlType::Q4_1;
   const uint8_t* w = nullptr;
@@ -80,10 +81,22 @@ struct GemvArgs {
   int64_t ldy = 0;
 };
 
+// SIMD repacking of a full tile (NR rows, all inside the matrix) of Q4_0 / Q4_1 / Q8_0 rows into the layout
+// above; false for other types (the caller then uses the scalar packer in matmul.cpp).
+bool pack_tile_avx2(GgmlType type, const IntScheme& s, const uint8_t* row0, size_t row_bytes, int64_t nsb,
+                    uint8_t* out);
+bool pack_tile_avx512(GgmlType type, const IntScheme& s, const uint8_t* row0, size_t row_bytes, int64_t nsb,
+                      uint8_t* out);
+
 void gemm_int_avx2(const IntScheme& s, const GemmArgs& g);
 void gemm_int_avx512(const IntScheme& s, const GemmArgs& g);
 void gemv_int_avx2(const GemvArgs& g);
 void gemv_int_avx512(const GemvArgs& g);
+
+// Calls with at least this many tokens use the repacked GEMM; fewer stream rows (GEMV) or, for K-quants,
+// take the fp32 path. Returns the previous value.
+int64_t gemm_min_tokens();
+int64_t set_gemm_min_tokens(int64_t n);
 
 constexpr int kGemmRowsAvx2 = 8, kGemmTokensAvx2 = 4;
 constexpr int kGemmRowsAvx512 = 16, kGemmTokensAvx512 = 8;

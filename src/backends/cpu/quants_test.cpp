@@ -280,7 +280,8 @@ TEST(Quants, RoundTripQ4_1) {
       // Rounding to the grid costs d / 2; fp16 rounding of d (times q <= 15) and of min add 2^-11 relative
       // each (or 2^-25 absolute for subnormal halves).
       const float d = (hi - lo) / 15.0f;
-      const float bound = (d * (0.5f + 15.0f / 2048.0f) + std::fabs(lo) / 2048.0f) * 1.001f + 16.0f * 0x1p-25f;
+      const float bound =
+          (d * (0.5f + 15.0f / 2048.0f) + std::fabs(lo) / 2048.0f) * 1.001f + 16.0f * 0x1p-25f;
       for (int j = 0; j < 32; ++j)
         ASSERT_LE(std::fabs(x[32 * b + j] - y[32 * b + j]), bound) << b << " " << j;
     }

@@ -1,0 +1,147 @@
+// `hipserve eval ppl|passkey|recall`: quality of the configured attention on a real model.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/cli.h"
+#include "apps/commands.h"
+#include "apps/loader.h"
+#include "engine/evaluate.h"
+#include "util/common.h"
+#include "util/progress.h"
+
+namespace hs::cli {
+
+namespace {
+
+std::vector<int32_t> tokenize_file(const Tokenizer& tok, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  HS_CHECK(in.good(), "cannot open text file '%s'", path.c_str());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  HS_CHECK(is_valid_utf8(text), "text file '%s' is not valid UTF-8", path.c_str());
+  return tok.encode(text, /*add_special=*/true, /*parse_special=*/false);
+}
+
+std::vector<double> parse_depths(const std::string& v) {
+  std::vector<double> out;
+  std::stringstream ss(v);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(parse_float("--depths", item, 0, 1));
+  HS_CHECK(!out.empty(), "--depths needs at least one value");
+  return out;
+}
+
+}  // namespace
+
+int cmd_eval(const std::vector<std::string>& args) {
+  const char* usage =
+      "usage: hipserve eval ppl     -f TEXT [-c CTX] [--chunks N] [attention flags]\n"
+      "       hipserve eval passkey [-c CTX] [--depths 0,0.25,0.5,0.75,1] [--trials K] [attention flags]\n"
+      "       hipserve eval recall  -f TEXT [-c CTX] [--queries N] [attention flags]\n\n";
+  CommonArgs common;
+  std::string file;
+  int chunks = 0, trials = 5, queries = 128;
+  uint64_t seed = 42;
+  std::vector<double> depths = {0, 0.25, 0.5, 0.75, 1};
+  bool json = false, help = false;
+  OptionTable t;
+  add_common_options(t, common);
+  t.add({"-f", "--file", "TEXT", "text file (UTF-8) for ppl and recall", [&](const std::string& v) { file = v; }});
+  t.add({"", "--chunks", "N", "ppl: evaluate at most N windows of CTX tokens (default: all)",
+         [&](const std::string& v) { chunks = parse_int("--chunks", v, 0, 1 << 30); }});
+  t.add({"", "--depths", "D,...", "passkey: relative depths of the key (default: 0,0.25,0.5,0.75,1)",
+         [&](const std::string& v) { depths = parse_depths(v); }});
+  t.add({"", "--trials", "K", "passkey: trials per depth, each with a random key (default: 5)",
+         [&](const std::string& v) { trials = parse_int("--trials", v, 1, 100000); }});
+  t.add({"-s", "--seed", "N", "passkey: seed for the keys (default: 42)",
+         [&](const std::string& v) { seed = uint64_t(parse_int("--seed", v, 0, 1 << 30)); }});
+  t.add({"", "--queries", "N", "recall: query rows evaluated at the end of the context (default: 128)",
+         [&](const std::string& v) { queries = parse_int("--queries", v, 1, 512); }});
+  t.add({"", "--json", "", "print the result as JSON on stdout", [&](const std::string&) { json = true; }});
+  t.add({"-h", "--help", "", "show this help", [&](const std::string&) { help = true; }});
+  std::vector<std::string> pos = t.parse(args);
+  if (help || pos.empty()) {
+    std::fprintf(help ? stdout : stderr, "%s%s", usage, t.help().c_str());
+    return help ? 0 : 1;
+  }
+  const std::string what = pos[0];
+  HS_CHECK(what == "ppl" || what == "passkey" || what == "recall", "unknown evaluation '%s' (ppl, passkey, recall)",
+           what.c_str());
+  HS_CHECK(pos.size() == 1, "unexpected argument '%s'", pos[1].c_str());
+  HS_CHECK(what == "passkey" || !file.empty(), "eval %s needs a text file: -f TEXT", what.c_str());
+
+  LoadedModel lm = load_model(common, json);
+  Model& model = *lm.model;
+  const int32_t ctx = lm.n_ctx;
+  const std::string attn = model.attention().describe();
+  ProgressBar* bar = nullptr;
+  auto progress = [&](int64_t done, int64_t total) {
+    if (!bar) bar = new ProgressBar("eval " + what, total, !json && ProgressBar::default_enabled());
+    bar->update(done);
+  };
+  auto finish_bar = [&] {
+    if (bar) bar->finish();
+    delete bar;
+    bar = nullptr;
+  };
+
+  nlohmann::json out = {{"eval", what}, {"ctx", ctx}, {"attention", attn}, {"model", model.config().name}};
+  if (what == "ppl") {
+    const std::vector<int32_t> toks = tokenize_file(model.tokenizer(), file);
+    const PerplexityResult r = evaluate_perplexity(model, toks, ctx, chunks, *lm.pool, progress);
+    finish_bar();
+    out.update({{"file", file}, {"tokens_in_file", toks.size()}, {"windows", r.n_windows}, {"scored", r.n_scored},
+                {"ppl", r.ppl()}, {"window_ppl", r.window_ppl}, {"seconds", r.seconds}});
+    if (!json) {
+      std::printf("perplexity of %s over %d windows of %d tokens (second halves scored, %lld tokens): %.4f\n",
+                  file.c_str(), r.n_windows, ctx, (long long)r.n_scored, r.ppl());
+      std::printf("attention: %s\n%.1f s (%.1f tokens/s)\n", attn.c_str(), r.seconds,
+                  r.seconds > 0 ? r.n_windows * double(ctx) / r.seconds : 0.0);
+    }
+  } else if (what == "passkey") {
+    const PasskeyResult r = evaluate_passkey(model, ctx, depths, trials, seed, *lm.pool, progress);
+    finish_bar();
+    nlohmann::json rows = nlohmann::json::array();
+    for (size_t i = 0; i < r.depths.size(); ++i)
+      rows.push_back({{"depth", r.depths[i]}, {"correct", r.correct[i]}, {"trials", r.trials[i]},
+                      {"accuracy", double(r.correct[i]) / r.trials[i]}, {"sample_answer", r.sample_answers[i]}});
+    out.update({{"prompt_tokens", r.prompt_tokens}, {"depths", rows}, {"seconds", r.seconds}});
+    if (!json) {
+      std::printf("passkey retrieval, %d-token prompts, %d trials per depth, attention: %s\n", r.prompt_tokens, trials,
+                  attn.c_str());
+      std::printf("| depth | accuracy | sample answer |\n| ---: | ---: | --- |\n");
+      for (size_t i = 0; i < r.depths.size(); ++i) {
+        std::string a = r.sample_answers[i];
+        for (char& ch : a)
+          if (ch == '\n' || ch == '|') ch = ' ';
+        std::printf("| %.2f | %d/%d | %s |\n", r.depths[i], r.correct[i], r.trials[i], a.c_str());
+      }
+      std::printf("%.1f s\n", r.seconds);
+    }
+  } else {
+    const std::vector<int32_t> toks = tokenize_file(model.tokenizer(), file);
+    const RecallResult r = evaluate_recall(model, toks, ctx, queries, *lm.pool, progress);
+    finish_bar();
+    out.update({{"file", file}, {"queries", queries}, {"layer_recall", r.layer_recall}, {"mean_recall", r.mean()},
+                {"seconds", r.seconds}});
+    if (!json) {
+      const HipConfig& h = model.attention().hip;
+      std::printf("HiP mask recall of the exact top-%d keys, last %d rows of a %d-token context of %s\n", h.k, queries,
+                  ctx, file.c_str());
+      std::printf("(every layer estimated as if it ran HiP; layers < %d run dense in the model)\n",
+                  model.attention().dense_layers);
+      std::printf("| layer | recall |\n| ---: | ---: |\n");
+      for (size_t l = 0; l < r.layer_recall.size(); ++l) std::printf("| %zu | %.3f |\n", l, r.layer_recall[l]);
+      std::printf("mean %.3f; %.1f s\n", r.mean(), r.seconds);
+    }
+  }
+  if (json) std::printf("%s\n", out.dump(2).c_str());
+  return 0;
+}
+
+}  // namespace hs::cli

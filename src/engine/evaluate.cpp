@@ -1,0 +1,262 @@
+#include "engine/evaluate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "ops/hip_attention.h"
+#include "util/common.h"
+
+namespace hs {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// -log softmax(logits)[target], in double.
+double nll(const float* logits, int32_t n_vocab, int32_t target) {
+  float mx = logits[0];
+  for (int32_t i = 1; i < n_vocab; ++i) mx = std::max(mx, logits[i]);
+  double sum = 0;
+  for (int32_t i = 0; i < n_vocab; ++i) sum += std::exp(double(logits[i]) - mx);
+  return std::log(sum) + mx - double(logits[target]);
+}
+}  // namespace
+
+double PerplexityResult::ppl() const { return n_scored ? std::exp(nll_sum / double(n_scored)) : 0.0; }
+
+PerplexityResult evaluate_perplexity(Model& model, const std::vector<int32_t>& tokens, int32_t ctx,
+                                     int32_t max_windows, ThreadPool& pool, const EvalProgress& progress) {
+  HS_CHECK(ctx >= 16, "perplexity needs a context of at least 16 tokens (got %d)", ctx);
+  const int64_t n_windows_avail = int64_t(tokens.size()) / ctx;
+  HS_CHECK(n_windows_avail >= 1, "the text has %zu tokens, fewer than one window of %d", tokens.size(), ctx);
+  const int32_t n_windows = int32_t(max_windows > 0 ? std::min<int64_t>(max_windows, n_windows_avail) : n_windows_avail);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int32_t V = model.config().n_vocab;
+  const int32_t chunk = model.max_batch_tokens();
+  const int32_t first_scored = ctx / 2 - 1;  // logits row predicting token first_scored + 1
+  PerplexityResult res;
+  res.ctx = ctx;
+  res.n_windows = n_windows;
+  std::vector<float> logits(size_t(chunk) * V);
+  KvCache cache(model.config(), ctx);
+  for (int32_t w = 0; w < n_windows; ++w) {
+    cache.clear();
+    const int32_t* win = tokens.data() + int64_t(w) * ctx;
+    double window_nll = 0;
+    int64_t window_n = 0;
+    for (int32_t start = 0; start < ctx; start += chunk) {
+      const int32_t n = std::min(chunk, ctx - start);
+      const bool want = start + n - 1 >= first_scored;
+      SeqBatch s{&cache, win + start, n, true, want ? logits.data() : nullptr};
+      model.forward(std::span<const SeqBatch>(&s, 1), pool);
+      if (want) {
+        for (int32_t i = 0; i < n; ++i) {
+          const int32_t pos = start + i;
+          if (pos < first_scored || pos + 1 >= ctx) continue;
+          window_nll += nll(logits.data() + int64_t(i) * V, V, win[pos + 1]);
+          window_n++;
+        }
+      }
+      if (progress) progress(int64_t(w) * ctx + start + n, int64_t(n_windows) * ctx);
+    }
+    res.nll_sum += window_nll;
+    res.n_scored += window_n;
+    res.window_ppl.push_back(std::exp(window_nll / double(std::max<int64_t>(window_n, 1))));
+  }
+  res.seconds = seconds_since(t0);
+  return res;
+}
+
+PasskeyPrompt make_passkey_prompt(const Tokenizer& tok, int32_t ctx, double depth, int32_t key) {
+  HS_CHECK(depth >= 0 && depth <= 1, "passkey depth %g is not in [0, 1]", depth);
+  const std::string intro =
+      "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+      "I will quiz you about the important information there.\n";
+  const std::string filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+  const std::string needle = strfmt("The pass key is %05d. Remember it. %05d is the pass key. ", key, key);
+  const std::string question = "\nWhat is the pass key? The pass key is";
+  // Tokens of each piece (filler repeats tokenize identically after the first since each ends with a space).
+  auto enc = [&](const std::string& s) { return tok.encode(s, false, false); };
+  const std::vector<int32_t> t_intro = enc(intro), t_fill = enc(filler), t_needle = enc(needle), t_q = enc(question);
+  const int32_t budget = ctx - 16;  // room for the answer
+  const int32_t fixed = int32_t(t_intro.size() + t_needle.size() + t_q.size()) + (tok.vocab().add_bos ? 1 : 0);
+  HS_CHECK(budget > fixed + int32_t(t_fill.size()), "context %d is too small for a passkey prompt", ctx);
+  const int32_t n_fill = (budget - fixed) / int32_t(t_fill.size());
+  const int32_t n_before = int32_t(std::lround(depth * n_fill));
+  PasskeyPrompt p;
+  p.key = key;
+  if (tok.vocab().add_bos && tok.bos_id() >= 0) p.tokens.push_back(tok.bos_id());
+  p.tokens.insert(p.tokens.end(), t_intro.begin(), t_intro.end());
+  for (int32_t i = 0; i < n_before; ++i) p.tokens.insert(p.tokens.end(), t_fill.begin(), t_fill.end());
+  p.key_position = int32_t(p.tokens.size());
+  p.tokens.insert(p.tokens.end(), t_needle.begin(), t_needle.end());
+  for (int32_t i = n_before; i < n_fill; ++i) p.tokens.insert(p.tokens.end(), t_fill.begin(), t_fill.end());
+  p.tokens.insert(p.tokens.end(), t_q.begin(), t_q.end());
+  return p;
+}
+
+PasskeyResult evaluate_passkey(Model& model, int32_t ctx, const std::vector<double>& depths, int32_t trials,
+                               uint64_t seed, ThreadPool& pool, const EvalProgress& progress) {
+  HS_CHECK(trials >= 1, "passkey needs at least one trial");
+  const auto t0 = std::chrono::steady_clock::now();
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(10000, 99999);
+  const Tokenizer& tok = model.tokenizer();
+  const int32_t V = model.config().n_vocab;
+  PasskeyResult res;
+  res.depths = depths;
+  std::vector<float> logits(V);
+  KvCache cache(model.config(), ctx);
+  int64_t done = 0;
+  for (double depth : depths) {
+    int32_t correct = 0;
+    for (int32_t t = 0; t < trials; ++t) {
+      const PasskeyPrompt p = make_passkey_prompt(tok, ctx, depth, pick(rng));
+      res.prompt_tokens = int32_t(p.tokens.size());
+      cache.clear();
+      model.prefill(cache, p.tokens, logits.data(), pool);
+      std::string answer;
+      for (int32_t i = 0; i < 8; ++i) {
+        const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        if (tok.is_end_of_generation(next)) break;
+        answer += tok.token_to_bytes(next);
+        if (i + 1 < 8) model.prefill(cache, std::span<const int32_t>(&next, 1), logits.data(), pool);
+      }
+      // The first run of 5 digits in the answer.
+      std::string digits;
+      for (char ch : answer) {
+        if (ch >= '0' && ch <= '9') {
+          digits += ch;
+          if (digits.size() == 5) break;
+        } else if (!digits.empty()) {
+          digits.clear();
+        }
+      }
+      if (digits == strfmt("%05d", p.key)) correct++;
+      if (t == 0) res.sample_answers.push_back(answer);
+      if (progress) progress(++done, int64_t(depths.size()) * trials);
+    }
+    res.correct.push_back(correct);
+    res.trials.push_back(trials);
+  }
+  res.seconds = seconds_since(t0);
+  return res;
+}
+
+double RecallResult::mean() const {
+  double s = 0;
+  for (double r : layer_recall) s += r;
+  return layer_recall.empty() ? 0 : s / double(layer_recall.size());
+}
+
+RecallResult evaluate_recall(Model& model, const std::vector<int32_t>& tokens, int32_t ctx, int32_t n_query,
+                             ThreadPool& pool, const EvalProgress& progress) {
+  HS_CHECK(int64_t(tokens.size()) >= ctx, "the text has %zu tokens, fewer than the context %d", tokens.size(), ctx);
+  HS_CHECK(n_query >= 1 && n_query < ctx, "query rows %d must be in [1, ctx)", n_query);
+  HS_CHECK(n_query <= model.max_batch_tokens(), "query rows %d must fit one forward chunk (%d)", n_query,
+           model.max_batch_tokens());
+  const auto t0 = std::chrono::steady_clock::now();
+  const ModelConfig& c = model.config();
+  const HipConfig hip = model.attention().hip;
+  const int32_t HD = c.head_dim, QD = c.q_dim();
+  RecallResult res;
+  res.ctx = ctx;
+  res.n_query = n_query;
+  res.layer_recall.assign(c.n_layer, 0.0);
+
+  KvCache cache(c, ctx);
+  const int32_t n_ctx_tokens = ctx - n_query;
+  model.prefill(cache, std::span<const int32_t>(tokens.data(), n_ctx_tokens), nullptr, pool,
+                [&](int64_t d, int64_t) { if (progress) progress(d, ctx); });
+
+  // Capture q (after RoPE) of the query rows per layer; at attn_out the cache holds this layer's keys.
+  std::vector<float> q;
+  model.set_debug_tap([&](const char* name, int layer, const float* data, int64_t rows, int64_t cols) {
+    if (layer < 0) return;
+    if (std::string(name) == "q_rope") {
+      q.assign(data, data + rows * cols);
+      return;
+    }
+    if (std::string(name) != "attn_out") return;
+    AttentionParams p;
+    p.q = q.data();
+    p.q_stride = QD;
+    p.k = cache.k(layer);
+    p.v = cache.v(layer);
+    p.kv_head_stride = cache.head_stride();
+    p.kv_pos_stride = cache.pos_stride();
+    p.n_q = int32_t(rows);
+    p.n_kv = n_ctx_tokens + int32_t(rows);
+    p.q_pos0 = n_ctx_tokens;
+    p.n_head = c.n_head;
+    p.n_kv_head = c.n_head_kv;
+    p.head_dim = HD;
+    p.scale = 1.0f / std::sqrt(float(HD));
+    const int32_t n_qb = (p.n_q + hip.block_q - 1) / hip.block_q;
+    std::vector<std::pair<double, int32_t>> per_row(c.n_head * n_qb, {0.0, 0});
+    pool.parallel_for(int64_t(c.n_head) * n_qb, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> scores;
+      std::vector<float> kf(HD);
+      for (int64_t job = b; job < e; ++job) {
+        const int32_t h = int32_t(job / n_qb), m = int32_t(job % n_qb);
+        const std::vector<int32_t> blocks = hip_estimate_blocks(hip, p, h, m);
+        const int32_t g = h / (c.n_head / c.n_head_kv);
+        const uint16_t* kh = p.k + g * p.kv_head_stride;
+        double sum = 0;
+        int32_t n_rows = 0;
+        for (int32_t i = m * hip.block_q; i < std::min(p.n_q, (m + 1) * hip.block_q); ++i) {
+          const int32_t t = p.q_pos0 + i;
+          const int32_t lo = hip.n_sink, hi = t - hip.window + 1;  // searchable keys [lo, hi)
+          if (hi - lo <= 0) continue;
+          const float* qi = p.q + int64_t(i) * QD + h * HD;
+          scores.resize(hi - lo);
+          for (int32_t j = lo; j < hi; ++j) {
+            const uint16_t* kj = kh + int64_t(j) * p.kv_pos_stride;
+            float s = 0;
+            for (int32_t d = 0; d < HD; ++d) s += qi[d] * fp16_to_fp32(kj[d]);
+            scores[j - lo] = s;
+          }
+          const int32_t kk = std::min(hip.k, hi - lo);
+          std::vector<float> sorted = scores;
+          std::nth_element(sorted.begin(), sorted.begin() + (kk - 1), sorted.end(), std::greater<float>());
+          const float thresh = sorted[kk - 1];
+          // Keys of the selected blocks, as a bitmap over [lo, hi).
+          std::vector<uint8_t> sel(hi - lo, 0);
+          for (int32_t blk : blocks)
+            for (int32_t j = blk * hip.block_k; j < (blk + 1) * hip.block_k; ++j)
+              if (j >= lo && j < hi) sel[j - lo] = 1;
+          int32_t hit = 0, counted = 0;
+          for (int32_t j = 0; j < hi - lo && counted < kk; ++j) {
+            if (scores[j] > thresh) counted++, hit += sel[j];
+          }
+          for (int32_t j = 0; j < hi - lo && counted < kk; ++j) {  // ties at the threshold fill the rest
+            if (scores[j] == thresh) counted++, hit += sel[j];
+          }
+          sum += double(hit) / kk;
+          n_rows++;
+        }
+        per_row[job] = {sum, n_rows};
+      }
+    });
+    double s = 0;
+    int64_t n = 0;
+    for (auto& [sum, rows_] : per_row) s += sum, n += rows_;
+    res.layer_recall[layer] = n ? s / double(n) : 1.0;
+    if (progress) progress(n_ctx_tokens + int64_t(layer + 1) * n_query / c.n_layer, ctx);
+  });
+  std::vector<float> dummy(c.n_vocab);
+  try {
+    model.prefill(cache, std::span<const int32_t>(tokens.data() + n_ctx_tokens, n_query), dummy.data(), pool);
+  } catch (...) {
+    model.set_debug_tap(nullptr);
+    throw;
+  }
+  model.set_debug_tap(nullptr);
+  res.seconds = seconds_since(t0);
+  return res;
+}
+
+}  // namespace hs

@@ -1,0 +1,65 @@
+// Quality evaluations of an attention configuration on a real model: perplexity, passkey retrieval and the
+// recall of HiP's mask against the exact top-k keys. Used by `hipserve eval` and the README's tables.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/llama.h"
+#include "util/thread_pool.h"
+
+namespace hs {
+
+using EvalProgress = std::function<void(int64_t done, int64_t total)>;
+
+// Perplexity convention (llama.cpp's): the token stream is cut into consecutive, non-overlapping windows of
+// `ctx` tokens; each window starts from an empty cache, and only the second half of each window is scored
+// (token i+1 predicted from the logits at i, for i in [ctx/2 - 1, ctx - 1)), so every scored token sees at least
+// ctx/2 tokens of context.
+struct PerplexityResult {
+  int32_t ctx = 0;
+  int32_t n_windows = 0;
+  int64_t n_scored = 0;
+  double nll_sum = 0;               // sum of -log p(token)
+  std::vector<double> window_ppl;   // per window
+  double seconds = 0;
+  double ppl() const;
+};
+PerplexityResult evaluate_perplexity(Model& model, const std::vector<int32_t>& tokens, int32_t ctx,
+                                     int32_t max_windows, ThreadPool& pool, const EvalProgress& progress = {});
+
+// Passkey retrieval (Mohtashami & Jaggi 2023): a 5-digit key hidden at a relative depth in repeated filler
+// text, asked for at the end; answered by greedy decoding of 8 tokens. A trial is correct when the first
+// 5-digit run in the answer equals the key.
+struct PasskeyPrompt {
+  std::vector<int32_t> tokens;
+  int32_t key = 0;
+  int32_t key_position = 0;  // token index where the key sentence starts
+};
+PasskeyPrompt make_passkey_prompt(const Tokenizer& tok, int32_t ctx, double depth, int32_t key);
+struct PasskeyResult {
+  std::vector<double> depths;
+  std::vector<int32_t> correct, trials;
+  std::vector<std::string> sample_answers;  // the first trial's answer at each depth
+  int32_t prompt_tokens = 0;
+  double seconds = 0;
+};
+PasskeyResult evaluate_passkey(Model& model, int32_t ctx, const std::vector<double>& depths, int32_t trials,
+                               uint64_t seed, ThreadPool& pool, const EvalProgress& progress = {});
+
+// Mask recall on real Q/K: after prefilling `ctx - n_query` tokens of the text, the last `n_query` rows are run
+// and, in every layer (dense ones too, as if they ran HiP), HiP's mask is estimated for each (head, query
+// block). Recall of a row at position t = |exact top-k keys of its searchable range [n_sink, t - w] (by q.k)
+// ∩ keys of the block's selected blocks| / min(k, |range|); averaged over rows, query blocks and heads.
+struct RecallResult {
+  int32_t ctx = 0, n_query = 0;
+  std::vector<double> layer_recall;  // per layer
+  double mean() const;
+  double seconds = 0;
+};
+RecallResult evaluate_recall(Model& model, const std::vector<int32_t>& tokens, int32_t ctx, int32_t n_query,
+                             ThreadPool& pool, const EvalProgress& progress = {});
+
+}  // namespace hs
