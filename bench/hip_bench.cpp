@@ -1,10 +1,11 @@
-// HiP attention against dense attention for one layer at SmolLM2-135M shapes (9 heads, 3 KV heads, head_dim 64,
-// KV cache [kv head][capacity][dim] fp16), paper defaults (k 512, b_q 32, b_k 2, b_sq 2, b_sk 1, sink 16,
+// HiP attention against dense attention for one layer at SmolLM2-135M shapes (9 heads, 3 KV heads, head_dim
+// 64, KV cache [kv head][capacity][dim] fp16), paper defaults (k 512, b_q 32, b_k 2, b_sq 2, b_sk 1, sink 16,
 // window 256, refresh 8). Keys follow a smooth random walk over positions (attention locality), queries are
 // Gaussian. A plain main printing a table (times are the minimum and median of --reps runs, in ms):
 //
 //   prefill: the last 512-query chunk of an n_kv prompt: dense | HiP mask | HiP attention | HiP total
-//   decode:  one query at position n_kv - 1: dense | HiP with a cached mask | HiP refresh step (estimate + attend)
+//   decode:  one query at position n_kv - 1: dense | HiP with a cached mask | HiP refresh step (estimate +
+//   attend)
 //            | amortized over a refresh interval ((refresh step + (r_m - 1) cached steps) / r_m)
 //
 // Usage: hip_bench [--threads N] [--reps N] [--max-kv N]
@@ -78,7 +79,8 @@ Timing measure(int reps, const std::function<double()>& fn) {
 }
 
 double now_ms() {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 }  // namespace
@@ -93,10 +95,11 @@ int main(int argc, char** argv) {
   }
   hs::ThreadPool pool(threads);
   const hs::HipConfig cfg;
-  std::printf("HiP vs dense, one layer: %d heads / %d KV heads / head_dim %d, %d threads; k=%d b_q=%d b_k=%d "
-              "b_sq=%d b_sk=%d sink=%d window=%d refresh=%d; ms as min / median of %d runs\n\n",
-              kHeads, kKvHeads, kHeadDim, threads, cfg.k, cfg.block_q, cfg.block_k, cfg.stride_q, cfg.stride_k,
-              cfg.n_sink, cfg.window, cfg.refresh, reps);
+  std::printf(
+      "HiP vs dense, one layer: %d heads / %d KV heads / head_dim %d, %d threads; k=%d b_q=%d b_k=%d "
+      "b_sq=%d b_sk=%d sink=%d window=%d refresh=%d; ms as min / median of %d runs\n\n",
+      kHeads, kKvHeads, kHeadDim, threads, cfg.k, cfg.block_q, cfg.block_k, cfg.stride_q, cfg.stride_k,
+      cfg.n_sink, cfg.window, cfg.refresh, reps);
 
   std::printf("prefill, last 512-row chunk\n");
   std::printf("%7s | %15s | %15s | %15s | %15s | %7s | %12s %10s\n", "n_kv", "dense", "HiP mask", "HiP attn",
@@ -127,9 +130,10 @@ int main(int argc, char** argv) {
     };
     const Timing tm = mm(mask_ms), ta = mm(attn_ms), tt = mm(total_ms);
     const int32_t items = kHeads * 512 / cfg.block_q;
-    std::printf("%7d | %6.2f / %6.2f | %6.2f / %6.2f | %6.2f / %6.2f | %6.2f / %6.2f | %6.2fx | %12.0f %10.1f\n",
-                n_kv, dense.min, dense.median, tm.min, tm.median, ta.min, ta.median, tt.min, tt.median,
-                dense.min / tt.min, double(last.scored_keys) / items, double(last.iterations) / items);
+    std::printf(
+        "%7d | %6.2f / %6.2f | %6.2f / %6.2f | %6.2f / %6.2f | %6.2f / %6.2f | %6.2fx | %12.0f %10.1f\n",
+        n_kv, dense.min, dense.median, tm.min, tm.median, ta.min, ta.median, tt.min, tt.median,
+        dense.min / tt.min, double(last.scored_keys) / items, double(last.iterations) / items);
   }
 
   std::printf("\ndecode, one row at position n_kv - 1\n");
@@ -157,9 +161,9 @@ int main(int argc, char** argv) {
     });
     const double amort_min = (refresh.min + (cfg.refresh - 1) * cached.min) / cfg.refresh;
     const double amort_med = (refresh.median + (cfg.refresh - 1) * cached.median) / cfg.refresh;
-    std::printf("%7d | %6.3f / %6.3f | %6.3f / %6.3f | %6.3f / %6.3f | %6.3f / %6.3f | %6.2fx\n", n_kv, dense.min,
-                dense.median, cached.min, cached.median, refresh.min, refresh.median, amort_min, amort_med,
-                dense.min / amort_min);
+    std::printf("%7d | %6.3f / %6.3f | %6.3f / %6.3f | %6.3f / %6.3f | %6.3f / %6.3f | %6.2fx\n", n_kv,
+                dense.min, dense.median, cached.min, cached.median, refresh.min, refresh.median, amort_min,
+                amort_med, dense.min / amort_min);
   }
   return 0;
 }

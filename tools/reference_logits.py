@@ -638,9 +638,10 @@ def main():
             fn = f"reference_last_logits_{name}.f32"
             row = np.ascontiguousarray(lg[-1], dtype="<f4")
             (args.out / fn).write_bytes(row.tobytes())
-            entry["last_logits_file"] = {"file": fn, "format": "raw little-endian float32, vocab_size values, "
-                                         "logits at the last prompt position (unrounded)",
-                                         "count": int(row.size), "sha256": hashlib.sha256(row.tobytes()).hexdigest()}
+            entry["last_logits_file"] = fn
+            entry["last_logits_format"] = (f"raw little-endian float32, {row.size} values (vocab_size): the "
+                                           "unrounded logits at the last prompt position")
+            entry["last_logits_sha256"] = hashlib.sha256(row.tobytes()).hexdigest()
         out_prompts.append(entry)
         log(f"[{name}] greedy: {entry['greedy']['text']!r}")
 

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <memory>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -22,6 +24,7 @@ struct BenchResult {
   std::string test;  // "pp512", "tg128", "tg128@d4096"
   int n_prompt = 0, n_gen = 0, depth = 0;
   std::vector<double> tok_per_s;
+  HipStats hip;  // summed over the timed repetitions
   double mean() const {
     double s = 0;
     for (double x : tok_per_s) s += x;
@@ -42,7 +45,7 @@ int cmd_bench(const std::vector<std::string>& args) {
   CommonArgs common;
   std::vector<int> prompts = {512}, gens = {128}, depths = {0};
   int reps = 3;
-  bool json = false, help = false;
+  bool json = false, help = false, warmup = true;
   OptionTable t;
   add_common_options(t, common);
   t.add({"-p", "--n-prompt", "N[,N...]", "prefill tests: prompt lengths (default: 512; 0 = none)",
@@ -53,6 +56,8 @@ int cmd_bench(const std::vector<std::string>& args) {
          [&](const std::string& v) { depths = parse_int_list("--depth", v, 0, 1 << 22); }});
   t.add({"-r", "--repetitions", "N", "timed repetitions per test (default: 3)",
          [&](const std::string& v) { reps = parse_int("--repetitions", v, 1, 1000); }});
+  t.add({"", "--no-warmup", "", "skip the untimed warm-up run of each test",
+         [&](const std::string&) { warmup = false; }});
   t.add({"", "--json", "", "print results as JSON on stdout", [&](const std::string&) { json = true; }});
   t.add({"-h", "--help", "", "show this help", [&](const std::string&) { help = true; }});
   const std::vector<std::string> pos = t.parse(args);
@@ -83,19 +88,26 @@ int cmd_bench(const std::vector<std::string>& args) {
   using clock = std::chrono::steady_clock;
 
   std::vector<BenchResult> results;
+  // A decode test at depth d reuses the cache of a prefill test of d tokens instead of prefilling again.
+  std::map<int, std::unique_ptr<KvCache>> prefilled;
+  const int first_rep = warmup ? -1 : 0;
   for (int p : prompts) {
     if (p <= 0) continue;
     BenchResult r;
     r.test = strfmt("pp%d", p);
     r.n_prompt = p;
     const std::vector<int32_t> toks = random_tokens(p);
-    for (int rep = -1; rep < reps; ++rep) {
-      KvCache cache(c, lm.n_ctx);
+    model.reset_hip_stats();
+    for (int rep = first_rep; rep < reps; ++rep) {
+      auto cache = std::make_unique<KvCache>(c, lm.n_ctx);
+      if (rep == 0) model.reset_hip_stats();
       const auto t0 = clock::now();
-      model.prefill(cache, toks, logits.data(), *lm.pool);
+      model.prefill(*cache, toks, logits.data(), *lm.pool);
       const double s = std::chrono::duration<double>(clock::now() - t0).count();
       if (rep >= 0) r.tok_per_s.push_back(p / s);
+      if (rep == reps - 1) prefilled[p] = std::move(cache);
     }
+    r.hip = model.hip_stats();
     results.push_back(r);
   }
   for (int g : gens) {
@@ -105,17 +117,26 @@ int cmd_bench(const std::vector<std::string>& args) {
       r.test = d > 0 ? strfmt("tg%d@d%d", g, d) : strfmt("tg%d", g);
       r.n_gen = g;
       r.depth = d;
-      const std::vector<int32_t> ctx_toks = random_tokens(std::max(d, 1));
       const std::vector<int32_t> gen_toks = random_tokens(g);
-      KvCache cache(c, lm.n_ctx);
-      if (d > 0) model.prefill(cache, ctx_toks, nullptr, *lm.pool);
-      for (int rep = -1; rep < reps; ++rep) {
+      std::unique_ptr<KvCache> owned;
+      KvCache* cache_ptr = nullptr;
+      if (auto it = prefilled.find(d); it != prefilled.end()) {
+        cache_ptr = it->second.get();
+      } else {
+        owned = std::make_unique<KvCache>(c, lm.n_ctx);
+        cache_ptr = owned.get();
+        if (d > 0) model.prefill(*cache_ptr, random_tokens(d), nullptr, *lm.pool);
+      }
+      KvCache& cache = *cache_ptr;
+      for (int rep = first_rep; rep < reps; ++rep) {
         cache.truncate(d);
+        if (rep == 0) model.reset_hip_stats();
         const auto t0 = clock::now();
         for (int i = 0; i < g; ++i) model.prefill(cache, std::span<const int32_t>(&gen_toks[i], 1), logits.data(), *lm.pool);
         const double s = std::chrono::duration<double>(clock::now() - t0).count();
         if (rep >= 0) r.tok_per_s.push_back(g / s);
       }
+      r.hip = model.hip_stats();
       results.push_back(r);
     }
   }
@@ -138,7 +159,11 @@ int cmd_bench(const std::vector<std::string>& args) {
                      {"samples_ts", r.tok_per_s},
                      {"avg_ts", r.mean()},
                      {"stddev_ts", r.stddev()},
-                     {"peak_rss_mib", peak}});
+                     {"peak_rss_mib", peak},
+                     {"attention", model.attention().describe()},
+                     {"hip_mask_ms", r.hip.mask_ms / reps},
+                     {"hip_attn_ms", r.hip.attn_ms / reps},
+                     {"hip_scored_keys", r.hip.scored_keys / reps}});
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
@@ -147,7 +172,7 @@ int cmd_bench(const std::vector<std::string>& args) {
   for (const BenchResult& r : results)
     std::printf("| %-30s | %6.2f MiB | %8.2f M | CPU     | %7d | %12s | %8.2f ± %5.2f |\n", c.name.substr(0, 30).c_str(),
                 size_mib, params / 1e6, lm.pool->size(), r.test.c_str(), r.mean(), r.stddev());
-  std::printf("\npeak memory (max RSS): %.1f MiB\n", peak);
+  std::printf("\nattention: %s\npeak memory (max RSS): %.1f MiB\n", model.attention().describe().c_str(), peak);
   return 0;
 }
 

@@ -42,10 +42,12 @@ int cmd_eval(const std::vector<std::string>& args) {
   const char* usage =
       "usage: hipserve eval ppl     -f TEXT [-c CTX] [--chunks N] [attention flags]\n"
       "       hipserve eval passkey [-c CTX] [--depths 0,0.25,0.5,0.75,1] [--trials K] [attention flags]\n"
-      "       hipserve eval recall  -f TEXT [-c CTX] [--queries N] [attention flags]\n\n";
+      "       hipserve eval recall  -f TEXT [-c CTX] [--queries N] [attention flags]\n"
+      "       hipserve eval mask    -f TEXT [-c CTX] --layer L --head H [--grid G] --out FILE.json\n\n";
   CommonArgs common;
   std::string file;
-  int chunks = 0, trials = 5, queries = 128;
+  int chunks = 0, trials = 5, queries = 128, layer = 12, head = 0, grid = 128;
+  std::string out_file;
   uint64_t seed = 42;
   std::vector<double> depths = {0, 0.25, 0.5, 0.75, 1};
   bool json = false, help = false;
@@ -62,6 +64,14 @@ int cmd_eval(const std::vector<std::string>& args) {
          [&](const std::string& v) { seed = uint64_t(parse_int("--seed", v, 0, 1 << 30)); }});
   t.add({"", "--queries", "N", "recall: query rows evaluated at the end of the context (default: 128)",
          [&](const std::string& v) { queries = parse_int("--queries", v, 1, 512); }});
+  t.add({"", "--layer", "L", "mask: layer to draw (default: 12)",
+         [&](const std::string& v) { layer = parse_int("--layer", v, 0, 1 << 16); }});
+  t.add({"", "--head", "H", "mask: query head to draw (default: 0)",
+         [&](const std::string& v) { head = parse_int("--head", v, 0, 1 << 16); }});
+  t.add({"", "--grid", "G", "mask: raster size (default: 128)",
+         [&](const std::string& v) { grid = parse_int("--grid", v, 8, 4096); }});
+  t.add({"", "--out", "FILE", "mask: where to write the JSON picture (plot with tools/plot_mask.py)",
+         [&](const std::string& v) { out_file = v; }});
   t.add({"", "--json", "", "print the result as JSON on stdout", [&](const std::string&) { json = true; }});
   t.add({"-h", "--help", "", "show this help", [&](const std::string&) { help = true; }});
   std::vector<std::string> pos = t.parse(args);
@@ -70,8 +80,9 @@ int cmd_eval(const std::vector<std::string>& args) {
     return help ? 0 : 1;
   }
   const std::string what = pos[0];
-  HS_CHECK(what == "ppl" || what == "passkey" || what == "recall", "unknown evaluation '%s' (ppl, passkey, recall)",
-           what.c_str());
+  HS_CHECK(what == "ppl" || what == "passkey" || what == "recall" || what == "mask",
+           "unknown evaluation '%s' (ppl, passkey, recall, mask)", what.c_str());
+  HS_CHECK(what != "mask" || !out_file.empty(), "eval mask needs --out FILE.json");
   HS_CHECK(pos.size() == 1, "unexpected argument '%s'", pos[1].c_str());
   HS_CHECK(what == "passkey" || !file.empty(), "eval %s needs a text file: -f TEXT", what.c_str());
 
@@ -123,6 +134,19 @@ int cmd_eval(const std::vector<std::string>& args) {
       }
       std::printf("%.1f s\n", r.seconds);
     }
+  } else if (what == "mask") {
+    const std::vector<int32_t> toks = tokenize_file(model.tokenizer(), file);
+    const MaskPicture pic = evaluate_mask_picture(model, toks, ctx, layer, head, grid, *lm.pool);
+    const HipConfig& h = model.attention().hip;
+    nlohmann::json pj = {{"ctx", pic.ctx},     {"layer", pic.layer},         {"head", pic.head},
+                         {"grid", pic.grid},   {"attention", pic.attention}, {"mask", pic.mask},
+                         {"file", file},       {"k", h.k},                   {"block_q", h.block_q},
+                         {"block_k", h.block_k}, {"sink", h.n_sink},         {"window", h.window}};
+    std::ofstream os(out_file);
+    HS_CHECK(os.good(), "cannot write '%s'", out_file.c_str());
+    os << pj.dump();
+    out.update({{"out", out_file}});
+    if (!json) std::printf("wrote the mask picture of layer %d head %d to %s\n", layer, head, out_file.c_str());
   } else {
     const std::vector<int32_t> toks = tokenize_file(model.tokenizer(), file);
     const RecallResult r = evaluate_recall(model, toks, ctx, queries, *lm.pool, progress);

@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
     if (cmd == "inspect") return hs::cli::cmd_inspect(args);
     if (cmd == "bench") return hs::cli::cmd_bench(args);
     if (cmd == "eval") return hs::cli::cmd_eval(args);
-    std::fprintf(stderr, "hipserve: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+    std::fprintf(stderr, "hipserve: error: unknown command '%s' (commands: run, chat, inspect, bench, eval; see --help)\n",
+                 cmd.c_str());
     return 1;
   } catch (const hs::Error& e) {
     std::fprintf(stderr, "hipserve %s: error: %s\n", cmd.c_str(), e.what());

@@ -259,4 +259,94 @@ RecallResult evaluate_recall(Model& model, const std::vector<int32_t>& tokens, i
   return res;
 }
 
+MaskPicture evaluate_mask_picture(Model& model, const std::vector<int32_t>& tokens, int32_t ctx, int32_t layer,
+                                  int32_t head, int32_t grid, ThreadPool& pool) {
+  const ModelConfig& c = model.config();
+  HS_CHECK(int64_t(tokens.size()) >= ctx, "the text has %zu tokens, fewer than the context %d", tokens.size(), ctx);
+  HS_CHECK(layer >= 0 && layer < c.n_layer, "layer %d is out of range [0, %d)", layer, c.n_layer);
+  HS_CHECK(head >= 0 && head < c.n_head, "head %d is out of range [0, %d)", head, c.n_head);
+  HS_CHECK(grid >= 8 && grid <= ctx, "grid %d must be in [8, ctx]", grid);
+  const HipConfig hip = model.attention().hip;
+  const int32_t HD = c.head_dim, QD = c.q_dim();
+  MaskPicture pic;
+  pic.ctx = ctx, pic.layer = layer, pic.head = head, pic.grid = grid;
+  pic.attention.assign(size_t(grid) * grid, 0.0f);
+  std::vector<double> covered(size_t(grid) * grid, 0.0), pairs(size_t(grid) * grid, 0.0);
+  auto cell = [&](int32_t pos) { return int32_t(int64_t(pos) * grid / ctx); };
+
+  KvCache cache(c, ctx);
+  std::vector<float> q;
+  int32_t chunk_pos0 = 0;
+  model.set_debug_tap([&](const char* name, int il, const float* data, int64_t rows, int64_t cols) {
+    if (il != layer) return;
+    if (std::string(name) == "q_rope") {
+      q.assign(data, data + rows * cols);
+      return;
+    }
+    if (std::string(name) != "attn_out") return;
+    AttentionParams p;
+    p.q = q.data();
+    p.q_stride = QD;
+    p.k = cache.k(layer);
+    p.v = cache.v(layer);
+    p.kv_head_stride = cache.head_stride();
+    p.kv_pos_stride = cache.pos_stride();
+    p.n_q = int32_t(rows);
+    p.n_kv = chunk_pos0 + int32_t(rows);
+    p.q_pos0 = chunk_pos0;
+    p.n_head = c.n_head;
+    p.n_kv_head = c.n_head_kv;
+    p.head_dim = HD;
+    p.scale = 1.0f / std::sqrt(float(HD));
+    const int32_t g = head / (c.n_head / c.n_head_kv);
+    const uint16_t* kh = p.k + g * p.kv_head_stride;
+    const int32_t n_qb = (p.n_q + hip.block_q - 1) / hip.block_q;
+    std::vector<double> prob;
+    for (int32_t m = 0; m < n_qb; ++m) {
+      const std::vector<int32_t> blocks = hip_estimate_blocks(hip, p, head, m);
+      std::vector<uint8_t> sel(p.n_kv, 0);
+      for (int32_t b : blocks)
+        for (int32_t j = b * hip.block_k; j < std::min(p.n_kv, (b + 1) * hip.block_k); ++j) sel[j] = 1;
+      for (int32_t i = m * hip.block_q; i < std::min(p.n_q, (m + 1) * hip.block_q); ++i) {
+        const int32_t t = p.q_pos0 + i;
+        const float* qi = p.q + int64_t(i) * QD + head * HD;
+        prob.assign(t + 1, 0.0);
+        double mx = -1e300;
+        for (int32_t j = 0; j <= t; ++j) {
+          double s = 0;
+          for (int32_t d = 0; d < HD; ++d) s += double(qi[d]) * fp16_to_fp32(kh[int64_t(j) * p.kv_pos_stride + d]);
+          prob[j] = s * p.scale;
+          mx = std::max(mx, prob[j]);
+        }
+        double sum = 0;
+        for (int32_t j = 0; j <= t; ++j) sum += (prob[j] = std::exp(prob[j] - mx));
+        const int32_t ci = cell(t);
+        for (int32_t j = 0; j <= t; ++j) {
+          const size_t at = size_t(ci) * grid + cell(j);
+          pic.attention[at] = std::max(pic.attention[at], float(prob[j] / sum));
+          const bool attended = j < hip.n_sink || j > t - hip.window || (sel[j] && j <= t - hip.window);
+          covered[at] += attended;
+          pairs[at] += 1;
+        }
+      }
+    }
+  });
+  const int32_t chunk = model.max_batch_tokens();
+  try {
+    for (int32_t start = 0; start < ctx; start += chunk) {
+      chunk_pos0 = start;
+      const int32_t n = std::min(chunk, ctx - start);
+      SeqBatch s{&cache, tokens.data() + start, n, false, nullptr};
+      model.forward(std::span<const SeqBatch>(&s, 1), pool);
+    }
+  } catch (...) {
+    model.set_debug_tap(nullptr);
+    throw;
+  }
+  model.set_debug_tap(nullptr);
+  pic.mask.assign(size_t(grid) * grid, 0.0f);
+  for (size_t i = 0; i < pic.mask.size(); ++i) pic.mask[i] = pairs[i] > 0 ? float(covered[i] / pairs[i]) : 0.0f;
+  return pic;
+}
+
 }  // namespace hs

@@ -62,4 +62,15 @@ struct RecallResult {
 RecallResult evaluate_recall(Model& model, const std::vector<int32_t>& tokens, int32_t ctx, int32_t n_query,
                              ThreadPool& pool, const EvalProgress& progress = {});
 
+// A picture of one head's HiP mask beside its true attention over the first `ctx` tokens of a text, on a
+// grid x grid raster: attention[i][j] = the largest softmax probability any query row of cell i gives a key of
+// cell j (dense attention, exact); mask[i][j] = the share of (row, key) pairs of the cell that HiP attends
+// (selected blocks, sink or window). Causal cells above the diagonal are 0.
+struct MaskPicture {
+  int32_t ctx = 0, layer = 0, head = 0, grid = 0;
+  std::vector<float> attention, mask;  // grid x grid, row-major (query cell, key cell)
+};
+MaskPicture evaluate_mask_picture(Model& model, const std::vector<int32_t>& tokens, int32_t ctx, int32_t layer,
+                                  int32_t head, int32_t grid, ThreadPool& pool);
+
 }  // namespace hs

@@ -20,8 +20,10 @@ std::string HipConfig::validate() const {
   if (n_sink < 0 || window < 0) return strfmt("HiP: n_sink %d and window %d must be >= 0", n_sink, window);
   if (refresh < 1) return strfmt("HiP: refresh %d must be >= 1", refresh);
   if (k % block_k != 0) return strfmt("HiP: k %d is not a multiple of block_k %d", k, block_k);
-  if (block_q % stride_q != 0) return strfmt("HiP: block_q %d is not a multiple of stride_q %d", block_q, stride_q);
-  if (block_k % stride_k != 0) return strfmt("HiP: block_k %d is not a multiple of stride_k %d", block_k, stride_k);
+  if (block_q % stride_q != 0)
+    return strfmt("HiP: block_q %d is not a multiple of stride_q %d", block_q, stride_q);
+  if (block_k % stride_k != 0)
+    return strfmt("HiP: block_k %d is not a multiple of stride_k %d", block_k, stride_k);
   if (n_sink % block_k != 0) return strfmt("HiP: n_sink %d is not a multiple of block_k %d", n_sink, block_k);
   if (refresh > 1 && refresh > window)
     return strfmt("HiP: refresh %d exceeds the window %d (tokens generated between refreshes would be lost)",
@@ -31,14 +33,15 @@ std::string HipConfig::validate() const {
 
 namespace {
 
-constexpr float kMaskedScore = -32000.0f;  // a sampled key row i may not attend (key > t_i - w), before the max
+// The score of a sampled key that row i may not attend (key > t_i - w), applied before the max.
+constexpr float kMaskedScore = -32000.0f;
 
 void check_args(const HipConfig& cfg, const AttentionParams& p) {
   const std::string why = cfg.validate();
   HS_CHECK(why.empty(), "%s", why.c_str());
   HS_CHECK(p.n_q >= 0 && p.q_pos0 >= 0 && int64_t(p.q_pos0) + p.n_q <= p.n_kv,
-           "hip_attention: queries [%d, %d) must lie in the cache of %d positions", p.q_pos0, p.q_pos0 + p.n_q,
-           p.n_kv);
+           "hip_attention: queries [%d, %d) must lie in the cache of %d positions", p.q_pos0,
+           p.q_pos0 + p.n_q, p.n_kv);
   HS_CHECK(p.n_kv_head > 0 && p.n_head > 0 && p.n_head % p.n_kv_head == 0,
            "hip_attention: n_head %d is not a multiple of n_kv_head %d", p.n_head, p.n_kv_head);
   HS_CHECK(p.head_dim > 0 && p.head_dim % 16 == 0 && p.head_dim <= kMaxHeadDim,
@@ -69,13 +72,15 @@ BlockGeom block_geom(const HipConfig& cfg, const AttentionParams& p, int32_t qbl
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Scoring: q_i . k_j for the R sampled rows against groups of 4 keys, in fp32 with a fixed accumulation order
+// Scoring: q_i . k_j for the R sampled rows against groups of keys, in fp32 with a fixed accumulation order
 // (so that the fast and the reference estimators agree bit for bit), chosen by R:
-//  - R >= kRowsInLanes (prefill: b_q/b_sq = 16 rows): rows in lanes. Each dot is one FMA chain over d = 0, 1,
-//    ..., dim-1 (s = fma(q_d, k_d, s)); per d, 8 rows x 4 keys take 2 row loads, 4 key broadcasts and 8 FMAs,
-//    and no horizontal sums are needed (only a max over lanes per key).
-//  - R < kRowsInLanes (decode: 1 row): dims in lanes. Lane l sums d = l (mod 8) with FMAs in increasing d, then
-//    the lanes reduce as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)) (hsum4); one row per lane would waste the vector.
+//  - R >= kRowsInLanes (prefill: b_q/b_sq = 16 rows): rows in lanes. Each dot is one FMA chain over
+//    d = 0, 1, ..., dim-1 (s = fma(q_d, k_d, s)); per d, 8 rows x 4 keys take 2 row loads, 4 key broadcasts
+//    and 8 FMAs, and no horizontal sums are needed (only a max over lanes per key).
+//  - R < kRowsInLanes (decode: 1 row): dims in lanes. Lane l sums d = l (mod 8) with FMAs in increasing d,
+//    then the lanes reduce as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)) (hsum4); rows in lanes would waste most
+//    of the vector.
+// Keys are converted from fp16 once per scored child (exact), into a small fp32 buffer.
 
 constexpr int kRowsInLanes = 8;
 
@@ -115,17 +120,17 @@ inline void dots_f32(const float* q, int dim, const float* kb, __m128* out) {
   for (int r = 0; r < MR; ++r) out[r] = hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
 }
 
-// The same for one row straight from fp16 key rows (decode: each key is used once, so no fp32 copy).
-inline __m128 dots_half_1row(const float* q, int dim, const uint16_t* const* kr) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+// One row against 8 keys straight from fp16 key rows (decode: each key is used once, so no fp32 copy); 8
+// independent chains keep the FMA pipes busy. Dims in lanes, as dots_f32.
+inline void dots_half_1row8(const float* q, int dim, const uint16_t* const* kr, float* out) {
+  __m256 a[8];
+  for (int c = 0; c < 8; ++c) a[c] = _mm256_setzero_ps();
   for (int d = 0; d < dim; d += 8) {
     const __m256 qv = _mm256_load_ps(q + d);
-    a0 = _mm256_fmadd_ps(qv, load_half8(kr[0] + d), a0);
-    a1 = _mm256_fmadd_ps(qv, load_half8(kr[1] + d), a1);
-    a2 = _mm256_fmadd_ps(qv, load_half8(kr[2] + d), a2);
-    a3 = _mm256_fmadd_ps(qv, load_half8(kr[3] + d), a3);
+    for (int c = 0; c < 8; ++c) a[c] = _mm256_fmadd_ps(qv, load_half8(kr[c] + d), a[c]);
   }
-  return hsum4(a0, a1, a2, a3);
+  _mm_storeu_ps(out, hsum4(a[0], a[1], a[2], a[3]));
+  _mm_storeu_ps(out + 4, hsum4(a[4], a[5], a[6], a[7]));
 }
 
 // Rows in lanes: acc[v][c] lane l = q_{8v+l} . k_c for RV vectors of 8 rows; qt is [dim][rp] (row-vector v at
@@ -150,9 +155,9 @@ inline void prefetch_key(const uint16_t* k, int dim) {
 
 // Per-thread scratch of the estimator; sized by the largest problem seen, never shrunk.
 struct EstScratch {
-  AlignedFloats qs;              // dims in lanes: [R][dim] sampled query rows (fp32, unscaled)
-  AlignedFloats qt;              // rows in lanes: [dim][rp] the same transposed, rows padded to rp = 8*ceil(R/8)
-  std::vector<int32_t> lim;      // [rp] last key position row i may score: t_i - w_est (ascending; pad: INT_MIN)
+  AlignedFloats qs;          // dims in lanes: [R][dim] sampled query rows (fp32, unscaled)
+  AlignedFloats qt;          // rows in lanes: [dim][rp] the same transposed, rows padded to rp = 8*ceil(R/8)
+  std::vector<int32_t> lim;  // [rp] last key position row i may score: t_i - w_est (ascending; pad: INT_MIN)
   std::vector<int32_t> nodes;    // start blocks of the live nodes (relative to lo)
   std::vector<int32_t> cand;     // start blocks of this iteration's children
   std::vector<int32_t> todo;     // children still to score
@@ -162,7 +167,8 @@ struct EstScratch {
   std::vector<int32_t> live;     // indices into kpos of keys some sampled row may score
   std::vector<float> kmax;       // per kpos entry: max over rows
   std::vector<uint64_t> keys;    // selection keys: (descending score order << 32) | start
-  AlignedFloats kbuf;            // [4][dim] fp32 keys of one group
+  std::vector<uint64_t> keys_tmp;
+  AlignedFloats kbuf;  // [4][dim] fp32 keys of one group
 };
 
 // Maps a score to 32 bits whose ascending order is the descending score order (-0 folded into +0).
@@ -183,7 +189,8 @@ struct EstProblem {
 };
 
 // Rows in lanes over all row vectors of qt: the max over rows of the 4 keys' masked scores.
-inline __m128 score4_rows_in_lanes(const EstScratch& sc, int R, int dim, const int32_t* pos4, bool need_mask) {
+inline __m128 score4_rows_in_lanes(const EstScratch& sc, int R, int dim, const int32_t* pos4,
+                                   bool need_mask) {
   const int rp = (R + 7) / 8 * 8, nv = rp / 8;
   const float* qt = sc.qt.data();
   const float* kb = sc.kbuf.data();
@@ -221,8 +228,8 @@ inline __m128 score4_rows_in_lanes(const EstScratch& sc, int R, int dim, const i
   return hmax4(m[0], m[1], m[2], m[3]);
 }
 
-// kmax[j] = max_i (kpos[j] > lim[i] ? -32000 : q_i . k(kpos[j])) for j < n. Keys no row may score are not read.
-// Returns the number of keys read.
+// kmax[j] = max_i (kpos[j] > lim[i] ? -32000 : q_i . k(kpos[j])) for j < n. Keys no row may score are not
+// read. Returns the number of keys read.
 int64_t score_keys(const EstProblem& ep, EstScratch& sc, int n) {
   const int R = ep.R, dim = ep.dim;
   const int32_t* lim = sc.lim.data();
@@ -237,6 +244,26 @@ int64_t score_keys(const EstProblem& ep, EstScratch& sc, int n) {
       sc.live[n_live++] = j;
   }
   const int32_t* live = sc.live.data();
+  constexpr int kAhead = 3;  // groups prefetched ahead (the keys are scattered over the cache)
+  if (R == 1) {              // decode: groups of 8 keys, one row
+    const uint16_t* kr[8];
+    alignas(32) float dots[8];
+    for (int g = 0; g < std::min(n_live, 8 * kAhead); ++g)
+      prefetch_key(ep.kbase + int64_t(kpos[live[g]]) * ep.pos_stride, dim);
+    for (int g0 = 0; g0 < n_live; g0 += 8) {
+      const int gn = std::min(8, n_live - g0);
+      for (int c = 0; c < 8; ++c)
+        kr[c] = ep.kbase + int64_t(kpos[live[g0 + std::min(c, gn - 1)]]) * ep.pos_stride;
+      for (int c = g0 + 8 * kAhead; c < std::min(n_live, g0 + 8 * kAhead + 8); ++c)
+        prefetch_key(ep.kbase + int64_t(kpos[live[c]]) * ep.pos_stride, dim);
+      dots_half_1row8(sc.qs.data(), dim, kr, dots);
+      for (int c = 0; c < gn; ++c) {
+        const int j = live[g0 + c];
+        kmax[j] = kpos[j] > lim[0] ? kMaskedScore : dots[c];
+      }
+    }
+    return n_live;
+  }
   float* kb = sc.kbuf.data();
   const float* qs = sc.qs.data();
   const bool rows_in_lanes = R >= kRowsInLanes;
@@ -244,7 +271,6 @@ int64_t score_keys(const EstProblem& ep, EstScratch& sc, int n) {
   alignas(16) int32_t pos4[4];
   alignas(16) float best4[4];
   const __m128 masked = _mm_set1_ps(kMaskedScore);
-  constexpr int kAhead = 3;  // groups prefetched ahead (the keys are scattered over the cache)
   for (int g = 0; g < std::min(n_live, 4 * kAhead); ++g)
     prefetch_key(ep.kbase + int64_t(kpos[live[g]]) * ep.pos_stride, dim);
   for (int g0 = 0; g0 < n_live; g0 += 4) {
@@ -257,46 +283,73 @@ int64_t score_keys(const EstProblem& ep, EstScratch& sc, int n) {
     for (int c = g0 + 4 * kAhead; c < std::min(n_live, g0 + 4 * kAhead + 4); ++c)
       prefetch_key(ep.kbase + int64_t(kpos[live[c]]) * ep.pos_stride, dim);
     const bool need_mask = std::max(std::max(pos4[0], pos4[1]), std::max(pos4[2], pos4[3])) > lim_min;
+    for (int c = 0; c < 4; ++c)
+      for (int d = 0; d < dim; d += 8) _mm256_store_ps(kb + c * dim + d, load_half8(kr[c] + d));
     __m128 best;
-    if (R == 1) {
-      best = dots_half_1row(qs, dim, kr);
-      if (need_mask) {
-        const __m128i over = _mm_cmpgt_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(pos4)),
-                                             _mm_set1_epi32(lim[0]));
-        best = _mm_blendv_ps(best, masked, _mm_castsi128_ps(over));
+    if (rows_in_lanes) {
+      best = score4_rows_in_lanes(sc, R, dim, pos4, need_mask);
+    } else {  // 2..7 rows (partial blocks, small b_q / b_sq)
+      best = _mm_set1_ps(-INFINITY);
+      const __m128i vpos = _mm_load_si128(reinterpret_cast<const __m128i*>(pos4));
+      auto take = [&](int r, __m128 d) {
+        if (need_mask) {
+          const __m128i over = _mm_cmpgt_epi32(vpos, _mm_set1_epi32(lim[r]));
+          d = _mm_blendv_ps(d, masked, _mm_castsi128_ps(over));
+        }
+        best = _mm_max_ps(best, d);
+      };
+      __m128 out[2];
+      int r = 0;
+      for (; r + 2 <= R; r += 2) {
+        dots_f32<2>(qs + int64_t(r) * dim, dim, kb, out);
+        take(r, out[0]);
+        take(r + 1, out[1]);
       }
-    } else {
-      for (int c = 0; c < 4; ++c)
-        for (int d = 0; d < dim; d += 8) _mm256_store_ps(kb + c * dim + d, load_half8(kr[c] + d));
-      if (rows_in_lanes) {
-        best = score4_rows_in_lanes(sc, R, dim, pos4, need_mask);
-      } else {
-        best = _mm_set1_ps(-INFINITY);
-        const __m128i vpos = _mm_load_si128(reinterpret_cast<const __m128i*>(pos4));
-        auto take = [&](int r, __m128 d) {
-          if (need_mask) {
-            const __m128i over = _mm_cmpgt_epi32(vpos, _mm_set1_epi32(lim[r]));
-            d = _mm_blendv_ps(d, masked, _mm_castsi128_ps(over));
-          }
-          best = _mm_max_ps(best, d);
-        };
-        __m128 out[2];
-        int r = 0;
-        for (; r + 2 <= R; r += 2) {
-          dots_f32<2>(qs + int64_t(r) * dim, dim, kb, out);
-          take(r, out[0]);
-          take(r + 1, out[1]);
-        }
-        if (r < R) {
-          dots_f32<1>(qs + int64_t(r) * dim, dim, kb, out);
-          take(r, out[0]);
-        }
+      if (r < R) {
+        dots_f32<1>(qs + int64_t(r) * dim, dim, kb, out);
+        take(r, out[0]);
       }
     }
     _mm_store_ps(best4, best);
     for (int c = 0; c < gn; ++c) kmax[live[g0 + c]] = best4[c];
   }
   return n_live;
+}
+
+// Moves the k smallest of the n distinct keys[0, n) to keys[0, k), in no particular order: MSD radix select
+// on 8-bit digits with branch-free partitions (nth_element's comparisons mispredict about half the time on
+// these keys), finishing small remainders with nth_element. tmp: n entries.
+void select_smallest(uint64_t* keys, int n, int k, uint64_t* tmp) {
+  if (k >= n) return;
+  int placed = 0, need = k, n_cur = n;  // keys[0, placed) selected; need more from cur[0, n_cur)
+  uint64_t* cur = keys;
+  uint64_t diff = 0;  // bits in which some keys differ: digits start at the highest one
+  for (int i = 1; i < n; ++i) diff |= keys[i] ^ keys[0];
+  for (int shift = std::max(0, 63 - __builtin_clzll(diff | 1) - 7); n_cur > 32;
+       shift = std::max(0, shift - 8)) {
+    int hist[256] = {};
+    for (int i = 0; i < n_cur; ++i) ++hist[(cur[i] >> shift) & 255];
+    int b = 0, below = 0;
+    while (below + hist[b] < need) below += hist[b++];
+    // Digits < b are in, > b out, == b undecided. Writing the selected ones to keys[placed] never passes the
+    // read position (also when cur == keys), the undecided go to tmp (compacted in place after the first
+    // pass).
+    int m = 0;
+    for (int i = 0; i < n_cur; ++i) {
+      const uint64_t x = cur[i];
+      const int d = int((x >> shift) & 255);
+      keys[placed] = x;
+      placed += d < b;
+      tmp[m] = x;
+      m += d == b;
+    }
+    need -= below;
+    cur = tmp;
+    n_cur = m;
+    if (need == n_cur || shift == 0) break;  // distinct keys: after the last digit n_cur == need
+  }
+  if (need < n_cur) std::nth_element(cur, cur + need, cur + n_cur);
+  std::copy_n(cur, need, keys + placed);
 }
 
 // The fast estimator for one (head, query block): writes the ascending block list to out (capacity K_b) and
@@ -332,7 +385,8 @@ int32_t estimate_into(const HipConfig& cfg, const AttentionParams& p, int32_t he
     sc.qt.reserve(size_t(rp) * dim);
     for (int r = R; r < rp; ++r) sc.lim[r] = std::numeric_limits<int32_t>::min();
     for (int d = 0; d < dim; ++d)
-      for (int r = 0; r < rp; ++r) sc.qt.data()[int64_t(d) * rp + r] = r < R ? sc.qs.data()[int64_t(r) * dim + d] : 0.0f;
+      for (int r = 0; r < rp; ++r)
+        sc.qt.data()[int64_t(d) * rp + r] = r < R ? sc.qs.data()[int64_t(r) * dim + d] : 0.0f;
   }
 
   const int32_t group = p.n_head / p.n_kv_head;
@@ -349,6 +403,7 @@ int32_t estimate_into(const HipConfig& cfg, const AttentionParams& p, int32_t he
   grow(sc.cand, max_cand);
   grow(sc.todo, max_cand);
   grow(sc.keys, max_cand);
+  grow(sc.keys_tmp, max_cand);
   grow(sc.kpos, max_cand * nks);
   grow(sc.live, max_cand * nks);
   grow(sc.kmax, max_cand * nks);
@@ -409,7 +464,7 @@ int32_t estimate_into(const HipConfig& cfg, const AttentionParams& p, int32_t he
       const int32_t c = sc.cand[i];
       sc.keys[i] = (uint64_t(desc_order(score_at[c])) << 32) | uint32_t(c);
     }
-    if (n_cand > Kb) std::nth_element(sc.keys.begin(), sc.keys.begin() + Kb, sc.keys.begin() + n_cand);
+    select_smallest(sc.keys.data(), n_cand, Kb, sc.keys_tmp.data());
     n_nodes = std::min(n_cand, Kb);
     max_size = 0;
     for (int32_t i = 0; i < n_nodes; ++i) {
@@ -474,7 +529,8 @@ int64_t attend_block(const HipConfig& cfg, const AttentionParams& p, int32_t hea
   for (int32_t r = 0; r < g.n_rows; ++r) {
     const int32_t t = t_min + r, lo = std::max(0, t - w + 1);
     if (count)
-      attended += (std::upper_bound(sc.keys.data(), sc.keys.data() + n, t - w) - sc.keys.data()) + (t + 1 - lo);
+      attended +=
+          (std::upper_bound(sc.keys.data(), sc.keys.data() + n, t - w) - sc.keys.data()) + (t + 1 - lo);
     qt.set_key_range(r, lo, t + 1);
   }
   if (w > 0) attention_update(st, qt, kv, std::max(0, t_min - w + 1), g.t_max + 1);
@@ -496,11 +552,18 @@ void for_each_item(ThreadPool& pool, int32_t n, const Fn& fn) {
     for (int32_t i = 0; i < n; ++i) fn(i);
     return;
   }
-  std::atomic<int32_t> next{0};
-  pool.run([&](int, int) {
-    for (int32_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
-         i = next.fetch_add(1, std::memory_order_relaxed))
-      fn(i);
+  struct Shared {
+    std::atomic<int32_t> next{0};
+    int32_t n;
+    const Fn* fn;
+  } sh;
+  sh.n = n;
+  sh.fn = &fn;
+  Shared* shp = &sh;  // one pointer captured: std::function keeps it inline, no allocation per call
+  pool.run([shp](int, int) {
+    for (int32_t i = shp->next.fetch_add(1, std::memory_order_relaxed); i < shp->n;
+         i = shp->next.fetch_add(1, std::memory_order_relaxed))
+      (*shp->fn)(i);
   });
 }
 
@@ -541,7 +604,8 @@ void hip_attention(const HipConfig& cfg, const AttentionParams& p, HipMask& mask
       int64_t s = 0, it = 0;
       const int32_t m = item / H, h = item % H;  // heads of one KV group next to each other: shared keys
       const int32_t row = h * nqb + m;
-      mask.indptr[row + 1] = estimate_into(cfg, p, h, m, est_scratch(), mask.indices.data() + int64_t(row) * Kb, s, it);
+      mask.indptr[row + 1] =
+          estimate_into(cfg, p, h, m, est_scratch(), mask.indices.data() + int64_t(row) * Kb, s, it);
       scored.fetch_add(s, std::memory_order_relaxed);
       iters.fetch_add(it, std::memory_order_relaxed);
     });
@@ -556,11 +620,12 @@ void hip_attention(const HipConfig& cfg, const AttentionParams& p, HipMask& mask
     mask.estimated_at = p.q_pos0 + p.n_q - 1;
     if (stats) stats->mask_ms += ms_since(t0);
   } else {
-    HS_CHECK(p.n_q == 1 && mask.n_qblocks == 1 && mask.n_head == H && mask.indptr.size() == size_t(H) + 1 &&
-                 mask.indices.size() == size_t(mask.indptr[H]),
-             "hip_attention: a cached mask needs one query row (got %d) and a mask of 1 query block x %d heads "
-             "(got %d x %d)",
-             p.n_q, H, mask.n_qblocks, mask.n_head);
+    HS_CHECK(
+        p.n_q == 1 && mask.n_qblocks == 1 && mask.n_head == H && mask.indptr.size() == size_t(H) + 1 &&
+            mask.indices.size() == size_t(mask.indptr[H]),
+        "hip_attention: a cached mask needs one query row (got %d) and a mask of 1 query block x %d heads "
+        "(got %d x %d)",
+        p.n_q, H, mask.n_qblocks, mask.n_head);
     const int32_t first = cfg.n_sink / cfg.block_k;
     for (int32_t h = 0; h < H; ++h)
       for (int32_t i = mask.indptr[h]; i < mask.indptr[h + 1]; ++i)

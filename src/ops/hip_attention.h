@@ -13,15 +13,16 @@
 // Mask estimation of query block m (rows [m*b_q, min((m+1)*b_q, n_q)) of the call, last row at t_max):
 //  - searchable range R = [n_sink, hi) with hi = t_max + 1 - w; if |R| <= k every key block of R is taken;
 //  - otherwise N = ceil(|R| / b_k) key blocks (relative to n_sink) are cut into K_b = k / b_k aligned nodes
-//    (A = ceil(2^floor(log2 N) / K_b), boundary_j = min(floor(floor(j*N/K_b) / A) * A, N)), and each iteration
-//    halves every node (a size-1 node passes through as itself), scores every child by its center key block
-//    r = c + floor(h/2) and keeps the K_b best children over all nodes together, until all nodes are single
-//    blocks; the K_b block indices are returned ascending.
+//    (A = ceil(2^floor(log2 N) / K_b), boundary_j = min(floor(floor(j*N/K_b) / A) * A, N)), and each
+//    iteration halves every node (a size-1 node passes through as itself), scores every child by its center
+//    key block r = c + floor(h/2) and keeps the K_b best children over all nodes together, until all nodes
+//    are single blocks; the K_b block indices are returned ascending.
 //  - Child score: max over the sampled rows i and the sampled keys j of the representative block of the fp32
 //    dot q_i . k_j (unscaled q: the softmax scale is positive and cannot change the order), where a key later
-//    than t_i - w scores -32000 for row i (and is not read). The dot is accumulated in a fixed order, shared by
-//    the fast and the reference estimators so that they agree bit for bit: 8 partial sums, lane l = sum over
-//    d = l mod 8 of fma(q_d, k_d, .) in increasing d, then ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)).
+//    than t_i - w scores -32000 for row i (and is not read). Fast and reference estimators accumulate the dot
+//    in the same order, so their scores agree bit for bit and so do their selections: with R >= 8 sampled
+//    rows one FMA chain over d = 0..dim-1 (the SIMD kernel puts rows in lanes), with R < 8 (decode) 8 partial
+//    sums, lane l over d = l mod 8, reduced as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)) (dims in lanes).
 //  - Sampled rows: the last row of each b_sq group, m*b_q + i*b_sq + (b_sq-1), i < b_q/b_sq, as far as the
 //    block has rows; a partial block (the end of a chunk, a decode row) whose last row is not among them also
 //    samples its last row, so the row that defines R always votes.
@@ -30,8 +31,9 @@
 // Decisions and deviations from the reference / the official code [C]:
 //  - Tie rule (top-K_b selection): higher score first, then the lower child start block. -0 and +0 are equal.
 //  - Tail fix: the last initial boundary is N itself ([C] rounds it down to a multiple of A as well, leaving
-//    up to A-1 blocks just behind the window that can never be selected); so the last node may be larger
-//    than 2A, which the halving handles like any other size.
+//    up to A-1 blocks just behind the window that can never be selected); so the last node may hold up to
+//    3A-1 blocks, which the halving handles like any other size (at worst one more iteration, in which the
+//    single-block nodes pass through and only that node's descendants are scored).
 //  - n_sink must be a multiple of b_k, so that the searchable blocks are aligned key blocks of the cache
 //    (block j = keys [j*b_k, (j+1)*b_k)); the last block of R may reach past hi: its keys beyond t - w are
 //    masked in scoring and attention like any other.
@@ -43,9 +45,14 @@
 //    With refresh = 1 decode estimates exactly like prefill.
 //  - [C]'s "an exactly-zero score means masked" quirk is not copied.
 //
-// Cost: per (head, query block) ~ceil(log2(N/K_b)) iterations of <= 2*K_b child scores, each
-// (rows sampled) x (b_k/b_sk) dots of head_dim; block-sparse attention then touches <= k + n_sink + w (+ b_q
-// for the window of a block) keys per row.
+// The fast estimator computes what the reference computes, faster: no sort per iteration (a radix select
+// of the K_b best on (score, block) keys, one sort of the survivors at the end), a size-1 node keeps the
+// score it got as a child (re-scoring it would give the same bits), keys no sampled row may see are not
+// read, fp16 keys are converted once per scored child, and the per-thread scratch only grows.
+//
+// Cost: per (head, query block) ~log2(N/K_b) iterations of <= 2*K_b child scores, each (rows sampled) x
+// (b_k/b_sk) dots of head_dim, i.e. ~(2k/b_sk) log2(T/k) key reads; block-sparse attention then touches
+// <= k + n_sink + w keys per row (plus b_q - 1 window keys per block that early rows mask).
 #pragma once
 
 #include <cstdint>
@@ -81,9 +88,9 @@ struct HipMask {
 
 // Counters of hip_attention / hip_estimate_blocks; calls add to them (so one struct can sum a whole forward).
 struct HipStats {
-  int64_t scored_keys = 0;    // key reads of the estimator: sampled keys of every scored child
-  int64_t iterations = 0;     // tree iterations, summed over (head, query block)
-  int64_t attended_keys = 0;  // (row, key) pairs of the sparse attention, summed over heads
+  int64_t scored_keys = 0;          // key reads of the estimator: sampled keys of every scored child
+  int64_t iterations = 0;           // tree iterations, summed over (head, query block)
+  int64_t attended_keys = 0;        // (row, key) pairs of the sparse attention, summed over heads
   double mask_ms = 0, attn_ms = 0;  // wall time of the two phases of hip_attention
 };
 
@@ -99,12 +106,19 @@ struct HipStats {
 void hip_attention(const HipConfig& cfg, const AttentionParams& p, HipMask& mask, bool estimate,
                    ThreadPool& pool, HipStats* stats = nullptr);
 
+// Decode bookkeeping: whether the step at position pos must estimate (the mask is a prefill chunk's, or is
+// refresh or more steps old, or from the future after a rollback) or may reuse `mask`.
+inline bool hip_needs_refresh(const HipConfig& cfg, const HipMask& mask, int32_t pos) {
+  return mask.n_qblocks != 1 || mask.estimated_at < 0 || pos < mask.estimated_at ||
+         pos - mask.estimated_at >= cfg.refresh;
+}
+
 // Mask estimation for ONE (head, query block) of p, returning the ascending block list. The fast estimator
 // (the one hip_attention runs; thread-local scratch) ...
 std::vector<int32_t> hip_estimate_blocks(const HipConfig& cfg, const AttentionParams& p, int32_t head,
                                          int32_t qblock, HipStats* stats = nullptr);
-// ... and a slow, line-by-line transcription of HIP_MASK (reference section 2, with the decisions above): full
-// sort of the candidates per iteration, scalar dots. Tests only.
+// ... and a slow, line-by-line transcription of HIP_MASK (reference section 2, with the decisions above):
+// full sort of the candidates per iteration, scalar dots. Tests only.
 std::vector<int32_t> hip_estimate_blocks_reference(const HipConfig& cfg, const AttentionParams& p,
                                                    int32_t head, int32_t qblock);
 

@@ -19,7 +19,8 @@ enum class Keys {
   kFewValues,  // every key one of 3 vectors, queries from 3 vectors: many exactly tied scores
 };
 
-// One random problem with its own storage; the cache is [kv head][pos][dim] with spare capacity, q rows padded.
+// One random problem with its own storage; the cache is [kv head][pos][dim] with spare capacity, q rows
+// padded.
 struct Problem {
   std::vector<float> q, out;
   std::vector<uint16_t> k, v;
@@ -87,8 +88,8 @@ struct Problem {
   }
 };
 
-HipConfig small_config(int32_t k, int32_t bq, int32_t bk, int32_t sq, int32_t sk, int32_t sink, int32_t window,
-                       int32_t refresh = 1) {
+HipConfig small_config(int32_t k, int32_t bq, int32_t bk, int32_t sq, int32_t sk, int32_t sink,
+                       int32_t window, int32_t refresh = 1) {
   HipConfig c;
   c.k = k, c.block_q = bq, c.block_k = bk, c.stride_q = sq, c.stride_k = sk;
   c.n_sink = sink, c.window = window, c.refresh = refresh;
@@ -203,15 +204,21 @@ TEST(HipAttention, FullBudgetEqualsDensePrefill) {
     HipMask mask;
     HipStats st;
     hip_attention(cfg, pr.p, mask, true, pool, &st);
-    std::vector<float> dense(pr.out.size(), -7.0f);
+    std::vector<float> naive(pr.out.size(), -7.0f), dense(pr.out.size(), -7.0f);
     AttentionParams dp = pr.p;
-    dp.out = dense.data();
+    dp.out = naive.data();
     attention_naive(dp);
+    dp.out = dense.data();
+    attention_dense(dp, pool);
     for (int32_t i = 0; i < c.n_q; ++i)
-      for (int32_t j = 0; j < pr.p.n_head * pr.p.head_dim; ++j)
-        ASSERT_LE(std::abs(pr.out[i * pr.p.out_stride + j] - dense[i * pr.p.out_stride + j]),
-                  error_bound(pr.p, c.q_pos0 + i + 1))
-            << "n_kv " << c.n_kv << " row " << i << " col " << j;
+      for (int32_t j = 0; j < pr.p.n_head * pr.p.head_dim; ++j) {
+        const float got = pr.out[i * pr.p.out_stride + j];
+        const double bound = error_bound(pr.p, c.q_pos0 + i + 1);
+        ASSERT_LE(std::abs(got - naive[i * pr.p.out_stride + j]), bound)
+            << "naive: n_kv " << c.n_kv << " row " << i << " col " << j;
+        ASSERT_LE(std::abs(got - dense[i * pr.p.out_stride + j]), 2 * bound)
+            << "dense: n_kv " << c.n_kv << " row " << i << " col " << j;
+      }
     int64_t pairs = 0;
     for (int32_t i = 0; i < c.n_q; ++i) pairs += c.q_pos0 + i + 1;
     EXPECT_EQ(st.attended_keys, pairs * pr.p.n_head);
@@ -249,7 +256,8 @@ TEST(HipAttention, FullBudgetEqualsDenseDecode) {
     AttentionParams rp = s;
     rp.out = ref.data();
     attention_naive(rp);
-    for (size_t j = 0; j < ref.size(); ++j) ASSERT_LE(std::abs(s.out[j] - ref[j]), error_bound(s, t + 1)) << t;
+    for (size_t j = 0; j < ref.size(); ++j)
+      ASSERT_LE(std::abs(s.out[j] - ref[j]), error_bound(s, t + 1)) << t;
   }
 }
 
@@ -263,16 +271,18 @@ TEST(HipEstimate, FastEqualsReference) {
       {100, 40, 16, 8, 2, 2, 1, 0, 0, 1, Keys::kUniform},
       {300, 64, 32, 16, 2, 2, 1, 4, 16, 1, Keys::kUniform},
       {777, 100, 64, 32, 2, 2, 1, 16, 64, 1, Keys::kSmooth},
-      {1500, 77, 96, 32, 4, 4, 2, 8, 40, 1, Keys::kUniform},   // K_b = 24, not a power of two
+      {1500, 77, 96, 32, 4, 4, 2, 8, 40, 1, Keys::kUniform},  // K_b = 24, not a power of two
       {2000, 50, 128, 16, 8, 1, 4, 16, 128, 1, Keys::kSmooth},
-      {2500, 64, 400, 32, 2, 2, 1, 16, 256, 1, Keys::kUniform},  // A > 1 with empty initial nodes
-      {3000, 1, 256, 32, 2, 2, 1, 16, 64, 8, Keys::kUniform},    // decode, window shrunk by 7
-      {3000, 1, 128, 32, 4, 2, 2, 16, 64, 1, Keys::kSmooth},     // decode, refresh 1
+      {2500, 64, 400, 32, 2, 2, 1, 16, 256, 1, Keys::kUniform},    // A > 1 with empty initial nodes
+      {3000, 1, 256, 32, 2, 2, 1, 16, 64, 8, Keys::kUniform},      // decode, window shrunk by 7
+      {3000, 1, 128, 32, 4, 2, 2, 16, 64, 1, Keys::kSmooth},       // decode, refresh 1
       {4000, 64, 256, 32, 2, 2, 1, 16, 256, 1, Keys::kFewValues},  // ties everywhere
       {4000, 1, 256, 32, 2, 2, 1, 16, 256, 4, Keys::kFewValues},
-      {5000, 33, 512, 32, 2, 2, 1, 16, 256, 1, Keys::kSmooth},   // partial second block (1 row)
-      {6000, 96, 64, 64, 1, 4, 1, 3, 10, 1, Keys::kUniform},     // b_k = 1
+      {5000, 33, 512, 32, 2, 2, 1, 16, 256, 1, Keys::kSmooth},  // partial second block (1 row)
+      {6000, 96, 64, 64, 1, 4, 1, 3, 10, 1, Keys::kUniform},    // b_k = 1
       {9000, 40, 512, 32, 2, 2, 1, 16, 256, 1, Keys::kUniform},
+      {3500, 89, 256, 64, 2, 2, 1, 16, 128, 1, Keys::kSmooth},  // R = 32 (4 row vectors), then R = 13 (pad)
+      {2200, 40, 128, 48, 2, 1, 1, 8, 32, 1, Keys::kUniform},   // R = 40: 2 + 2 + 1 row vectors
       {20000, 32, 512, 32, 2, 2, 1, 16, 256, 1, Keys::kSmooth},
       {20000, 1, 512, 32, 2, 2, 1, 16, 256, 8, Keys::kUniform},
   };
@@ -294,6 +304,40 @@ TEST(HipEstimate, FastEqualsReference) {
     }
   }
   EXPECT_GT(n_checked, 100);
+}
+
+// Random configurations (block shapes, strides, budgets, sink, window, refresh, chunk offsets, decode rows).
+TEST(HipEstimate, FastEqualsReferenceRandomConfigs) {
+  std::mt19937 rng(2024);
+  auto pick = [&](std::initializer_list<int32_t> v) {
+    return *(v.begin() + std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng));
+  };
+  for (int it = 0; it < 60; ++it) {
+    HipConfig c;
+    c.block_k = pick({1, 2, 4, 8});
+    c.stride_k = pick({1, 2, 4, 8});
+    if (c.block_k % c.stride_k != 0) c.stride_k = 1;
+    c.block_q = pick({4, 8, 16, 32, 64});
+    c.stride_q = pick({1, 2, 4});
+    c.k = c.block_k * std::uniform_int_distribution<int32_t>(1, 300)(rng);
+    c.n_sink = c.block_k * std::uniform_int_distribution<int32_t>(0, 8)(rng);
+    c.window = pick({0, 1, 17, 64, 256});
+    c.refresh = c.window == 0 ? 1 : std::uniform_int_distribution<int32_t>(1, std::min(c.window, 16))(rng);
+    ASSERT_EQ(c.validate(), "");
+    const int32_t T = std::uniform_int_distribution<int32_t>(50, 6000)(rng);
+    const int32_t n_q = std::min(pick({1, 1, 3, 37, 100}), T);
+    const int32_t q_pos0 = std::uniform_int_distribution<int32_t>(0, T - n_q)(rng);
+    const Keys keys =
+        pick({0, 1, 2}) == 0 ? Keys::kUniform : (pick({0, 1}) ? Keys::kSmooth : Keys::kFewValues);
+    Problem pr(n_q, T, q_pos0, 2, 1, pick({16, 32, 64}), 5000 + it, keys);
+    const int32_t nqb = (n_q + c.block_q - 1) / c.block_q;
+    const int32_t m = std::uniform_int_distribution<int32_t>(0, nqb - 1)(rng);
+    for (int32_t h = 0; h < 2; ++h)
+      ASSERT_EQ(hip_estimate_blocks(c, pr.p, h, m), hip_estimate_blocks_reference(c, pr.p, h, m))
+          << "iteration " << it << ": T " << T << " n_q " << n_q << " q_pos0 " << q_pos0 << " k " << c.k
+          << " b_q " << c.block_q << " b_k " << c.block_k << " b_sq " << c.stride_q << " b_sk " << c.stride_k
+          << " sink " << c.n_sink << " w " << c.window << " r " << c.refresh << " qblock " << m;
+  }
 }
 
 // Earlier chunks (q_pos0 < T - n_q, i.e. the cache holds later keys the block may not see) and every query
@@ -341,7 +385,8 @@ TEST(HipAttention, DecodeCachedMask) {
   HipMask mask;
   for (int32_t t = 2400; t < 2424; ++t) {
     const AttentionParams s = pr.step(t);
-    const bool refresh = (t - 2400) % cfg8.refresh == 0;
+    const bool refresh = hip_needs_refresh(cfg8, mask, t);
+    EXPECT_EQ(refresh, (t - 2400) % cfg8.refresh == 0);
     hip_attention(cfg8, s, mask, refresh, pool);
     EXPECT_EQ(mask.estimated_at, 2400 + (t - 2400) / 8 * 8);
     expect_matches_sparse_reference(cfg8, s, mask, s.out, "cached decode");
@@ -349,6 +394,44 @@ TEST(HipAttention, DecodeCachedMask) {
     for (int32_t h = 0; h < s.n_head; ++h)
       for (int32_t b : blocks_of(mask, h, 0)) ASSERT_LE(b * cfg8.block_k, mask.estimated_at - 128 + 7);
   }
+}
+
+// The trailing-edge gap (reference section 3): a key that is in the window when the mask is estimated at t0
+// and slides out of it before the next refresh stays attended, because the decode estimate searches refresh -
+// 1 tokens into the window. Here every decode query is the same vector q and the key at t0 - w + 3 is a copy
+// of q (in a bump of similar keys), so its block is among the best as soon as it is searchable.
+TEST(HipAttention, DecodeCoversKeysLeavingTheWindow) {
+  ThreadPool pool(1);
+  const int32_t T = 3000, t0 = 2900, w = 64, dim = 64;
+  Problem pr(T, T, 0, 1, 1, dim, 12, Keys::kSmooth);
+  for (int32_t t = t0; t < t0 + 8; ++t)
+    std::copy_n(pr.q.data() + int64_t(t0) * pr.p.q_stride, dim, pr.q.data() + int64_t(t) * pr.p.q_stride);
+  const int32_t needle = t0 - w + 3;
+  for (int32_t pos = needle - 24; pos <= needle + 24;
+       ++pos) {  // with locality: a bump of similar keys around it
+    const float a = 1.0f - float(std::abs(pos - needle)) / 25.0f;
+    for (int32_t d = 0; d < dim; ++d) {
+      const float old = fp16_to_fp32(pr.k[pos * dim + d]);
+      pr.k[pos * dim + d] = fp32_to_fp16((1 - a) * old + a * pr.q[int64_t(t0) * pr.p.q_stride + d]);
+    }
+  }
+  const HipConfig cfg = small_config(128, 32, 2, 2, 1, 16, w, 8);
+  HipMask mask;
+  hip_attention(cfg, pr.step(t0), mask, true, pool);
+  const std::vector<int32_t> b = blocks_of(mask, 0, 0);
+  ASSERT_TRUE(std::binary_search(b.begin(), b.end(), needle / 2));
+  for (int32_t t = t0 + 1; t < t0 + 8; ++t) {  // cached steps: the needle stays in the key set, once
+    const AttentionParams s = pr.step(t);
+    ASSERT_FALSE(hip_needs_refresh(cfg, mask, t));
+    const std::vector<int32_t> keys = hip_key_set(cfg, s, 0, b.data(), int32_t(b.size()));
+    EXPECT_EQ(std::count(keys.begin(), keys.end(), needle), 1) << t;
+    hip_attention(cfg, s, mask, false, pool);
+    expect_matches_sparse_reference(cfg, s, mask, s.out, "trailing edge");
+  }
+  // Without the overlap (refresh = 1) the block is not searchable at t0.
+  const HipConfig cfg1 = small_config(128, 32, 2, 2, 1, 16, w, 1);
+  const std::vector<int32_t> b1 = hip_estimate_blocks(cfg1, pr.step(t0), 0, 0);
+  EXPECT_FALSE(std::binary_search(b1.begin(), b1.end(), needle / 2));
 }
 
 // The cached path rejects masks of the wrong shape.
@@ -416,8 +499,8 @@ TEST(HipEstimate, ScoredKeysGrowLogarithmically) {
   EXPECT_LT(per_block.back() / per_block.front(), 2.5);  // T grew 8x
 }
 
-// 5. Mask structure: causal, ascending, unique, outside the sink, exactly K_b blocks once the range exceeds k,
-// every block of the range otherwise; the parallel driver stores what hip_estimate_blocks returns.
+// 5. Mask structure: causal, ascending, unique, outside the sink, exactly K_b blocks once the range exceeds
+// k, every block of the range otherwise; the parallel driver stores what hip_estimate_blocks returns.
 TEST(HipAttention, MaskStructure) {
   ThreadPool pool(2);
   for (int32_t q_pos0 : {0, 100, 500, 1900}) {

@@ -327,6 +327,7 @@ struct Job {
   IntScheme scheme;
   ActQ act;
   int64_t rows_per_item, token_splits, n_items;
+  int64_t lead_rows = 0, n_lead = 0;  // GEMV: the first n_lead items have lead_rows rows (see matmul())
   std::atomic<int64_t> next{0};
 };
 
@@ -342,8 +343,9 @@ void run_gemv(Job& job, int ith, int nth) {
   g.y = job.y;
   g.ldy = job.ldy;
   for (int64_t i; (i = job.next.fetch_add(1, std::memory_order_relaxed)) < job.n_items;) {
-    g.r0 = i * job.rows_per_item;
-    g.r1 = std::min(w.rows, g.r0 + job.rows_per_item);
+    g.r0 = i < job.n_lead ? i * job.lead_rows
+                          : job.n_lead * job.lead_rows + (i - job.n_lead) * job.rows_per_item;
+    g.r1 = std::min(w.rows, i < job.n_lead ? g.r0 + job.lead_rows : g.r0 + job.rows_per_item);
     if (job.path == SimdPath::kAvx512 && has_avx512_gemv(w.type)) {
       detail::gemv_int_avx512(g);
     } else {
@@ -487,9 +489,17 @@ void matmul(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx
   if (!gemm) {
     quantize_activations(x, ldx, job.act, job.scheme.sb, job.scheme.offset, 0, n_tokens);
     // About 16 row chunks per thread, multiples of 8 rows.
-    static const int64_t chunks = getenv("HS_GEMV_CHUNKS") ? atoll(getenv("HS_GEMV_CHUNKS")) : 16;  // TUNING
-    job.rows_per_item = std::max<int64_t>(8, (w.rows / (chunks * nth)) & ~int64_t(7));
-    job.n_items = (w.rows + job.rows_per_item - 1) / job.rows_per_item;
+    static const int64_t mode = getenv("HS_GEMV_MODE") ? atoll(getenv("HS_GEMV_MODE")) : 0;  // TUNING
+    if (mode == 0) {                                                                         // guided
+      job.lead_rows = (w.rows / (2 * nth)) & ~int64_t(7);
+      job.n_lead = job.lead_rows > 0 ? nth : 0;
+      job.rows_per_item = std::max<int64_t>(8, (w.rows / (8 * nth)) & ~int64_t(7));
+      job.n_items =
+          job.n_lead + (w.rows - job.n_lead * job.lead_rows + job.rows_per_item - 1) / job.rows_per_item;
+    } else {
+      job.rows_per_item = std::max<int64_t>(8, (w.rows / (mode * nth)) & ~int64_t(7));
+      job.n_items = (w.rows + job.rows_per_item - 1) / job.rows_per_item;
+    }
     pool.run([&job](int ith, int nth) { run_gemv(job, ith, nth); });
     return;
   }

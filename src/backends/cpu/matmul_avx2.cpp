@@ -35,8 +35,9 @@ inline __m256i unpack_nibbles(const uint8_t* qs) {
                           _mm256_set1_epi8(0x0F));
 }
 
-// sum of u8 x s8 over 32 bytes, as 8 int32 partial sums. Pairs stay below 2*15*127 (Q4) or 2*128*127
-// (Q8 via abs/sign), so maddubs never saturates.
+// sum of u8 x s8 over 32 bytes, as 8 int32 partial sums (lane i: bytes 4i..4i+3). Adjacent pairs stay
+// below 2 * 128 * 127 < 32768 (|q| <= 127 activations; u8 <= 63, or |w| <= 128 via abs/sign for Q8_0), so
+// maddubs never saturates.
 inline __m256i dot_u8s8(__m256i u, __m256i s) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
