@@ -4,10 +4,10 @@
 // Gaussian. A plain main printing a table (times are the minimum and median of --reps runs, in ms):
 //
 //   prefill: the last 512-query chunk of an n_kv prompt: dense | HiP mask | HiP attention | HiP total
-//   decode:  one query at position n_kv - 1: dense | HiP with a cached mask | HiP refresh step (estimate +
-//   attend)
-//            | amortized over a refresh interval ((refresh step + (r_m - 1) cached steps) / r_m)
+//   decode:  one query at position n_kv - 1: dense | HiP with a cached mask | HiP refresh step
+//            (estimate + attend) | amortized over a refresh interval ((refresh + (r_m - 1) cached) / r_m)
 //
+// The machine is shared: compare columns of one run, and prefer the min. --threads 1 gives per-core costs.
 // Usage: hip_bench [--threads N] [--reps N] [--max-kv N]
 #include <algorithm>
 #include <chrono>

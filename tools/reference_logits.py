@@ -517,6 +517,11 @@ def main():
     assert v.model == "gpt2" and v.pre == "smollm", (v.model, v.pre)
     tk = build_tokenizer(v)
     py = PyBpe(v)
+    # the chat prompt is the GGUF's own chat template, rendered with its default system message
+    from jinja2 import Template
+    rendered = Template(v.chat_template).render(
+        messages=[{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True)
+    assert rendered == CHAT_PROMPT, rendered
 
     log("loading transformers' GGUF tokenizer ...")
     from transformers import AutoTokenizer

@@ -123,6 +123,12 @@ void add_common_options(OptionTable& t, CommonArgs& a) {
          [&a](const std::string& v) { a.ctx = parse_int("--ctx-size", v, 1, 1 << 24); }});
   t.add({"-v", "--verbose", "", "print model metadata and more details",
          [&a](const std::string&) { a.verbose = true; }});
+  t.add({"", "--matmul", "f32|int8",
+         "activations in the linear layers: exact fp32 (default) or llama.cpp-style int8 blocks (faster, less exact)",
+         [&a](const std::string& v) {
+           HS_CHECK(v == "f32" || v == "int8", "--matmul must be f32 or int8, got '%s'", v.c_str());
+           a.int8_matmul = v == "int8";
+         }});
   t.add({"", "--attn", "dense|hip", "attention: HiP (default) or dense in every layer", [&a](const std::string& v) {
            HS_CHECK(v == "dense" || v == "hip", "--attn must be dense or hip, got '%s'", v.c_str());
            a.attn_overrides["attn"] = v;

@@ -42,6 +42,7 @@ struct CommonArgs {
   int threads = 0;    // -t; 0 = number of CPUs
   int ctx = 0;        // -c; 0 = the model's training context
   bool verbose = false;
+  bool int8_matmul = false;  // --matmul int8
   // Attention: defaults, then --attn-config FILE, then the individual flags (kept as JSON overrides).
   std::string attn_config_file;
   nlohmann::json attn_overrides = nlohmann::json::object();

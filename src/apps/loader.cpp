@@ -31,6 +31,7 @@ LoadedModel load_model(const CommonArgs& args, bool quiet) {
   const AttentionConfig attn = args.attention();  // validate flags before the (slow) load
   lm.model = Model::load(path, lo);
   lm.model->set_attention(attn);
+  lm.model->set_matmul_mode(args.int8_matmul ? MatmulMode::Int8 : MatmulMode::F32);
   const ModelConfig& c = lm.model->config();
   lm.n_ctx = args.ctx > 0 ? args.ctx : c.n_ctx_train;
   const int threads = args.threads > 0 ? args.threads : default_threads();
@@ -46,7 +47,8 @@ LoadedModel load_model(const CommonArgs& args, bool quiet) {
     std::fprintf(stderr, "hipserve: %s\n", c.summary().c_str());
     std::fprintf(stderr, "hipserve: weights %.1f MiB (%s); context %d tokens; %d threads; loaded in %.0f ms\n",
                  double(lm.model->weight_bytes()) / (1 << 20), type_list.c_str(), lm.n_ctx, threads, lm.load_ms);
-    std::fprintf(stderr, "hipserve: attention: %s\n", attn.describe().c_str());
+    std::fprintf(stderr, "hipserve: attention: %s; matmul activations: %s\n", attn.describe().c_str(),
+                 args.int8_matmul ? "int8" : "f32");
     if (lm.n_ctx > c.n_ctx_train)
       std::fprintf(stderr, "hipserve: warning: context %d exceeds the model's training context %d\n", lm.n_ctx,
                    c.n_ctx_train);

@@ -148,6 +148,14 @@ void Model::set_attention(const AttentionConfig& config) {
   attn_ = config;
 }
 
+void Model::linear(const cpu::MatmulWeight& w, const float* x, int64_t n, int64_t ldx, float* y, int64_t ldy,
+                   ThreadPool& pool) const {
+  if (matmul_mode_ == MatmulMode::Int8)
+    cpu::matmul(w, x, n, ldx, y, ldy, pool);
+  else
+    cpu::matmul_f32act(w, x, n, ldx, y, ldy, pool);
+}
+
 void Model::ensure_scratch(int32_t n_rows, int32_t n_out) {
   const ModelConfig& c = config_;
   auto fit = [](std::vector<float>& v, size_t n) {
@@ -211,9 +219,9 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
     // ---- attention block ----
     rms_norm(x_.data(), E, L.attn_norm, xn_.data(), E, n_rows, E, c.norm_eps);
     tap("attn_norm", il, xn_.data(), n_rows, E);
-    cpu::matmul(L.wq, xn_.data(), n_rows, E, q_.data(), QD, pool);
-    cpu::matmul(L.wk, xn_.data(), n_rows, E, k_.data(), KVD, pool);
-    cpu::matmul(L.wv, xn_.data(), n_rows, E, v_.data(), KVD, pool);
+    linear(L.wq, xn_.data(), n_rows, E, q_.data(), QD, pool);
+    linear(L.wk, xn_.data(), n_rows, E, k_.data(), KVD, pool);
+    linear(L.wv, xn_.data(), n_rows, E, v_.data(), KVD, pool);
     if (L.bq) {
       for (int32_t r = 0; r < n_rows; ++r) {
         add_inplace(q_.data() + r * QD, L.bq, QD);
@@ -272,16 +280,16 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
     }
     tap("attn_out", il, attn_out_.data(), n_rows, QD);
 
-    cpu::matmul(L.wo, attn_out_.data(), n_rows, QD, xn_.data(), E, pool);
+    linear(L.wo, attn_out_.data(), n_rows, QD, xn_.data(), E, pool);
     for (int32_t r = 0; r < n_rows; ++r) add_inplace(x_.data() + r * E, xn_.data() + r * E, E);
     tap("ffn_inp", il, x_.data(), n_rows, E);
 
     // ---- feed-forward block (SwiGLU) ----
     rms_norm(x_.data(), E, L.ffn_norm, xn_.data(), E, n_rows, E, c.norm_eps);
-    cpu::matmul(L.w_gate, xn_.data(), n_rows, E, gate_.data(), FF, pool);
-    cpu::matmul(L.w_up, xn_.data(), n_rows, E, up_.data(), FF, pool);
+    linear(L.w_gate, xn_.data(), n_rows, E, gate_.data(), FF, pool);
+    linear(L.w_up, xn_.data(), n_rows, E, up_.data(), FF, pool);
     swiglu(gate_.data(), up_.data(), gate_.data(), int64_t(n_rows) * FF);
-    cpu::matmul(L.w_down, gate_.data(), n_rows, FF, xn_.data(), E, pool);
+    linear(L.w_down, gate_.data(), n_rows, FF, xn_.data(), E, pool);
     for (int32_t r = 0; r < n_rows; ++r) add_inplace(x_.data() + r * E, xn_.data() + r * E, E);
     tap("l_out", il, x_.data(), n_rows, E);
   }
@@ -308,7 +316,7 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
   }
   rms_norm(out_rows_.data(), E, output_norm_, out_rows_.data(), E, n_out, E, c.norm_eps);
   tap("result_norm", -1, out_rows_.data(), n_out, E);
-  cpu::matmul(output_, out_rows_.data(), n_out, E, logits_.data(), c.n_vocab, pool);
+  linear(output_, out_rows_.data(), n_out, E, logits_.data(), c.n_vocab, pool);
   int32_t o = 0;
   for (const SeqBatch& s : batch) {
     if (!s.logits) continue;

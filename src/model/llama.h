@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backends/cpu/matmul.h"
+#include "backends/cpu/matmul_f32act.h"
 #include "backends/cpu/quants.h"
 #include "model/attention_config.h"
 #include "model/config.h"
@@ -47,6 +48,10 @@ struct SeqBatch {
 using DebugTap =
     std::function<void(const char* name, int layer, const float* data, int64_t rows, int64_t cols)>;
 
+// How the linear layers treat activations: exact fp32 (the default: matches the Hugging Face reference to
+// ~1e-2 in the logits), or llama.cpp-style int8 blocks (faster, but moves logits by up to ~2 on SmolLM2).
+enum class MatmulMode { F32, Int8 };
+
 struct LoadOptions {
   bool show_progress = true;
   bool prefault =
@@ -75,6 +80,8 @@ class Model {
                const std::function<void(int64_t, int64_t)>& on_chunk = {});
 
   void set_debug_tap(DebugTap tap) { tap_ = std::move(tap); }
+  void set_matmul_mode(MatmulMode mode) { matmul_mode_ = mode; }
+  MatmulMode matmul_mode() const { return matmul_mode_; }
 
   // Attention per layer (default: HiP with the first layers dense). Throws hs::Error on an invalid config.
   void set_attention(const AttentionConfig& config);
@@ -87,6 +94,9 @@ class Model {
   Model() = default;
   void bind_weights();
   void ensure_scratch(int32_t n_rows, int32_t n_out);
+  // y[n x w.rows] = x[n x w.cols] W^T with the configured activation precision.
+  void linear(const cpu::MatmulWeight& w, const float* x, int64_t n, int64_t ldx, float* y, int64_t ldy,
+              ThreadPool& pool) const;
 
   std::unique_ptr<gguf::File> file_;
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -100,6 +110,7 @@ class Model {
   int32_t max_batch_tokens_ = 512;
   DebugTap tap_;
   AttentionConfig attn_;
+  MatmulMode matmul_mode_ = MatmulMode::F32;
   HipStats hip_stats_;
   HipMask prefill_mask_;  // scratch: masks of a prefill chunk's query blocks (not kept after the chunk)
 

@@ -1,5 +1,10 @@
 // Forward-pass consistency on the real model: chunked prefill, token-by-token decode and multi-sequence batches
 // must compute the same function. (Agreement with an independent implementation is reference_test.cpp.)
+//
+// Tolerance: the paths differ only in fp32 summation order (GEMM panels vs row streaming in the linear layers,
+// attention tiles), i.e. relative changes of ~1e-7 per layer output that 30 layers amplify to at most ~2e-2 on
+// logits of magnitude ~20 (measured up to 0.016). A real bug (a wrong position, a stale or overwritten cache
+// row, a mixed-up sequence) moves logits by whole units, so 0.05 separates the two cleanly.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +17,8 @@
 
 namespace hs {
 namespace {
+
+constexpr double kTol = 0.05;
 
 std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -54,8 +61,7 @@ TEST(LlamaForward, DecodeMatchesPrefillAtEveryPosition) {
     m.prefill(cache, std::span<const int32_t>(&toks[i], 1), step.data(), pool);
     worst = std::max(worst, max_abs_diff(step.data(), ref.data() + i * V, V));
   }
-  // Logits are O(10); differences come from fp32 summation order in attention only.
-  EXPECT_LT(worst, 2e-3);
+  EXPECT_LT(worst, kTol);
 }
 
 TEST(LlamaForward, ChunkedPrefillMatchesOneShot) {
@@ -72,7 +78,7 @@ TEST(LlamaForward, ChunkedPrefillMatchesOneShot) {
     std::vector<float> last(V);
     m.prefill(cache, toks, last.data(), pool);
     EXPECT_EQ(cache.n_past(), 100);
-    EXPECT_LT(max_abs_diff(last.data(), ref.data() + 99 * V, V), 2e-3) << "chunk " << chunk;
+    EXPECT_LT(max_abs_diff(last.data(), ref.data() + 99 * V, V), kTol) << "chunk " << chunk;
   }
   m.set_max_batch_tokens(saved);
 }
@@ -98,7 +104,7 @@ TEST(LlamaForward, MultiSequenceBatchMatchesSeparateRuns) {
     std::vector<int32_t> full = prompts[i];
     full.push_back(next[i]);
     const std::vector<float> ref = all_logits(m, full, pool);
-    EXPECT_LT(max_abs_diff(batched.data() + i * V, ref.data() + (full.size() - 1) * V, V), 2e-3) << "seq " << i;
+    EXPECT_LT(max_abs_diff(batched.data() + i * V, ref.data() + (full.size() - 1) * V, V), kTol) << "seq " << i;
     EXPECT_EQ(caches[i]->n_past(), int32_t(full.size()));
   }
 }

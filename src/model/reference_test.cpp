@@ -5,7 +5,7 @@
 // the reference; the differences that remain are (1) the fp16 K/V cache: each K and V element is rounded to
 // 11 significant bits (relative error <= 2^-12 ~ 2.4e-4), which moves attention scores and outputs by that
 // relative amount, and (2) fp32 summation order. Propagated through 30 layers that gives logit errors of a few
-// 1e-3 on short prompts (measured: max 0.012 over the whole vocabulary at 37 tokens) and somewhat more over 2K
+// 1e-2 on short prompts (measured: <= 0.025 on the top-20 logits up to 61 tokens) and more over 2K (0.053)
 // tokens, against an fp32-vs-fp64 noise floor of the reference itself of 5e-4 (fixture: numeric_noise). We
 // allow 0.05 on the top-20 logits of short prompts and 0.1 on the 2K-token prompt; a real bug (wrong RoPE
 // pairing, a missing scale, an off-by-one position) moves logits by whole units.
@@ -66,6 +66,7 @@ TEST(Reference, TokenizerMatchesHuggingFaceIds) {
 struct PromptCheck {
   double max_top20_diff = 0;
   int argmax_agree = 0, positions = 0;
+  int clear_positions = 0, clear_agree = 0;  // positions whose reference top-2 gap exceeds twice the bound
 };
 
 TEST(Reference, LogitsAndGreedyContinuationMatch) {
@@ -80,6 +81,7 @@ TEST(Reference, LogitsAndGreedyContinuationMatch) {
   dense.kind = AttentionKind::Dense;  // the reference is dense attention
   const AttentionConfig saved = m.attention();
   m.set_attention(dense);
+  int total_agree = 0, total_positions = 0;
 
   for (const auto& p : fx["prompts"]) {
     const std::string name = p["name"];
@@ -110,14 +112,22 @@ TEST(Reference, LogitsAndGreedyContinuationMatch) {
         for (size_t j = 0; j < top_ids.size(); ++j)
           chk.max_top20_diff = std::max(chk.max_top20_diff, std::fabs(double(row[top_ids[j].get<int>()]) - top_logits[j].get<double>()));
         const int32_t ours = int32_t(std::max_element(row, row + V) - row);
-        chk.argmax_agree += ours == top_ids[0].get<int>();
+        const bool agree = ours == top_ids[0].get<int>();
+        chk.argmax_agree += agree;
         chk.positions++;
+        if (top_logits[0].get<double>() - top_logits[1].get<double>() > 2 * bound) {
+          chk.clear_positions++;
+          chk.clear_agree += agree;
+        }
       }
     }
     std::printf("[ info ] %s: %d positions, argmax agreement %.4f, max |dlogit| on top-20 %.4f\n", name.c_str(),
                 chk.positions, double(chk.argmax_agree) / chk.positions, chk.max_top20_diff);
     EXPECT_LT(chk.max_top20_diff, bound) << name;
-    EXPECT_GE(double(chk.argmax_agree) / chk.positions, 0.99) << name;
+    // Where the reference's top two are within our error bound the argmax may legitimately flip; elsewhere never.
+    EXPECT_EQ(chk.clear_agree, chk.clear_positions) << name;
+    total_agree += chk.argmax_agree;
+    total_positions += chk.positions;
 
     // Full-vocabulary logits at the last position, where stored.
     if (p.contains("last_logits_file") && p["last_logits_file"].is_string()) {
@@ -150,6 +160,7 @@ TEST(Reference, LogitsAndGreedyContinuationMatch) {
       if (i + 1 < want.size()) m.prefill(cache, std::span<const int32_t>(&next, 1), step.data(), pool);
     }
   }
+  EXPECT_GE(double(total_agree) / total_positions, 0.99) << "argmax agreement over all prompts";
   m.set_attention(saved);
 }
 
