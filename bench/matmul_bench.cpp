@@ -98,8 +98,6 @@ void bm_matmul(benchmark::State& state, Shape s, int64_t n_tokens, SimdPath path
                          benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GB/s"] =
       benchmark::Counter(double(mat_bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["us/call"] =
-      benchmark::Counter(1e6, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
 }
 
 // All linear layers of one SmolLM2-135M forward pass over n_tokens tokens, each layer with its own weights

@@ -1,13 +1,13 @@
 // matmul_f32act (exact fp32 activations) against the int8-activation cpu::matmul at SmolLM2-135M shapes
-// (weights Q4_1, tied output head Q8_0; Q4_0 / Q8_0 variants of one shape), 2 threads, every SIMD path the CPU
-// has. Reports GFLOP/s (2 FLOPs per multiply-add) and GB/s of weight bytes read.
+// (weights Q4_1, tied output head Q8_0; Q4_0 / Q8_0 variants of one shape), 2 threads, every SIMD path the
+// CPU has. Reports GFLOP/s (2 FLOPs per multiply-add) and GB/s of weight bytes read.
 //
 //   MemRead/2:                                       streaming read of 512 MiB, the bandwidth ceiling
 //   <kernel>/<type>/<name>/<rows>x<cols>/n<tokens>/<path>: one call; kernel = f32act or int8
 //   <kernel>/SmolLM2_all_linear/n<tokens>/<path>:    every linear layer of one forward pass
-// Decode (n1) cycles through enough copies of the weight (>= 256 MiB) that every call streams it from DRAM, as
-// a real decode step does. Prefill (n512) reuses one copy: the weights are read once per call and the cost is
-// compute.
+// Decode (n1) cycles through enough copies of the weight (>= 256 MiB) that every call streams it from DRAM,
+// as a real decode step does. Prefill (n512) reuses one copy: the weights are read once per call and the cost
+// is compute.
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
 
@@ -99,9 +99,11 @@ void bm_matmul(benchmark::State& state, Kernel kernel, Shape s, int64_t n_tokens
     benchmark::DoNotOptimize(y.data());
     if (++c == copies) c = 0;
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(s.rows) * double(s.cols) * double(n_tokens) / 1e9,
-                                                 benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["GB/s"] = benchmark::Counter(double(mat_bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * double(s.rows) * double(s.cols) * double(n_tokens) / 1e9,
+                         benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GB/s"] =
+      benchmark::Counter(double(mat_bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // All linear layers of one SmolLM2-135M forward pass over n_tokens tokens (30 x {q, k, v, o, gate, up, down}
@@ -155,8 +157,10 @@ void bm_model(benchmark::State& state, Kernel kernel, int64_t n_tokens, SimdPath
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["GB/s"] = benchmark::Counter(double(total) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["tok/s"] = benchmark::Counter(double(n_tokens), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GB/s"] =
+      benchmark::Counter(double(total) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tok/s"] =
+      benchmark::Counter(double(n_tokens), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 }  // namespace
@@ -178,8 +182,9 @@ int main(int argc, char** argv) {
     for (const Shape& s : shapes)
       for (SimdPath path : supported_simd_paths())
         for (const auto& k : kernels) {
-          const std::string name = hs::strfmt("%s/%s/%s/%lldx%lld/n%lld/%s", k.name, ggml_traits(s.type).name, s.name,
-                                              (long long)s.rows, (long long)s.cols, (long long)n, simd_path_name(path));
+          const std::string name =
+              hs::strfmt("%s/%s/%s/%lldx%lld/n%lld/%s", k.name, ggml_traits(s.type).name, s.name,
+                         (long long)s.rows, (long long)s.cols, (long long)n, simd_path_name(path));
           benchmark::RegisterBenchmark(name.c_str(), bm_matmul, k.k, s, n, path)
               ->UseRealTime()
               ->Unit(benchmark::kMicrosecond);
@@ -188,8 +193,8 @@ int main(int argc, char** argv) {
     for (SimdPath path : supported_simd_paths())
       for (const auto& k : kernels)
         benchmark::RegisterBenchmark(
-            hs::strfmt("%s/SmolLM2_all_linear/n%lld/%s", k.name, (long long)n, simd_path_name(path)).c_str(), bm_model,
-            k.k, n, path)
+            hs::strfmt("%s/SmolLM2_all_linear/n%lld/%s", k.name, (long long)n, simd_path_name(path)).c_str(),
+            bm_model, k.k, n, path)
             ->UseRealTime()
             ->Unit(benchmark::kMillisecond);
   benchmark::RunSpecifiedBenchmarks();

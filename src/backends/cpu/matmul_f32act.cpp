@@ -24,7 +24,9 @@ namespace hs::cpu {
 namespace f32act_detail {
 namespace {
 
-std::atomic<int64_t> g_gemm_min_tokens{5};
+// Measured with bench/matmul_f32act_bench.cpp (2 threads, SmolLM2 shapes): below ~12 tokens the row-streaming
+// kernels win (their dequantization is shared by up to 4 or 8 tokens; a panel costs ~0.1 ns per weight).
+std::atomic<int64_t> g_gemm_min_tokens{12};
 
 inline float h2f(uint16_t h) {
   return _cvtsh_ss(h);
@@ -40,7 +42,8 @@ inline uint16_t load_u16(const uint8_t* p) {
 inline void prefetch_ahead(const GemvArgs& g, int64_t r) {
   const uint8_t* end = g.w + size_t(g.rows) * g.row_bytes;
   const uint8_t* p = g.w + size_t(r) * g.row_bytes + kPrefetchBytes;
-  for (size_t o = 0; o < g.row_bytes && p + o < end; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
+  for (size_t o = 0; o < g.row_bytes && p + o < end; o += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
 }
 
 inline float hsum(__m256 v) {
@@ -58,7 +61,8 @@ inline void dequant_block_avx2(const uint8_t* blk, __m256* w) {
   if constexpr (kType == GgmlType::Q8_0) {
     const __m256 d = _mm256_set1_ps(h2f(load_u16(blk)));
     for (int k = 0; k < 4; ++k) {
-      const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * k)));
+      const __m256i q =
+          _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * k)));
       w[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
     }
   } else {
@@ -193,75 +197,85 @@ void gemv_q_avx2(const GemvArgs& g) {
 // AVX2 panel packing (Q4_0 / Q4_1 / Q8_0): per 32-block, gathers of 4 bytes of the 16 rows (two ymm of 8
 // rows), one column per byte (Q8_0) or two per byte (low nibble: column j, high nibble: column j + 16).
 
-// 16 rows' fp16 scale (d) and, for Q4_1, offset (m) of the block at byte offset `at` of each row.
-inline void gather_dm_avx2(const uint8_t* base, __m256i off_lo, __m256i off_hi, __m256i valid_lo,
-                           __m256i valid_hi, bool q4_1, __m256* d, __m256* m) {
-  const __m256i g[2] = {_mm256_i32gather_epi32(reinterpret_cast<const int*>(base), off_lo, 1),
-                        _mm256_i32gather_epi32(reinterpret_cast<const int*>(base), off_hi, 1)};
-  const __m256i valid[2] = {valid_lo, valid_hi};
-  const __m256i lo16 = _mm256_set1_epi32(0xFFFF);
-  for (int h = 0; h < 2; ++h) {
-    const __m256i gd = _mm256_and_si256(_mm256_and_si256(g[h], lo16), valid[h]);
-    const __m256i gm = _mm256_and_si256(_mm256_srli_epi32(g[h], 16), valid[h]);
-    d[h] = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(gd), _mm256_extracti128_si256(gd, 1)));
-    m[h] = q4_1 ? _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(gm), _mm256_extracti128_si256(gm, 1)))
-                : _mm256_mul_ps(d[h], _mm256_set1_ps(-8.0f));
-  }
+// Steps of 8 rows: step k (dword lane i = bytes at+4k..at+4k+3 of row i), k = 0..3, from the rows' 16-byte
+// groups: rows i and i + 4 share a ymm (one 128-bit lane each), then a 4x4 dword transpose inside the lanes.
+inline void transpose_steps8(const uint8_t* const* rows, size_t at, __m256i* step) {
+  __m256i v[4], t[4];
+  for (int i = 0; i < 4; ++i)
+    v[i] = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(rows[i + 4] + at),
+                               reinterpret_cast<const __m128i*>(rows[i] + at));
+  t[0] = _mm256_unpacklo_epi32(v[0], v[1]);  // r0d0 r1d0 r0d1 r1d1
+  t[1] = _mm256_unpackhi_epi32(v[0], v[1]);  // r0d2 r1d2 r0d3 r1d3
+  t[2] = _mm256_unpacklo_epi32(v[2], v[3]);
+  t[3] = _mm256_unpackhi_epi32(v[2], v[3]);
+  step[0] = _mm256_unpacklo_epi64(t[0], t[2]);
+  step[1] = _mm256_unpackhi_epi64(t[0], t[2]);
+  step[2] = _mm256_unpacklo_epi64(t[1], t[3]);
+  step[3] = _mm256_unpackhi_epi64(t[1], t[3]);
+}
+
+// 8 fp16 values (the low or high halves of 8 dwords) -> floats.
+inline __m256 halves_to_ps(__m256i v) {
+  return _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
 }
 
 }  // namespace
 
-bool pack_panel_avx2(GgmlType type, const uint8_t* row0, size_t row_bytes, int nr, int64_t cols, float* panel) {
+// Per 32-block: the rows' quant bytes transposed into step vectors (8 rows each, transpose_steps8); each byte
+// gives one column (Q8_0) or two (Q4: low nibble column c, high nibble column c + 16), converted and scaled
+// with the 8 rows' (d, m) in one vector. Row-contiguous loads only (gathers are slow once rows leave L1).
+bool pack_panel_avx2(GgmlType type, const uint8_t* row0, size_t row_bytes, int nr, int64_t cols, float* panel,
+                     const uint8_t* next, size_t next_bytes) {
   if (type != GgmlType::Q4_0 && type != GgmlType::Q4_1 && type != GgmlType::Q8_0) return false;
-  if (row_bytes * kPanelRows >= (size_t(1) << 31)) return false;  // gather offsets are int32
   const bool q8 = type == GgmlType::Q8_0, q4_1 = type == GgmlType::Q4_1;
   const size_t bb = q8 ? sizeof(BlockQ8_0) : q4_1 ? sizeof(BlockQ4_1) : sizeof(BlockQ4_0);
-  const int qs_at = q4_1 ? 4 : 2;
+  const size_t qs_at = q4_1 ? 4 : 2;
   // Rows past the matrix read row 0 (valid memory) and get d = m = 0, so their panel columns are zeros.
-  alignas(32) int32_t off[kPanelRows], valid[kPanelRows];
-  for (int i = 0; i < kPanelRows; ++i) {
-    off[i] = int32_t(size_t(i < nr ? i : 0) * row_bytes);
-    valid[i] = i < nr ? -1 : 0;
-  }
-  const __m256i off_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(off));
-  const __m256i off_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(off + 8));
-  const __m256i valid_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(valid));
-  const __m256i valid_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(valid + 8));
-  const __m256i m4 = _mm256_set1_epi32(0x0F);
+  const uint8_t* rows[kPanelRows];
+  for (int i = 0; i < kPanelRows; ++i) rows[i] = row0 + size_t(i < nr ? i : 0) * row_bytes;
+  const __m256i m4 = _mm256_set1_epi32(0x0F), lo16 = _mm256_set1_epi32(0xFFFF);
   const int64_t nb = cols / 32;
   for (int64_t j = 0; j < nb; ++j) {
-    const uint8_t* blk = row0 + size_t(j) * bb;
-    __m256 d[2], m[2];
-    gather_dm_avx2(blk, off_lo, off_hi, valid_lo, valid_hi, q4_1, d, m);
+    const size_t off = size_t(j) * bb;
+    if (next) {  // this block's share of the next panel's lines
+      const size_t a = (next_bytes * size_t(j) / size_t(nb)) & ~size_t(63),
+                   e = next_bytes * size_t(j + 1) / size_t(nb);
+      for (size_t o = a; o < e; o += 64) _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T1);
+    }
+    alignas(32) uint32_t dm[kPanelRows];  // (m << 16) | d of each row, fp16; 0 past the matrix
+    for (int i = 0; i < kPanelRows; ++i) {
+      dm[i] = 0;
+      if (i < nr) std::memcpy(&dm[i], rows[i] + off, 4);
+    }
     float* p = panel + j * 32 * kPanelRows;
-    if (q8) {
-      for (int s = 0; s < 8; ++s) {  // bytes 4s..4s+3
-        const int* base = reinterpret_cast<const int*>(blk + 2 + 4 * s);
-        const __m256i g[2] = {_mm256_i32gather_epi32(base, off_lo, 1), _mm256_i32gather_epi32(base, off_hi, 1)};
-        for (int h = 0; h < 2; ++h) {
-          const __m256i b0 = _mm256_srai_epi32(_mm256_slli_epi32(g[h], 24), 24);
-          const __m256i b1 = _mm256_srai_epi32(_mm256_slli_epi32(g[h], 16), 24);
-          const __m256i b2 = _mm256_srai_epi32(_mm256_slli_epi32(g[h], 8), 24);
-          const __m256i b3 = _mm256_srai_epi32(g[h], 24);
+    for (int h = 0; h < 2; ++h) {  // rows 8h..8h+7
+      const uint8_t* const* r8 = rows + 8 * h;
+      const __m256i g = _mm256_load_si256(reinterpret_cast<const __m256i*>(dm + 8 * h));
+      const __m256 d = halves_to_ps(_mm256_and_si256(g, lo16));
+      if (q8) {
+        __m256i step[8];
+        transpose_steps8(r8, off + 2, step);
+        transpose_steps8(r8, off + 18, step + 4);
+        for (int s = 0; s < 8; ++s) {  // bytes 4s..4s+3
           float* q = p + (4 * s) * kPanelRows + 8 * h;
-          _mm256_store_ps(q + 0 * kPanelRows, _mm256_mul_ps(_mm256_cvtepi32_ps(b0), d[h]));
-          _mm256_store_ps(q + 1 * kPanelRows, _mm256_mul_ps(_mm256_cvtepi32_ps(b1), d[h]));
-          _mm256_store_ps(q + 2 * kPanelRows, _mm256_mul_ps(_mm256_cvtepi32_ps(b2), d[h]));
-          _mm256_store_ps(q + 3 * kPanelRows, _mm256_mul_ps(_mm256_cvtepi32_ps(b3), d[h]));
-        }
-      }
-    } else {
-      for (int s = 0; s < 4; ++s) {  // bytes 4s..4s+3: columns 4s..4s+3 (low) and 16+4s.. (high)
-        const int* base = reinterpret_cast<const int*>(blk + qs_at + 4 * s);
-        const __m256i g[2] = {_mm256_i32gather_epi32(base, off_lo, 1), _mm256_i32gather_epi32(base, off_hi, 1)};
-        for (int h = 0; h < 2; ++h) {
           for (int b = 0; b < 4; ++b) {
-            const __m256i lo = _mm256_and_si256(_mm256_srli_epi32(g[h], 8 * b), m4);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(g[h], 8 * b + 4), m4);
+            const __m256i v = _mm256_srai_epi32(_mm256_sll_epi32(step[s], _mm_cvtsi32_si128(24 - 8 * b)), 24);
+            _mm256_store_ps(q + b * kPanelRows, _mm256_mul_ps(_mm256_cvtepi32_ps(v), d));
+          }
+        }
+      } else {
+        const __m256 m =
+            q4_1 ? halves_to_ps(_mm256_srli_epi32(g, 16)) : _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
+        __m256i step[4];
+        transpose_steps8(r8, off + qs_at, step);
+        for (int s = 0; s < 4; ++s) {  // bytes 4s..4s+3: columns 4s..4s+3 (low) and 16+4s.. (high)
+          for (int b = 0; b < 4; ++b) {
+            const __m256i lo = _mm256_and_si256(_mm256_srli_epi32(step[s], 8 * b), m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(step[s], 8 * b + 4), m4);
             _mm256_store_ps(p + (4 * s + b) * kPanelRows + 8 * h,
-                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), d[h], m[h]));
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), d, m));
             _mm256_store_ps(p + (16 + 4 * s + b) * kPanelRows + 8 * h,
-                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), d[h], m[h]));
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), d, m));
           }
         }
       }
@@ -278,8 +292,8 @@ namespace {
 // Each token has 2 accumulators (rows 0-7, 8-15); fewer than 4 tokens give too few independent FMA chains to
 // hide the FMA latency, so those tiles split the columns into U interleaved sets of accumulators.
 template <int NT>
-void gemm_tile_avx2(const float* __restrict panel, int64_t K, const float* __restrict xp, float* y, int64_t ldy,
-                    int nr) {
+void gemm_tile_avx2(const float* __restrict panel, int64_t K, const float* __restrict xp, float* y,
+                    int64_t ldy, int nr) {
   constexpr int S = kTileTokensAvx2, U = NT >= 4 ? 1 : NT >= 2 ? 2 : 4;
   __m256 acc[2 * U * NT];  // [u][t][half]
 #pragma GCC unroll 16
@@ -440,7 +454,8 @@ void pack_panel_generic(const MatmulWeight& w, int64_t r0, int nr, float* panel,
 
 // Tokens [t0, t1) of x into tiles of S tokens laid out [c][S]; tokens past n_tokens are zero. t0, t1 are
 // multiples of S (t1 may pass n_tokens).
-void pack_x(const float* x, int64_t ldx, int64_t K, int64_t n_tokens, int S, int64_t t0, int64_t t1, float* xpack) {
+void pack_x(const float* x, int64_t ldx, int64_t K, int64_t n_tokens, int S, int64_t t0, int64_t t1,
+            float* xpack) {
   for (int64_t tt = t0; tt < t1; tt += S) {
     float* dst = xpack + (tt / S) * K * S;
     for (int t = 0; t < S; ++t) {
@@ -461,9 +476,9 @@ struct Job {
   float* y;
   int64_t ldy;
   SimdPath path;
-  int S = 0;             // tokens per tile
+  int S = 0;  // tokens per tile
   float* xpack = nullptr;
-  int64_t rows_per_item = 0, token_splits = 1, n_items = 0, n_tiles = 0;
+  int64_t rows_per_item = 0, panels_per_item = 1, token_splits = 1, n_items = 0, n_tiles = 0;
   std::atomic<int64_t> next{0};
 };
 
@@ -492,40 +507,51 @@ void run_gemv(Job& job) {
   }
 }
 
+// Work item i: panels [c * chunk, (c + 1) * chunk) for c = i / token_splits, tokens of split i %
+// token_splits. While a panel is packed, the packer prefetches the item's next panel.
 void run_gemm(Job& job) {
   const MatmulWeight& w = *job.w;
   const int64_t K = w.cols;
+  const int64_t n_panels = (w.rows + kPanelRows - 1) / kPanelRows;
   float* panel = thread_scratch(1, size_t(K) * kPanelRows);
   float* rowbuf = nullptr;
   int64_t packed = -1;
   for (int64_t i; (i = job.next.fetch_add(1, std::memory_order_relaxed)) < job.n_items;) {
-    const int64_t p = i / job.token_splits, split = i % job.token_splits;
-    const int64_t r0 = p * kPanelRows;
-    const int nr = int(std::min<int64_t>(kPanelRows, w.rows - r0));
-    if (p != packed) {
-      const uint8_t* row0 = static_cast<const uint8_t*>(w.data) + size_t(r0) * w.row_bytes;
-      const bool fast = job.path == SimdPath::kAvx512 ? pack_panel_avx512(w.type, row0, w.row_bytes, nr, K, panel)
-                                                      : pack_panel_avx2(w.type, row0, w.row_bytes, nr, K, panel);
-      if (!fast) {
-        if (!rowbuf) rowbuf = thread_scratch(2, align64(size_t(K) * sizeof(float)) / sizeof(float) * kPanelRows);
-        pack_panel_generic(w, r0, nr, panel, rowbuf);
-      }
-      packed = p;
-    }
+    const int64_t chunk = i / job.token_splits, split = i % job.token_splits;
+    const int64_t p0 = chunk * job.panels_per_item, p1 = std::min(n_panels, p0 + job.panels_per_item);
     GemmArgs g;
-    g.panel = panel;
     g.cols = K;
     g.xpack = job.xpack;
     g.t0 = std::min(job.n_tokens, job.n_tiles * split / job.token_splits * job.S);
     g.t1 = std::min(job.n_tokens, job.n_tiles * (split + 1) / job.token_splits * job.S);
-    g.y = job.y + r0;
     g.ldy = job.ldy;
-    g.nr = nr;
     if (g.t0 >= g.t1) continue;
-    if (job.path == SimdPath::kAvx512) {
-      gemm_avx512(g);
-    } else {
-      gemm_avx2(g);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t r0 = p * kPanelRows;
+      const int nr = int(std::min<int64_t>(kPanelRows, w.rows - r0));
+      if (p != packed) {
+        const uint8_t* row0 = static_cast<const uint8_t*>(w.data) + size_t(r0) * w.row_bytes;
+        const uint8_t* next = p + 1 < p1 ? row0 + kPanelRows * w.row_bytes : nullptr;  // (all 16 rows exist)
+        const size_t next_bytes =
+            next ? size_t(std::min<int64_t>(kPanelRows, w.rows - r0 - kPanelRows)) * w.row_bytes : 0;
+        const bool fast = job.path == SimdPath::kAvx512
+                              ? pack_panel_avx512(w.type, row0, w.row_bytes, nr, K, panel, next, next_bytes)
+                              : pack_panel_avx2(w.type, row0, w.row_bytes, nr, K, panel, next, next_bytes);
+        if (!fast) {
+          if (!rowbuf)
+            rowbuf = thread_scratch(2, align64(size_t(K) * sizeof(float)) / sizeof(float) * kPanelRows);
+          pack_panel_generic(w, r0, nr, panel, rowbuf);
+        }
+        packed = p;
+      }
+      g.panel = panel;
+      g.y = job.y + r0;
+      g.nr = nr;
+      if (job.path == SimdPath::kAvx512) {
+        gemm_avx512(g);
+      } else {
+        gemm_avx2(g);
+      }
     }
   }
 }
@@ -533,21 +559,23 @@ void run_gemm(Job& job) {
 void check_args(const MatmulWeight& w, int64_t n_tokens, int64_t ldx, int64_t ldy) {
   HS_CHECK(cpu_supports_type(w.type), "matmul_f32act: unsupported weight type %s",
            ggml_type_name(uint32_t(w.type)).c_str());
-  HS_CHECK(w.rows >= 0 && w.cols > 0 && n_tokens >= 0, "matmul_f32act: bad shape rows=%lld cols=%lld n_tokens=%lld",
-           (long long)w.rows, (long long)w.cols, (long long)n_tokens);
+  HS_CHECK(w.rows >= 0 && w.cols > 0 && n_tokens >= 0,
+           "matmul_f32act: bad shape rows=%lld cols=%lld n_tokens=%lld", (long long)w.rows, (long long)w.cols,
+           (long long)n_tokens);
   size_t need = 0;
-  HS_CHECK(ggml_row_bytes(w.type, w.cols, &need), "matmul_f32act: %lld columns is not a multiple of the %s block size",
-           (long long)w.cols, ggml_traits(w.type).name);
-  HS_CHECK(w.row_bytes >= need, "matmul_f32act: row_bytes %zu < %zu needed for %lld %s values", w.row_bytes, need,
-           (long long)w.cols, ggml_traits(w.type).name);
-  HS_CHECK(ldx >= w.cols && ldy >= w.rows, "matmul_f32act: ldx=%lld (cols %lld), ldy=%lld (rows %lld)", (long long)ldx,
-           (long long)w.cols, (long long)ldy, (long long)w.rows);
+  HS_CHECK(ggml_row_bytes(w.type, w.cols, &need),
+           "matmul_f32act: %lld columns is not a multiple of the %s block size", (long long)w.cols,
+           ggml_traits(w.type).name);
+  HS_CHECK(w.row_bytes >= need, "matmul_f32act: row_bytes %zu < %zu needed for %lld %s values", w.row_bytes,
+           need, (long long)w.cols, ggml_traits(w.type).name);
+  HS_CHECK(ldx >= w.cols && ldy >= w.rows, "matmul_f32act: ldx=%lld (cols %lld), ldy=%lld (rows %lld)",
+           (long long)ldx, (long long)w.cols, (long long)ldy, (long long)w.rows);
 }
 
 }  // namespace
 
-void matmul_f32act(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx, float* y, int64_t ldy,
-                   ThreadPool& pool) {
+void matmul_f32act(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx, float* y,
+                   int64_t ldy, ThreadPool& pool) {
   check_args(w, n_tokens, ldx, ldy);
   if (n_tokens == 0 || w.rows == 0) return;
   const int nth = pool.size();
@@ -575,10 +603,14 @@ void matmul_f32act(const MatmulWeight& w, const float* x, int64_t n_tokens, int6
     const int64_t a = job.n_tiles * ith / nth, b = job.n_tiles * (ith + 1) / nth;
     pack_x(job.x, job.ldx, job.w->cols, job.n_tokens, job.S, a * job.S, b * job.S, job.xpack);
   });
+  // Items of up to 8 panels (at least ~8 items per thread), and token ranges split too when there are too few
+  // panels to keep every thread busy.
   const int64_t n_panels = (w.rows + kPanelRows - 1) / kPanelRows;
-  // Split the tokens too when there are too few panels to keep every thread busy.
-  job.token_splits = std::min<int64_t>(job.n_tiles, std::max<int64_t>(1, (8 * nth + n_panels - 1) / n_panels));
-  job.n_items = n_panels * job.token_splits;
+  job.panels_per_item = std::clamp<int64_t>(n_panels / (8 * nth), 1, 8);
+  const int64_t n_chunks = (n_panels + job.panels_per_item - 1) / job.panels_per_item;
+  job.token_splits =
+      std::min<int64_t>(job.n_tiles, std::max<int64_t>(1, (8 * nth + n_chunks - 1) / n_chunks));
+  job.n_items = n_chunks * job.token_splits;
   pool.run([&job](int, int) { run_gemm(job); });
 }
 
