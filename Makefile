@@ -46,7 +46,7 @@ test-fast: build
 
 test-asan: deps
 	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHIPSERVE_SANITIZE=ON
-	cmake --build $(BUILD_ASAN) -j$(JOBS) --target hipserve_tests
+	cmake --build $(BUILD_ASAN) -j$(JOBS) --target hipserve_tests hipserve
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j$(JOBS)
 
 bench: build model

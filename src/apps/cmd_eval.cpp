@@ -120,7 +120,8 @@ int cmd_eval(const std::vector<std::string>& args) {
     nlohmann::json rows = nlohmann::json::array();
     for (size_t i = 0; i < r.depths.size(); ++i)
       rows.push_back({{"depth", r.depths[i]}, {"correct", r.correct[i]}, {"trials", r.trials[i]},
-                      {"accuracy", double(r.correct[i]) / r.trials[i]}, {"sample_answer", r.sample_answers[i]}});
+                      {"accuracy", double(r.correct[i]) / r.trials[i]}, {"sample_answer", r.sample_answers[i]},
+                      {"keys_and_answers", r.trials_detail[i]}});
     out.update({{"prompt_tokens", r.prompt_tokens}, {"depths", rows}, {"seconds", r.seconds}});
     if (!json) {
       std::printf("passkey retrieval, %d-token prompts, %d trials per depth, attention: %s\n", r.prompt_tokens, trials,

@@ -113,6 +113,7 @@ PasskeyResult evaluate_passkey(Model& model, int32_t ctx, const std::vector<doub
   int64_t done = 0;
   for (double depth : depths) {
     int32_t correct = 0;
+    res.trials_detail.emplace_back();
     for (int32_t t = 0; t < trials; ++t) {
       const PasskeyPrompt p = make_passkey_prompt(tok, ctx, depth, pick(rng));
       res.prompt_tokens = int32_t(p.tokens.size());
@@ -137,6 +138,7 @@ PasskeyResult evaluate_passkey(Model& model, int32_t ctx, const std::vector<doub
       }
       if (digits == strfmt("%05d", p.key)) correct++;
       if (t == 0) res.sample_answers.push_back(answer);
+      res.trials_detail.back().emplace_back(p.key, answer);
       if (progress) progress(++done, int64_t(depths.size()) * trials);
     }
     res.correct.push_back(correct);

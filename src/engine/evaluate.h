@@ -43,6 +43,7 @@ struct PasskeyResult {
   std::vector<double> depths;
   std::vector<int32_t> correct, trials;
   std::vector<std::string> sample_answers;  // the first trial's answer at each depth
+  std::vector<std::vector<std::pair<int32_t, std::string>>> trials_detail;  // per depth: (key, answer) of each trial
   int32_t prompt_tokens = 0;
   double seconds = 0;
 };
