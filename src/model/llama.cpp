@@ -213,6 +213,13 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
       hip_estimate[si] = kv.n_past() - kv.hip_refresh_pos() >= attn_.hip.refresh;
   }
 
+  // While a sequence holds at most n_sink + window keys, every row's sink and window together are all of its
+  // keys (the searchable range is empty), so HiP is exactly dense attention: run the dense kernel.
+  std::vector<uint8_t> hip_is_dense(batch.size(), 0);
+  for (size_t si = 0; si < batch.size(); ++si)
+    hip_is_dense[si] = batch[si].cache->n_past() + batch[si].n_tokens <= attn_.hip.n_sink + attn_.hip.window;
+  std::vector<AttentionParams> dense_problems;
+
   std::vector<AttentionParams> attn_problems(batch.size());
   for (int il = 0; il < c.n_layer; ++il) {
     const LayerWeights& L = layers_[il];
@@ -268,11 +275,20 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
       r0 += s.n_tokens;
     }
     if (attn_.layer_uses_hip(il)) {
+      dense_problems.clear();
       for (size_t si = 0; si < batch.size(); ++si) {
+        if (hip_is_dense[si]) {  // sink + window cover every key: HiP is exactly dense attention here
+          dense_problems.push_back(attn_problems[si]);
+          continue;
+        }
         const bool decode = batch[si].n_tokens == 1;
         HipMask& mask = decode ? batch[si].cache->hip_mask(il) : prefill_mask_;
         hip_attention(attn_.hip, attn_problems[si], mask, hip_estimate[si] != 0, pool, &hip_stats_);
       }
+      if (dense_problems.size() == 1)
+        attention_dense(dense_problems[0], pool);
+      else if (!dense_problems.empty())
+        attention_dense_batch(dense_problems.data(), int(dense_problems.size()), pool);
     } else if (attn_problems.size() == 1) {
       attention_dense(attn_problems[0], pool);
     } else {
@@ -297,7 +313,7 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
     KvCache& kv = *batch[si].cache;
     const bool decode = batch[si].n_tokens == 1;
     if (attn_.kind == AttentionKind::Hip)
-      kv.set_hip_refresh_pos(!decode ? -1 : hip_estimate[si] ? kv.n_past() : kv.hip_refresh_pos());
+      kv.set_hip_refresh_pos(!decode || hip_is_dense[si] ? -1 : hip_estimate[si] ? kv.n_past() : kv.hip_refresh_pos());
     kv.advance(batch[si].n_tokens);
   }
 
