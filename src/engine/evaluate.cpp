@@ -15,6 +15,27 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Attention of n_q query rows (after RoPE, [n_q][q_dim]) at positions q_pos0.. against one layer of the cache,
+// for estimating HiP masks on the side of a forward pass (the cache already holds these rows' keys).
+AttentionParams layer_attention_params(const ModelConfig& c, KvCache& cache, int32_t layer, const float* q,
+                                       int32_t n_q, int32_t q_pos0) {
+  AttentionParams p;
+  p.q = q;
+  p.q_stride = c.q_dim();
+  p.k = cache.k(layer);
+  p.v = cache.v(layer);
+  p.kv_head_stride = cache.head_stride();
+  p.kv_pos_stride = cache.pos_stride();
+  p.n_q = n_q;
+  p.n_kv = q_pos0 + n_q;
+  p.q_pos0 = q_pos0;
+  p.n_head = c.n_head;
+  p.n_kv_head = c.n_head_kv;
+  p.head_dim = c.head_dim;
+  p.scale = 1.0f / std::sqrt(float(c.head_dim));
+  return p;
+}
+
 // -log softmax(logits)[target], in double.
 double nll(const float* logits, int32_t n_vocab, int32_t target) {
   float mx = logits[0];
@@ -183,20 +204,7 @@ RecallResult evaluate_recall(Model& model, const std::vector<int32_t>& tokens, i
       return;
     }
     if (std::string(name) != "attn_out") return;
-    AttentionParams p;
-    p.q = q.data();
-    p.q_stride = QD;
-    p.k = cache.k(layer);
-    p.v = cache.v(layer);
-    p.kv_head_stride = cache.head_stride();
-    p.kv_pos_stride = cache.pos_stride();
-    p.n_q = int32_t(rows);
-    p.n_kv = n_ctx_tokens + int32_t(rows);
-    p.q_pos0 = n_ctx_tokens;
-    p.n_head = c.n_head;
-    p.n_kv_head = c.n_head_kv;
-    p.head_dim = HD;
-    p.scale = 1.0f / std::sqrt(float(HD));
+    const AttentionParams p = layer_attention_params(c, cache, layer, q.data(), int32_t(rows), n_ctx_tokens);
     const int32_t n_qb = (p.n_q + hip.block_q - 1) / hip.block_q;
     std::vector<std::pair<double, int32_t>> per_row(c.n_head * n_qb, {0.0, 0});
     pool.parallel_for(int64_t(c.n_head) * n_qb, 1, [&](int64_t b, int64_t e) {
@@ -286,20 +294,7 @@ MaskPicture evaluate_mask_picture(Model& model, const std::vector<int32_t>& toke
       return;
     }
     if (std::string(name) != "attn_out") return;
-    AttentionParams p;
-    p.q = q.data();
-    p.q_stride = QD;
-    p.k = cache.k(layer);
-    p.v = cache.v(layer);
-    p.kv_head_stride = cache.head_stride();
-    p.kv_pos_stride = cache.pos_stride();
-    p.n_q = int32_t(rows);
-    p.n_kv = chunk_pos0 + int32_t(rows);
-    p.q_pos0 = chunk_pos0;
-    p.n_head = c.n_head;
-    p.n_kv_head = c.n_head_kv;
-    p.head_dim = HD;
-    p.scale = 1.0f / std::sqrt(float(HD));
+    const AttentionParams p = layer_attention_params(c, cache, layer, q.data(), int32_t(rows), chunk_pos0);
     const int32_t g = head / (c.n_head / c.n_head_kv);
     const uint16_t* kh = p.k + g * p.kv_head_stride;
     const int32_t n_qb = (p.n_q + hip.block_q - 1) / hip.block_q;
