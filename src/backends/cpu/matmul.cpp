@@ -10,6 +10,7 @@
 // fp32 path (F32, F16, BF16): rows are dequantized to fp32 in per-thread scratch and multiplied with an AVX2
 // FMA kernel of 4 rows x 2 tokens.
 #include "backends/cpu/matmul.h"
+#include "backends/cpu/scratch.h"
 
 #include <immintrin.h>
 
@@ -36,17 +37,9 @@ namespace {
 // bench/matmul_bench.cpp; adjustable for tuning and tests through detail::set_gemm_min_tokens).
 std::atomic<int64_t> g_gemm_min_tokens{4};
 
-constexpr size_t align64(size_t n) {
-  return (n + 63) & ~size_t(63);
-}
-
-// Grow-only, 64-byte aligned scratch kept per thread: slot 0 holds the calling thread's quantized
-// activations (read by every worker), slot 1 each thread's packed / dequantized weight rows.
+// Slot 0: the calling thread's quantized activations (read by every worker); 1: each thread's packed rows.
 uint8_t* thread_scratch(int slot, size_t bytes) {
-  thread_local std::vector<uint8_t> buffers[2];
-  std::vector<uint8_t>& b = buffers[slot];
-  if (b.size() < bytes + 64) b.resize(bytes + 64);
-  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(b.data()) + 63) & ~uintptr_t(63));
+  return static_cast<uint8_t*>(thread_scratch_bytes(slot == 0 ? kScratchInt8Activations : kScratchInt8Weights, bytes));
 }
 
 bool is_int_type(GgmlType t) {

@@ -6,6 +6,7 @@
 //   Q4_0: (q - 8) * d = fma(q, d, -8 d): -8 d is exact and the exact value is the same, so is its rounding;
 //   Q8_0: q * d is exact (8 x 11 bits).
 #include "backends/cpu/matmul_f32act.h"
+#include "backends/cpu/scratch.h"
 
 #include <immintrin.h>
 
@@ -396,17 +397,11 @@ namespace {
 
 using namespace f32act_detail;
 
-constexpr size_t align64(size_t n) {
-  return (n + 63) & ~size_t(63);
-}
-
-// Grow-only, 64-byte aligned scratch kept per thread: slot 0 the caller's packed activations (read by every
-// worker), slot 1 each thread's panel, slot 2 each thread's row-major dequantized rows (generic types).
+// Slot 0: the caller's packed activations (read by every worker); 1: each thread's panel; 2: each thread's
+// row-major dequantized rows (generic types).
 float* thread_scratch(int slot, size_t floats) {
-  thread_local std::vector<float> buffers[3];
-  std::vector<float>& b = buffers[slot];
-  if (b.size() < floats + 16) b.resize(floats + 16);
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(b.data()) + 63) & ~uintptr_t(63));
+  static constexpr ScratchSlot kSlots[3] = {kScratchF32Activations, kScratchF32Panel, kScratchF32Rows};
+  return static_cast<float*>(thread_scratch_bytes(kSlots[slot], floats * sizeof(float)));
 }
 
 // 8x8 transpose of src (row stride ls) into dst (row stride ld).
