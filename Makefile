@@ -8,7 +8,8 @@ BUILD_ASAN ?= build-asan
 JOBS ?= $(shell nproc)
 PROMPT ?= What is the capital of France? Answer in one sentence.
 APT_PACKAGES := build-essential cmake pkg-config git python3 python3-pip \
-                libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libpcre2-dev
+                libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libpcre2-dev \
+                libcpp-httplib-dev python3-venv
 
 .PHONY: all deps model build run test test-fast test-asan bench fuzz clean format
 

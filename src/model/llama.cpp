@@ -247,22 +247,17 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
     for (size_t si = 0; si < batch.size(); ++si) {
       const SeqBatch& s = batch[si];
       KvCache& kv = *s.cache;
-      uint16_t* kc = kv.k(il);
-      uint16_t* vc = kv.v(il);
       for (int32_t i = 0; i < s.n_tokens; ++i) {
-        const int64_t p = kv.n_past() + i;
+        const int32_t p = kv.n_past() + i;
         for (int32_t g = 0; g < c.n_head_kv; ++g) {
-          to_fp16(k_.data() + (r0 + i) * KVD + g * HD, kc + g * kv.head_stride() + p * kv.pos_stride(), HD);
-          to_fp16(v_.data() + (r0 + i) * KVD + g * HD, vc + g * kv.head_stride() + p * kv.pos_stride(), HD);
+          to_fp16(k_.data() + (r0 + i) * KVD + g * HD, kv.k_row(il, g, p), HD);
+          to_fp16(v_.data() + (r0 + i) * KVD + g * HD, kv.v_row(il, g, p), HD);
         }
       }
       AttentionParams& ap = attn_problems[si];
       ap.q = q_.data() + int64_t(r0) * QD;
       ap.q_stride = QD;
-      ap.k = kc;
-      ap.v = vc;
-      ap.kv_head_stride = kv.head_stride();
-      ap.kv_pos_stride = kv.pos_stride();
+      kv.bind_attention(il, ap);  // contiguous or paged K/V
       ap.out = attn_out_.data() + int64_t(r0) * QD;
       ap.out_stride = QD;
       ap.n_q = s.n_tokens;

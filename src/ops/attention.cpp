@@ -644,8 +644,9 @@ void attention_update(SoftmaxState& st, const QueryTile& q, const KvHeadView& kv
   for (int32_t kb = k0; kb < k1; kb += kBc) {
     const int n = std::min<int32_t>(kBc, k1 - kb);
     for (int c = 0; c < n; ++c) {
-      sc.krow[c] = kv.k + int64_t(kb + c) * kv.pos_stride;
-      sc.vrow[c] = kv.v + int64_t(kb + c) * kv.pos_stride;
+      const int64_t at = kv.offset(kb + c);
+      sc.krow[c] = kv.k + at;
+      sc.vrow[c] = kv.v + at;
     }
     update_block(st, q, nullptr, kb, n, sc, avx512);
   }
@@ -661,8 +662,9 @@ void attention_update_gather(SoftmaxState& st, const QueryTile& q, const KvHeadV
   for (int32_t b = 0; b < n_keys; b += kBc) {
     const int n = std::min<int32_t>(kBc, n_keys - b);
     for (int c = 0; c < n; ++c) {
-      sc.krow[c] = kv.k + int64_t(keys[b + c]) * kv.pos_stride;
-      sc.vrow[c] = kv.v + int64_t(keys[b + c]) * kv.pos_stride;
+      const int64_t at = kv.offset(keys[b + c]);
+      sc.krow[c] = kv.k + at;
+      sc.vrow[c] = kv.v + at;
     }
     update_block(st, q, keys + b, 0, n, sc, avx512);
   }
@@ -684,6 +686,8 @@ void check_params(const AttentionParams& p) {
            "attention: n_head %d is not a multiple of n_kv_head %d", p.n_head, p.n_kv_head);
   HS_CHECK(p.head_dim > 0 && p.head_dim % 16 == 0 && p.head_dim <= kMaxHeadDim,
            "attention: head_dim %d must be a multiple of 16 in [16, %d]", p.head_dim, kMaxHeadDim);
+  HS_CHECK(!p.page_table || (p.page_size > 0 && p.page_size % kAttnKeyBlock == 0),
+           "attention: page size %d must be a positive multiple of %d", p.page_size, kAttnKeyBlock);
 }
 
 // One query tile of one KV group: tokens [tok0, tok0 + n_tok) x the G heads of kv head kvh.
@@ -708,7 +712,9 @@ struct Plan {
 void build_plan(const AttentionParams* probs, int n_probs, int n_threads, Plan& plan) {
   plan.groups.clear();
   plan.items.clear();
-  double total = 0;
+  // Cost per problem: each problem is split as if it ran alone, so a sequence's output does not depend on
+  // which other sequences share the batch (the server's batched decode gives the bits of a lone decode).
+  std::vector<double> problem_cost(size_t(n_probs), 0.0);
   for (int pi = 0; pi < n_probs; ++pi) {
     const AttentionParams& p = probs[pi];
     if (p.n_q == 0) continue;
@@ -723,7 +729,7 @@ void build_plan(const AttentionParams* probs, int n_probs, int n_threads, Plan& 
         // work.
         const double cost = double(nt) * G * (double(k_end) + 2 * kBc);
         plan.items.push_back({int32_t(plan.groups.size() - 1), 0, k_end, -1, cost});
-        total += cost;
+        problem_cost[pi] += cost;
       }
   }
 
@@ -731,10 +737,10 @@ void build_plan(const AttentionParams* probs, int n_probs, int n_threads, Plan& 
   // blocks, so that 3 KV heads of one decode row (or a few big tiles) still keep every thread busy.
   int32_t n_slots = 0;
   if (n_threads > 1) {
-    const double target = total / (8.0 * n_threads);
     const size_t n_items = plan.items.size();
     for (size_t it = 0; it < n_items; ++it) {
       WorkItem& w = plan.items[it];
+      const double target = problem_cost[plan.groups[w.group].prob] / (8.0 * n_threads);
       const int32_t n_blocks = (w.k1 + kBc - 1) / kBc;
       const int32_t max_pieces = std::max<int32_t>(1, w.k1 / kMinSplitKeys);
       const int32_t pieces = std::min<int32_t>(max_pieces, int32_t(std::ceil(w.cost / target)));
@@ -845,9 +851,9 @@ void attention_naive(const AttentionParams& p) {
     vd.resize(kd.size());
     for (int32_t j = 0; j < n_vis_max; ++j)
       for (int32_t d = 0; d < hd; ++d) {
-        const int64_t at = kvh * p.kv_head_stride + int64_t(j) * p.kv_pos_stride + d;
-        kd[size_t(j) * hd + d] = fp16_to_fp32(p.k[at]);
-        vd[size_t(j) * hd + d] = fp16_to_fp32(p.v[at]);
+        const KvHeadView kv = kv_head_view(p, kvh);
+        kd[size_t(j) * hd + d] = fp16_to_fp32(kv.key(j)[d]);
+        vd[size_t(j) * hd + d] = fp16_to_fp32(kv.value(j)[d]);
       }
     for (int32_t h = kvh * G; h < (kvh + 1) * G; ++h)
       for (int32_t i = 0; i < p.n_q; ++i) {

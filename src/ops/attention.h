@@ -20,12 +20,19 @@ struct AttentionParams {
   // Q: n_q rows of one sequence; row i holds n_head heads of head_dim floats at q + i*q_stride + h*head_dim.
   const float* q = nullptr;
   int64_t q_stride = 0;
-  // K/V cache of that sequence, IEEE fp16, positions [0, n_kv): element (kv head g, position p, dim d) at
-  // k + g*kv_head_stride + p*kv_pos_stride + d (same for v).
+  // K/V cache of that sequence, IEEE fp16, positions [0, n_kv). Contiguous (page_table == nullptr): element
+  // (kv head g, position p, dim d) at k + g*kv_head_stride + p*kv_pos_stride + d (same for v).
+  // Paged: position p lives in page page_table[p / page_size] at row p % page_size, element at
+  //   k + page_table[p / page_size]*kv_page_stride + g*kv_head_stride + (p % page_size)*kv_pos_stride + d.
+  // A contiguous cache is the one-page case; both read the same keys in the same order, so results are
+  // bit-identical. page_size is a multiple of kAttnKeyBlock (a key block never straddles two pages).
   const uint16_t* k = nullptr;
   const uint16_t* v = nullptr;
   int64_t kv_head_stride = 0;
   int64_t kv_pos_stride = 0;
+  const int32_t* page_table = nullptr;  // [ceil(n_kv / page_size)] page ids, or nullptr: contiguous
+  int32_t page_size = 0;
+  int64_t kv_page_stride = 0;
   float* out = nullptr;  // same layout as q
   int64_t out_stride = 0;
   // Query i sits at position q_pos0 + i and sees keys [0, q_pos0 + i] (causal); q_pos0 + n_q <= n_kv.
@@ -123,11 +130,23 @@ class QueryTile {
   int32_t cap_rows_ = 0;
 };
 
-// One KV head of a cache: key/value at position p at k + p*pos_stride, v + p*pos_stride (fp16, dim values).
+// One KV head of a cache (fp16, dim values per position). Contiguous: key/value at position p at
+// k + p*pos_stride, v + p*pos_stride. Paged (page_table set): at k + page_table[p / page_size]*page_stride +
+// (p % page_size)*pos_stride (k, v point at this head's rows in page 0).
 struct KvHeadView {
   const uint16_t* k = nullptr;
   const uint16_t* v = nullptr;
   int64_t pos_stride = 0;
+  const int32_t* page_table = nullptr;
+  int32_t page_size = 0;
+  int64_t page_stride = 0;
+
+  int64_t offset(int32_t pos) const {
+    if (!page_table) return int64_t(pos) * pos_stride;
+    return int64_t(page_table[pos / page_size]) * page_stride + int64_t(pos % page_size) * pos_stride;
+  }
+  const uint16_t* key(int32_t pos) const { return k + offset(pos); }
+  const uint16_t* value(int32_t pos) const { return v + offset(pos); }
 };
 
 // Tiles as attention_dense builds them, for callers that drive attention_update themselves (HiP). Queries
@@ -140,7 +159,8 @@ void pack_query_tile(const AttentionParams& p, int32_t head0, int32_t n_heads, i
 void write_query_tile(const AttentionParams& p, int32_t head0, int32_t n_heads, int32_t tok0, int32_t n_tok,
                       const SoftmaxState& st);
 inline KvHeadView kv_head_view(const AttentionParams& p, int32_t kv_head) {
-  return {p.k + kv_head * p.kv_head_stride, p.v + kv_head * p.kv_head_stride, p.kv_pos_stride};
+  return {p.k + kv_head * p.kv_head_stride, p.v + kv_head * p.kv_head_stride, p.kv_pos_stride,
+          p.page_table, p.page_size, p.kv_page_stride};
 }
 
 // The inner block loop: adds the keys [k0, k1) of kv to st, row r taking only the keys in

@@ -182,8 +182,7 @@ inline uint32_t desc_order(float s) {
 
 // The per-(head, query block) problem of the estimator.
 struct EstProblem {
-  const uint16_t* kbase;  // key rows of the KV head: position pos at kbase + pos * pos_stride
-  int64_t pos_stride;
+  KvHeadView kv;  // the KV head's rows (contiguous or paged)
   int dim;
   int R;  // sampled rows
 };
@@ -249,13 +248,13 @@ int64_t score_keys(const EstProblem& ep, EstScratch& sc, int n) {
     const uint16_t* kr[8];
     alignas(32) float dots[8];
     for (int g = 0; g < std::min(n_live, 8 * kAhead); ++g)
-      prefetch_key(ep.kbase + int64_t(kpos[live[g]]) * ep.pos_stride, dim);
+      prefetch_key(ep.kv.key(kpos[live[g]]), dim);
     for (int g0 = 0; g0 < n_live; g0 += 8) {
       const int gn = std::min(8, n_live - g0);
       for (int c = 0; c < 8; ++c)
-        kr[c] = ep.kbase + int64_t(kpos[live[g0 + std::min(c, gn - 1)]]) * ep.pos_stride;
+        kr[c] = ep.kv.key(kpos[live[g0 + std::min(c, gn - 1)]]);
       for (int c = g0 + 8 * kAhead; c < std::min(n_live, g0 + 8 * kAhead + 8); ++c)
-        prefetch_key(ep.kbase + int64_t(kpos[live[c]]) * ep.pos_stride, dim);
+        prefetch_key(ep.kv.key(kpos[live[c]]), dim);
       dots_half_1row8(sc.qs.data(), dim, kr, dots);
       for (int c = 0; c < gn; ++c) {
         const int j = live[g0 + c];
@@ -272,16 +271,16 @@ int64_t score_keys(const EstProblem& ep, EstScratch& sc, int n) {
   alignas(16) float best4[4];
   const __m128 masked = _mm_set1_ps(kMaskedScore);
   for (int g = 0; g < std::min(n_live, 4 * kAhead); ++g)
-    prefetch_key(ep.kbase + int64_t(kpos[live[g]]) * ep.pos_stride, dim);
+    prefetch_key(ep.kv.key(kpos[live[g]]), dim);
   for (int g0 = 0; g0 < n_live; g0 += 4) {
     const int gn = std::min(4, n_live - g0);
     for (int c = 0; c < 4; ++c) {
       const int j = live[g0 + std::min(c, gn - 1)];  // a short group repeats its last key
       pos4[c] = kpos[j];
-      kr[c] = ep.kbase + int64_t(kpos[j]) * ep.pos_stride;
+      kr[c] = ep.kv.key(kpos[j]);
     }
     for (int c = g0 + 4 * kAhead; c < std::min(n_live, g0 + 4 * kAhead + 4); ++c)
-      prefetch_key(ep.kbase + int64_t(kpos[live[c]]) * ep.pos_stride, dim);
+      prefetch_key(ep.kv.key(kpos[live[c]]), dim);
     const bool need_mask = std::max(std::max(pos4[0], pos4[1]), std::max(pos4[2], pos4[3])) > lim_min;
     for (int c = 0; c < 4; ++c)
       for (int d = 0; d < dim; d += 8) _mm256_store_ps(kb + c * dim + d, load_half8(kr[c] + d));
@@ -390,7 +389,7 @@ int32_t estimate_into(const HipConfig& cfg, const AttentionParams& p, int32_t he
   }
 
   const int32_t group = p.n_head / p.n_kv_head;
-  const EstProblem ep{p.k + int64_t(head / group) * p.kv_head_stride, p.kv_pos_stride, dim, R};
+  const EstProblem ep{kv_head_view(p, head / group), dim, R};
   const int32_t nks = bk / cfg.stride_k;  // sampled keys per representative block
 
   auto grow = [](auto& v, size_t n) {
@@ -521,7 +520,7 @@ int64_t attend_block(const HipConfig& cfg, const AttentionParams& p, int32_t hea
                std::max(0, t - w + 1));
   }
   const int32_t kvh = head / (p.n_head / p.n_kv_head);
-  const KvHeadView kv{p.k + kvh * p.kv_head_stride, p.v + kvh * p.kv_head_stride, p.kv_pos_stride};
+  const KvHeadView kv = kv_head_view(p, kvh);
   SoftmaxState& st = sc.st;
   st.init(g.n_rows, dim);
   attention_update_gather(st, qt, kv, sc.keys.data(), n);
@@ -705,7 +704,7 @@ std::vector<int32_t> hip_estimate_blocks_reference(const HipConfig& cfg, const A
     if (first_row + i * b_sq + b_sq - 1 <= last_row) rows.push_back(first_row + i * b_sq + b_sq - 1);
   if (rows.empty() || rows.back() != last_row) rows.push_back(last_row);  // partial block: its last row too
   const int32_t kvh = head / (p.n_head / p.n_kv_head);
-  const uint16_t* K = p.k + int64_t(kvh) * p.kv_head_stride;
+  const KvHeadView K = kv_head_view(p, kvh);
 
   auto max_size = [&] {
     int32_t m = 0;
@@ -732,7 +731,7 @@ std::vector<int32_t> hip_estimate_blocks_reference(const HipConfig& cfg, const A
               S = kMaskedScore;
             else
               S = reference_dot(p.q + int64_t(row) * p.q_stride + int64_t(head) * p.head_dim,
-                                K + int64_t(key) * p.kv_pos_stride, p.head_dim, rows.size());
+                                K.key(key), p.head_dim, rows.size());
             best = std::max(best, S);
           }
         cand.push_back({best, ch.s, ch.g});
