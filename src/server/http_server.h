@@ -1,0 +1,39 @@
+// `hipserve serve`: an OpenAI-compatible HTTP server (Debian's cpp-httplib) in front of a BatchEngine.
+//
+// Threads: httplib's worker pool runs the handlers (parse, tokenize, submit, then wait on the request and
+// write the reply or the SSE stream); one engine thread runs every forward pass; the model loads in the
+// background after the socket is listening, so /health answers 503 "loading" until it is ready.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "engine/batch_engine.h"
+#include "engine/sampler.h"
+#include "model/llama.h"
+
+namespace hs::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  std::string api_key;        // non-empty: every route but /health and /metrics needs "Authorization: Bearer KEY"
+  int http_threads = 128;     // httplib workers: one per open connection (idle keep-alive ones included)
+  int shutdown_grace_s = 10;  // on SIGINT/SIGTERM, running requests may finish for this long, then are cancelled
+  SamplingParams sampling;    // defaults for fields a request does not send
+  std::string chat_template;  // override: chatml, llama3, llama2; empty: from the GGUF
+  EngineOptions engine;
+};
+
+// Loads the model with `load` (called on a background thread once the socket listens; returns the model and
+// thread pool), serves until SIGINT/SIGTERM, shuts down gracefully. Returns the exit code.
+struct LoadedForServe {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<ThreadPool> pool;
+  std::string model_name;
+  int32_t n_ctx = 0;  // per-sequence context (the engine's n_ctx)
+};
+int run_server(const ServerOptions& options, const std::function<LoadedForServe()>& load);
+
+}  // namespace hs::server
