@@ -219,13 +219,15 @@ void BatchEngine::end_slot(Slot& s, StopReason why, const std::string& error) {
     cancelled_++;
   else
     finished_++;
-  s.req->finish(why, error);
-  s.req.reset();
-  s.cache.reset();  // pages back to the pool
+  // Free the pages and the slot before telling the client, so that what it sees next (/metrics, a new
+  // request) already has them.
+  s.cache.reset();
   s.sampler.reset();
   s.stops.reset();
   s.detok.reset();
+  std::shared_ptr<GenRequest> req = std::move(s.req);
   running_--;
+  req->finish(why, error);
 }
 
 bool BatchEngine::consume_logits(Slot& s) {

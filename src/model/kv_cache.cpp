@@ -23,6 +23,7 @@ KvPagePool::KvPagePool(const ModelConfig& c, int32_t page_size, int32_t n_pages)
     v_.emplace_back(new uint16_t[per_layer]);
   }
   free_.resize(size_t(n_pages));
+  is_free_.assign(size_t(n_pages), 1);
   for (int32_t i = 0; i < n_pages; ++i) free_[size_t(i)] = n_pages - 1 - i;
   n_free_.store(n_pages);
 }
@@ -33,6 +34,7 @@ bool KvPagePool::allocate(int32_t n, std::vector<int32_t>& out) {
   if (n < 0 || size_t(n) > free_.size()) return false;
   for (int32_t i = 0; i < n; ++i) {
     out.push_back(free_.back());
+    is_free_[size_t(free_.back())] = 0;
     free_.pop_back();
   }
   n_free_.store(int32_t(free_.size()));
@@ -40,11 +42,14 @@ bool KvPagePool::allocate(int32_t n, std::vector<int32_t>& out) {
 }
 
 void KvPagePool::release(const std::vector<int32_t>& pages) {
-  for (int32_t p : pages) {
+  for (int32_t p : pages) {  // check all first: a bad list changes nothing
     HS_CHECK(p >= 0 && p < n_pages_, "KV page %d is not in the pool of %d pages", p, n_pages_);
+    HS_CHECK(!is_free_[size_t(p)], "KV page %d released twice", p);
+  }
+  for (int32_t p : pages) {
+    is_free_[size_t(p)] = 1;
     free_.push_back(p);
   }
-  HS_CHECK(free_.size() <= size_t(n_pages_), "KV pages released twice");
   // Highest first, so allocate() hands out the lowest ids.
   std::sort(free_.begin(), free_.end(), std::greater<int32_t>());
   n_free_.store(int32_t(free_.size()));

@@ -53,6 +53,7 @@ class KvPagePool {
   int32_t page_size_, n_pages_;
   std::vector<std::unique_ptr<uint16_t[]>> k_, v_;
   std::vector<int32_t> free_;  // free page ids, highest first (allocation pops from the back)
+  std::vector<uint8_t> is_free_;  // [n_pages], catches double releases
   std::atomic<int32_t> n_free_{0};
 };
 

@@ -1,0 +1,172 @@
+// The batch engine on the real model: concurrent sequences produce exactly what each produces alone through
+// Session::generate (the `hipserve run` path); admission control; waiting for KV pages; cancellation.
+#include "engine/batch_engine.h"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "engine/session.h"
+#include "model/test_model.h"
+#include "util/common.h"
+
+namespace hs {
+namespace {
+
+std::shared_ptr<GenRequest> make_request(const std::vector<int32_t>& prompt, int32_t max_tokens, float temp,
+                                         uint64_t seed) {
+  auto r = std::make_shared<GenRequest>();
+  r->prompt = prompt;
+  r->max_tokens = max_tokens;
+  r->sampling.temperature = temp;
+  r->sampling.seed = seed;
+  return r;
+}
+
+// Collects a request's text until it is done.
+std::string drain(GenRequest& r) {
+  std::string text;
+  for (;;) {
+    GenRequest::Update u = r.wait(std::chrono::milliseconds(200));
+    text += u.text;
+    if (u.done) return text;
+  }
+}
+
+TEST(BatchEngine, ConcurrentSequencesMatchTheirLoneRuns) {
+  HS_REQUIRE_SMOLLM2();
+  Model& m = *testing::smollm2();
+  ThreadPool pool(2);
+  const Tokenizer& tok = m.tokenizer();
+  const std::vector<std::string> prompts = {
+      "The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
+      "The three primary colors are", "Water boils at", "My favourite book is"};
+  // Greedy for some, seeded sampling for others (the draw sequence must follow the sequence, not the batch).
+  std::vector<std::shared_ptr<GenRequest>> reqs;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    reqs.push_back(make_request(tok.encode(prompts[i], true, true), 24, i % 2 ? 0.8f : 0.0f, 100 + i));
+
+  // Alone: each through Session::generate, the path of `hipserve run`.
+  std::vector<std::string> lone;
+  for (const auto& r : reqs) {
+    Session s(m, 512, pool);
+    GenerateOptions o;
+    o.n_predict = r->max_tokens;
+    o.sampling = r->sampling;
+    o.show_progress = false;
+    lone.push_back(s.generate(r->prompt, o).text);
+  }
+
+  EngineOptions eo;
+  eo.n_slots = 4;  // 6 requests: two wait for a free slot
+  eo.n_ctx = 512;
+  eo.page_size = 64;
+  BatchEngine engine(m, pool, eo);
+  engine.start();
+  for (const auto& r : reqs) ASSERT_EQ(engine.submit(r).status, BatchEngine::Admit::Ok);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_EQ(drain(*reqs[i]), lone[i]) << "request " << i << " (" << prompts[i] << ")";
+    EXPECT_TRUE(reqs[i]->error.empty());
+    EXPECT_EQ(reqs[i]->n_prompt, int32_t(reqs[i]->prompt.size()));
+  }
+  const EngineStats st = engine.stats();
+  EXPECT_GT(double(st.decode_rows) / double(st.decode_steps), 1.5);  // decode really ran batched
+  EXPECT_EQ(st.requests_finished, 6);
+  EXPECT_EQ(st.kv_pages_used, 0);  // every page came back
+  engine.stop();
+}
+
+TEST(BatchEngine, AdmissionRefusesWhatCanNeverFit) {
+  HS_REQUIRE_SMOLLM2();
+  Model& m = *testing::smollm2();
+  ThreadPool pool(1);
+  EngineOptions eo;
+  eo.n_slots = 2;
+  eo.n_ctx = 64;
+  eo.page_size = 64;
+  eo.max_queued = 1;
+  BatchEngine engine(m, pool, eo);  // not started: requests stay queued
+  const std::vector<int32_t> p10(10, 42), p64(64, 42);
+  EXPECT_EQ(engine.submit(make_request({}, 5, 0, 1)).status, BatchEngine::Admit::BadRequest);
+  EXPECT_EQ(engine.submit(make_request(p64, 1, 0, 1)).status, BatchEngine::Admit::BadRequest);  // prompt = ctx
+  const auto too_long = engine.submit(make_request(p10, 55, 0, 1));                            // 10 + 55 > 64
+  EXPECT_EQ(too_long.status, BatchEngine::Admit::BadRequest);
+  EXPECT_EQ(too_long.code, "context_length_exceeded");
+  EXPECT_EQ(engine.submit(make_request({1, 99999999}, 5, 0, 1)).status, BatchEngine::Admit::BadRequest);
+  auto bad_sampling = make_request(p10, 5, 0, 1);
+  bad_sampling->sampling.top_p = 0;
+  EXPECT_EQ(engine.submit(bad_sampling).status, BatchEngine::Admit::BadRequest);
+  auto unlimited = make_request(p10, -1, 0, 1);  // max_tokens not given: the rest of the context
+  EXPECT_EQ(engine.submit(unlimited).status, BatchEngine::Admit::Ok);
+  EXPECT_EQ(unlimited->max_tokens, 54);
+  EXPECT_EQ(engine.submit(make_request(p10, 5, 0, 1)).status, BatchEngine::Admit::Busy);  // queue full
+  engine.stop();  // the queued request ends, cancelled
+  EXPECT_TRUE(unlimited->wait(std::chrono::milliseconds(0)).done);
+  EXPECT_EQ(unlimited->reason, StopReason::Cancelled);
+}
+
+TEST(BatchEngine, RequestsWaitForKvPagesAndCancellationFreesThem) {
+  HS_REQUIRE_SMOLLM2();
+  Model& m = *testing::smollm2();
+  ThreadPool pool(2);
+  EngineOptions eo;
+  eo.n_slots = 2;
+  eo.n_ctx = 256;
+  eo.page_size = 64;
+  eo.n_pages = 2;  // one request of <= 128 tokens at a time although there are two slots
+  BatchEngine engine(m, pool, eo);
+  engine.start();
+  const std::vector<int32_t> prompt = m.tokenizer().encode("Tell me a long story about a dragon.", true, true);
+  auto first = make_request(prompt, 100, 0, 1);
+  first->ignore_eos = true;
+  auto second = make_request(prompt, 8, 0, 1);
+  second->ignore_eos = true;
+  ASSERT_EQ(engine.submit(first).status, BatchEngine::Admit::Ok);
+  // Wait until the first one streams, so it holds both pages.
+  std::string head;
+  while (head.empty()) head += first->wait(std::chrono::milliseconds(100)).text;
+  ASSERT_EQ(engine.submit(second).status, BatchEngine::Admit::Ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EngineStats st = engine.stats();
+  EXPECT_EQ(st.running, 1);
+  EXPECT_EQ(st.queued, 1);  // a slot is free, the pages are not
+  EXPECT_EQ(st.kv_pages_used, 2);
+  first->cancel();
+  drain(*first);
+  EXPECT_EQ(first->reason, StopReason::Cancelled);
+  EXPECT_LT(first->n_generated, 100);
+  EXPECT_FALSE(drain(*second).empty());  // ran once the pages came back
+  EXPECT_EQ(second->reason, StopReason::Length);
+  EXPECT_EQ(second->n_generated, 8);
+  st = engine.stats();
+  EXPECT_EQ(st.kv_pages_used, 0);
+  EXPECT_EQ(st.requests_cancelled, 1);
+  engine.stop();
+}
+
+TEST(BatchEngine, StopStringsAndEndOfGenerationEndRequests) {
+  HS_REQUIRE_SMOLLM2();
+  Model& m = *testing::smollm2();
+  ThreadPool pool(2);
+  EngineOptions eo;
+  eo.n_ctx = 256;
+  eo.page_size = 64;
+  BatchEngine engine(m, pool, eo);
+  engine.start();
+  const std::vector<int32_t> prompt = m.tokenizer().encode("Count: 1, 2, 3, 4,", true, true);
+  // Greedy continuation first, then the same with a stop string taken from inside it.
+  auto full = make_request(prompt, 16, 0, 1);
+  ASSERT_EQ(engine.submit(full).status, BatchEngine::Admit::Ok);
+  const std::string text = drain(*full);
+  ASSERT_GE(text.size(), 4u);
+  const std::string stop = text.substr(2, 2);
+  auto cut = make_request(prompt, 16, 0, 1);
+  cut->stop = {stop};
+  ASSERT_EQ(engine.submit(cut).status, BatchEngine::Admit::Ok);
+  EXPECT_EQ(drain(*cut), text.substr(0, text.find(stop)));
+  EXPECT_EQ(cut->reason, StopReason::StopString);
+  engine.stop();
+}
+
+}  // namespace
+}  // namespace hs
