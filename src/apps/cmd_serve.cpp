@@ -1,5 +1,8 @@
 // `hipserve serve`: the OpenAI-compatible HTTP server (src/server/) with continuous batching.
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <thread>
 
 #include "apps/cli.h"
 #include "apps/commands.h"
@@ -66,6 +69,9 @@ int cmd_serve(const std::vector<std::string>& args) {
   (void)common.attention();  // invalid attention flags fail now, not in the background load
 
   return server::run_server(so, [&]() {
+    // Test hook: hold the load back so tests can see /health answer 503 while loading.
+    if (const char* delay = std::getenv("HIPSERVE_TEST_LOAD_DELAY_MS"))
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(delay)));
     LoadedModel lm = load_model(common);
     server::LoadedForServe out;
     out.n_ctx = lm.n_ctx;
