@@ -27,17 +27,17 @@ fi
 echo "build: $(( $(date +%s) - t0 )) s"
 
 log "tests"
-HIPSERVE_GPU_ACT="$ROOT/gpu_act" timeout 300 "$BUILD/hipserve_cuda_tests" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} \
+HIPSERVE_GPU_ACT="$ROOT/gpu_act" timeout 200 "$BUILD/hipserve_cuda_tests" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} \
   2>&1 | tee "$OUT/tests.log" | grep -E "^\[  (FAILED|PASSED|  OK|SKIPPED) |rel error|recall|Failure|Expected|Which is|actual|error" | head -150
 test_rc=${PIPESTATUS[0]}
 echo "tests exit code: $test_rc"
 
 [ "${SKIP_BENCH:-0}" = 1 ] && exit 0
 log "benchmark (ours)"
-timeout 240 "$BUILD/hipserve_gpu_bench" --json "$OUT/ours.jsonl" ${QUICK:+--quick} 2>&1 | tee "$OUT/bench.log"
+timeout 170 "$BUILD/hipserve_gpu_bench" --json "$OUT/ours.jsonl" ${QUICK:+--quick} 2>&1 | tee "$OUT/bench.log"
 log "benchmark (torch SDPA)"
 TS="32768 131072 262144"; [ -n "${QUICK:-}" ] && TS=32768
-PYTHONUNBUFFERED=1 timeout 180 python3 bench/gpu/sdpa_bench.py --json "$OUT/sdpa.jsonl" --T $TS 2>&1 | tee "$OUT/sdpa.log"
+PYTHONUNBUFFERED=1 timeout 150 python3 bench/gpu/sdpa_bench.py --json "$OUT/sdpa.jsonl" --T $TS 2>&1 | tee "$OUT/sdpa.log"
 python3 bench/gpu/report.py --machine "$OUT/machine.txt" --out-json "$OUT/gpu_bench.json" --out-md "$OUT/gpu_bench.md" \
   "$OUT/ours.jsonl" "$OUT/sdpa.jsonl" && cat "$OUT/gpu_bench.md"
 exit $test_rc

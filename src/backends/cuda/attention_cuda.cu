@@ -748,7 +748,9 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
   const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + c4 * (D / 4);
 
   int max_size = shared_vals[0];
-  while (max_size > 1) {
+  // Node sizes at least halve per iteration (a size-1 node stays), so 32 iterations bound any int range; the
+  // cap only guards against a logic error turning into a hang.
+  for (int iter = 0; max_size > 1 && iter < 32; ++iter) {
     // Halve: node i yields 1 (size 1: itself, keeping its score) or 2 children.
     for (int i = tid; i < n_nodes; i += kEstThreads) sm.scan[i] = sm.node_size[i] == 1 ? 1 : 2;
     __syncthreads();
