@@ -1,0 +1,222 @@
+// GPU attention benchmark, one layer, batch 1: H=32 query heads, 8 KV heads, head dim 128, bf16, random
+// normal inputs (never zeros). Times with CUDA events, median of many repetitions after warm-up; decode loops
+// run as CUDA graphs. Prints a table and writes JSON lines (one object per measurement) to --json.
+//
+//   hipserve_gpu_bench [--json FILE] [--quick]
+//
+// Measurements (name, T):
+//   dense_prefill_v{0,1,2}  our FlashAttention-2 style causal prefill, numbered variants (attention_cuda.cu)
+//   hip_estimate / hip_attention / hip_prefill   HiP k=512 prefill: mask estimation, sparse attention, both
+//   dense_decode            split-K decode of the last position, per step (graph of 8 steps)
+//   hip_decode_cached       HiP decode step over a cached mask
+//   hip_decode_refresh      one mask refresh (estimate, n_q = 1)
+//   hip_decode_amortized    graph of 8 steps: 1 refresh + 8 attention steps, per step
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/attention_cuda.h"
+
+using namespace hs::cuda;
+
+#define CHECK(expr)                                                                               \
+  do {                                                                                            \
+    const cudaError_t e_ = (expr);                                                                \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+// Approximately normal bf16 values (sum of 4 hashed uniforms, unit variance) times `scale`.
+__global__ void fill_random_bf16(uint16_t* p, int64_t n, uint32_t seed, float scale) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float s = 0.f;
+    for (int r = 0; r < 4; ++r) {
+      uint32_t x = uint32_t(i) * 0x9E3779B1u ^ uint32_t(i >> 32) * 0x85EBCA77u ^ (seed + r * 0x27D4EB2Fu);
+      x ^= x >> 15, x *= 0x2C1B3C6Du, x ^= x >> 12, x *= 0x297A2D39u, x ^= x >> 15;
+      s += float(x) * (1.0f / 4294967296.0f) - 0.5f;
+    }
+    const float v = s * 1.7320508f * scale;  // var of a sum of 4 U(-1/2,1/2) is 1/3
+    p[i] = uint16_t(__float_as_uint(v) >> 16);
+  }
+}
+
+struct Json {
+  FILE* f = nullptr;
+  void row(const char* name, int T, double ms_med, double ms_min, int reps, double tflops) {
+    std::printf("%-26s T=%7d  median %10.4f ms  min %10.4f ms  (%3d reps)%s", name, T, ms_med, ms_min, reps,
+                tflops > 0 ? "" : "\n");
+    if (tflops > 0) std::printf("  %6.1f TFLOP/s\n", tflops);
+    if (f)
+      std::fprintf(f, "{\"name\": \"%s\", \"T\": %d, \"ms_median\": %.6f, \"ms_min\": %.6f, \"reps\": %d, \"tflops\": %.2f}\n",
+                   name, T, ms_med, ms_min, reps, tflops);
+  }
+};
+
+template <class Fn>
+std::pair<double, double> time_ms(Fn fn, int warmup, int reps, cudaStream_t s) {
+  for (int i = 0; i < warmup; ++i) fn();
+  CHECK(cudaStreamSynchronize(s));
+  std::vector<double> t;
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < reps; ++i) {
+    CHECK(cudaEventRecord(a, s));
+    fn();
+    CHECK(cudaEventRecord(b, s));
+    CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  CHECK(cudaEventDestroy(a));
+  CHECK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return {t[t.size() / 2], t[0]};
+}
+
+struct Problem {
+  int H = 32, Hkv = 8, D = 128, T = 0;
+  uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *out = nullptr;
+  explicit Problem(int T_) : T(T_) {
+    const int64_t nq = int64_t(T) * H * D, nkv = int64_t(T) * Hkv * D;
+    CHECK(cudaMalloc(&q, nq * 2));
+    CHECK(cudaMalloc(&out, nq * 2));
+    CHECK(cudaMalloc(&k, nkv * 2));
+    CHECK(cudaMalloc(&v, nkv * 2));
+    fill_random_bf16<<<1024, 256>>>(q, nq, 1u + T, 1.5f);
+    fill_random_bf16<<<1024, 256>>>(k, nkv, 2u + T, 1.0f);
+    fill_random_bf16<<<1024, 256>>>(v, nkv, 3u + T, 1.0f);
+    CHECK(cudaGetLastError());
+    CHECK(cudaMemset(out, 0xFF, nq * 2));
+    CHECK(cudaDeviceSynchronize());
+  }
+  ~Problem() {
+    cudaFree(q);
+    cudaFree(k);
+    cudaFree(v);
+    cudaFree(out);
+  }
+  // Prefill of all T rows, or the decode row at position T - 1 (q row 0 used as the query).
+  AttnParams params(bool decode) const {
+    AttnParams p;
+    p.q = q, p.k = k, p.v = v, p.out = out;
+    p.q_stride = p.out_stride = int64_t(H) * D;
+    p.kv_head_stride = int64_t(T) * D;
+    p.kv_pos_stride = D;
+    p.n_q = decode ? 1 : T;
+    p.n_kv = T;
+    p.q_pos0 = decode ? T - 1 : 0;
+    p.n_head = H, p.n_kv_head = Hkv, p.head_dim = D;
+    p.scale = 1.0f / std::sqrt(float(D));
+    return p;
+  }
+};
+
+double causal_flops(int T, int H, int D) { return 4.0 * 0.5 * double(T) * double(T) * H * D; }
+
+int main(int argc, char** argv) {
+  Json js;
+  bool quick = false;
+  std::vector<int> prefill_T = {32768, 131072, 262144};
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) js.f = std::fopen(argv[++i], "w");
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+  }
+  if (quick) prefill_T = {32768};
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  cudaStream_t s;
+  CHECK(cudaStreamCreate(&s));
+  HipParams hip;  // paper defaults: k 512, b_q 32, b_k 2, b_sq 2, b_sk 1, sink 16, window 256, refresh 8
+  const int Kb = hip.k / hip.block_k;
+
+  for (int T : prefill_T) {
+    Problem pr(T);
+    const AttnParams p = pr.params(false);
+    const int big = T >= 131072;
+    for (int variant = 0; variant < 3; ++variant) {
+      if (T > 131072 && variant > 0) continue;
+      const auto [med, mn] = time_ms([&] { CHECK(attention_prefill_dense(p, s, variant)); }, 1, big ? (T > 131072 ? 3 : 5) : 20, s);
+      const std::string name = "dense_prefill_v" + std::to_string(variant);
+      js.row(name.c_str(), T, med, mn, big ? 5 : 20, causal_flops(T, pr.H, pr.D) / (med * 1e-3) / 1e12);
+    }
+    const int nqb = (T + hip.block_q - 1) / hip.block_q;
+    int32_t *blocks, *counts;
+    CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
+    CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
+    const HipMaskDev mask{blocks, counts, nqb, Kb};
+    const int reps = big ? 10 : 30;
+    const auto est = time_ms([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }, 2, reps, s);
+    js.row("hip_estimate", T, est.first, est.second, reps, 0);
+    const auto att = time_ms([&] { CHECK(hip_attention_prefill(hip, p, mask, s)); }, 2, reps, s);
+    js.row("hip_attention", T, att.first, att.second, reps, 0);
+    const auto tot = time_ms([&] {
+      CHECK(hip_estimate_mask(hip, p, mask, s));
+      CHECK(hip_attention_prefill(hip, p, mask, s));
+    }, 2, reps, s);
+    js.row("hip_prefill", T, tot.first, tot.second, reps, 0);
+    CHECK(cudaFree(blocks));
+    CHECK(cudaFree(counts));
+  }
+
+  // Decode at 128K.
+  {
+    const int T = 131072;
+    Problem pr(T);
+    const AttnParams p = pr.params(true);
+    float* ws;
+    const int64_t ws_n = decode_workspace_floats(pr.H, pr.D, kMaxDecodeSplits);
+    CHECK(cudaMalloc(&ws, ws_n * 4));
+    const DecodeWorkspace w{ws, ws_n};
+    int32_t *blocks, *counts;
+    CHECK(cudaMalloc(&blocks, int64_t(pr.H) * Kb * 4));
+    CHECK(cudaMalloc(&counts, int64_t(pr.H) * 4));
+    const HipMaskDev mask{blocks, counts, 1, Kb};
+    CHECK(hip_estimate_mask(hip, p, mask, s));
+    CHECK(cudaStreamSynchronize(s));
+
+    auto graph_of = [&](auto body) {
+      cudaGraph_t g;
+      cudaGraphExec_t ge;
+      CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+      body();
+      CHECK(cudaStreamEndCapture(s, &g));
+      CHECK(cudaGraphInstantiate(&ge, g, 0));
+      CHECK(cudaGraphDestroy(g));
+      return ge;
+    };
+    const int steps = 8, reps = 200;
+    auto per_step = [&](const char* name, cudaGraphExec_t ge, int n_steps) {
+      const auto r = time_ms([&] { CHECK(cudaGraphLaunch(ge, s)); }, 10, reps, s);
+      js.row(name, T, r.first / n_steps, r.second / n_steps, reps, 0);
+      CHECK(cudaGraphExecDestroy(ge));
+    };
+    per_step("dense_decode", graph_of([&] {
+               for (int i = 0; i < steps; ++i) CHECK(attention_decode_dense(p, w, s));
+             }), steps);
+    per_step("hip_decode_cached", graph_of([&] {
+               for (int i = 0; i < steps; ++i) CHECK(hip_attention_decode(hip, p, mask, w, s));
+             }), steps);
+    per_step("hip_decode_refresh", graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }), 1);
+    per_step("hip_decode_amortized", graph_of([&] {
+               CHECK(hip_estimate_mask(hip, p, mask, s));
+               for (int i = 0; i < steps; ++i) CHECK(hip_attention_decode(hip, p, mask, w, s));
+             }), steps);
+    CHECK(cudaFree(ws));
+    CHECK(cudaFree(blocks));
+    CHECK(cudaFree(counts));
+  }
+  if (js.f) std::fclose(js.f);
+  CHECK(cudaStreamDestroy(s));
+  return 0;
+}

@@ -1,0 +1,1071 @@
+// CUDA attention kernels: see attention_cuda.h for the contract. Layout of this file:
+//   1. device helpers: cp.async, ldmatrix, mma.sync m16n8k16 bf16 (fp32 accumulate), exp2, swizzled tiles;
+//   2. prefill_kernel: FlashAttention-2 style causal prefill, dense or HiP block-sparse (KeySource policy);
+//   3. decode_split_kernel + decode_merge_kernel: split-K decode, dense (per KV group) or HiP (per head);
+//   4. hip_estimate_kernel: the whole hierarchical top-k search of one (head, query block) in one CTA;
+//   5. host wrappers.
+//
+// Tensor-core fragment layouts (PTX ISA, mma.m16n8k16 .bf16), with g = lane / 4 and c = lane % 4:
+//   A (16x16, rows x k): a0 = A[g][2c..2c+1], a1 = A[g+8][2c..], a2 = A[g][2c+8..], a3 = A[g+8][2c+8..]
+//   B (16x8,  k x cols): b0 = B[2c..2c+1][g], b1 = B[2c+8..2c+9][g]
+//   C (16x8,  fp32):     c0, c1 = C[g][2c..2c+1], c2, c3 = C[g+8][2c..2c+1]
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+
+#include "backends/cuda/attention_cuda.h"
+
+namespace hs::cuda {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------------
+// 1. Device helpers
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy; src_bytes 0 zero-fills the destination (rows past the end, masked keys).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// d += a * b on a 16x8x16 tile, bf16 operands, fp32 accumulators.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// A tile of rows x D bf16 in shared memory, rows of D/8 16-byte chunks; chunk c of row r is stored at chunk
+// c ^ (r % 8), so that the 8 rows an ldmatrix reads at one logical chunk hit 8 different bank groups.
+template <int D>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 2. Prefill: FlashAttention-2 forward. A CTA owns BR = 16 * NW query rows of one head (warp w: rows 16w ..
+// 16w + 15, kept in registers as A fragments) and streams key tiles of BC keys through shared memory (K and V,
+// double-buffered cp.async); per tile each warp computes S = Q K^T (16 x BC, fp32), the online softmax in the
+// log2 domain, and O += P V (16 x D, fp32, P rounded to bf16). Where keys come from and which (row, key)
+// pairs count is the KeySource's business:
+//  - DenseKeys: tiles [j*BC, (j+1)*BC) of the cache up to the CTA's last row, causal mask on the diagonal;
+//  - HipKeys: a virtual key list (sink keys <= t_max - w, the mask's selected blocks, the window range), rows
+//    gathered by position; part A (sink, selected) counts for row t iff key <= t - w, part B (window) iff
+//    t - w < key <= t (the CPU's three disjoint sets).
+
+struct PrefillArgs {
+  AttnParams p;
+  HipParams hip;
+  HipMaskDev mask;
+};
+
+struct DenseKeys {
+  int q_first, q_last;  // positions of the CTA's first and last real row
+  int n_kv;
+  __device__ int n_tiles(int bc) const { return (min(n_kv, q_last + 1) + bc - 1) / bc; }
+  __device__ int pos(int tile, int bc, int i) const {  // position of key slot i of tile (or -1)
+    const int kp = tile * bc + i;
+    return kp < n_kv ? kp : -1;
+  }
+  __device__ bool tile_needs_mask(int tile, int bc) const { return tile * bc + bc - 1 > q_first; }
+  // Whether row at position t takes key slot i of the tile (whose position is kp).
+  __device__ bool allowed(int tile, int bc, int i, int kp, int t) const { return kp >= 0 && kp <= t; }
+};
+
+struct HipKeys {
+  const int32_t* blocks;  // this (head, query block)'s selected blocks, ascending
+  int n_sel;              // their number
+  int block_k, window;
+  int n_sink_eff;  // sink keys <= far
+  int far;         // t_max - window: the last key part A may hold
+  int win_lo;      // first key of the window range
+  int n_a, n_list;
+  __device__ int n_tiles(int bc) const { return (n_list + bc - 1) / bc; }
+  __device__ int list_pos(int i) const {
+    if (i < n_sink_eff) return i;
+    if (i < n_a) {
+      const int j = i - n_sink_eff;
+      const int kp = blocks[j / block_k] * block_k + j % block_k;
+      return kp <= far ? kp : -1;
+    }
+    return i < n_list ? win_lo + (i - n_a) : -1;
+  }
+  __device__ int pos(int tile, int bc, int i) const { return list_pos(tile * bc + i); }
+  __device__ bool tile_needs_mask(int tile, int bc) const { return true; }
+  __device__ bool allowed(int tile, int bc, int i, int kp, int t) const {
+    if (kp < 0) return false;
+    return tile * bc + i < n_a ? kp <= t - window : (kp > t - window && kp <= t);
+  }
+};
+
+template <int D, int NW, int BC>
+struct PrefillShape {
+  static constexpr int BR = 16 * NW, NT = 32 * NW;
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  static constexpr int smem_bytes = (BR * D + 4 * BC * D) * 2 + BC * 4 * 2;  // Q, 2 x (K, V), 2 x positions
+};
+
+template <int D, int NW, int BC, class Keys>
+__device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& keys, int head, int row0,
+                                             uint16_t* smem) {
+  using S = PrefillShape<D, NW, BC>;
+  constexpr int BR = S::BR, NT = S::NT, CH = S::kChunks;
+  uint16_t* sQ = smem;
+  uint16_t* sK = sQ + BR * D;   // [2][BC][D]
+  uint16_t* sV = sK + 2 * BC * D;  // [2][BC][D]
+  int* sPos = reinterpret_cast<int*>(sV + 2 * BC * D);  // [2][BC] key positions of the staged tiles
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int kvh = head / (p.n_head / p.n_kv_head);
+  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride;
+  const uint16_t* vbase = p.v + int64_t(kvh) * p.kv_head_stride;
+
+  // Q tile: rows past n_q are zero-filled (their results are never written).
+  for (int i = tid; i < BR * CH; i += NT) {
+    const int r = i / CH, c = i % CH;
+    const bool ok = row0 + r < p.n_q;
+    const uint16_t* src = p.q + int64_t(ok ? row0 + r : 0) * p.q_stride + int64_t(head) * D + c * 8;
+    cp_async16(sQ + swz<D>(r, c), src, ok ? 16 : 0);
+  }
+  const int n_tiles = keys.n_tiles(BC);
+  auto load_tile = [&](int tile, int stage) {
+    uint16_t* dk = sK + stage * BC * D;
+    uint16_t* dv = sV + stage * BC * D;
+    for (int i = tid; i < BC * CH; i += NT) {
+      const int r = i / CH, c = i % CH;
+      const int kp = keys.pos(tile, BC, r);
+      const int64_t off = int64_t(kp < 0 ? 0 : kp) * p.kv_pos_stride + c * 8;
+      cp_async16(dk + swz<D>(r, c), kbase + off, kp < 0 ? 0 : 16);
+      cp_async16(dv + swz<D>(r, c), vbase + off, kp < 0 ? 0 : 16);
+    }
+    for (int i = tid; i < BC; i += NT) sPos[stage * BC + i] = keys.pos(tile, BC, i);
+  };
+  if (n_tiles > 0) load_tile(0, 0);
+  cp_async_commit();
+
+  // Per thread: rows g and g + 8 of the warp's 16.
+  const int g = lane >> 2, c4 = lane & 3;
+  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+  const int t_lo = p.q_pos0 + row0 + r_lo, t_hi = p.q_pos0 + row0 + r_hi;
+  const float sl2 = p.scale * kLog2e;
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+  uint32_t qf[D / 16][4];
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int stage = tile & 1;
+    if (tile + 1 < n_tiles) load_tile(tile + 1, stage ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (tile == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const int r = warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+        ldmatrix_x4(qf[kk], sQ + swz<D>(r, 2 * kk + (lane >> 4)));
+      }
+    }
+    const uint16_t* tK = sK + stage * BC * D;
+    const uint16_t* tV = sV + stage * BC * D;
+
+    // S = Q K^T: 16 x BC per warp.
+    float s[BC / 8][4];
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk += 2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, tK + swz<D>(8 * j + (lane & 7), 2 * kk + (lane >> 3)));
+        mma_bf16(s[j], qf[kk], b[0], b[1]);
+        mma_bf16(s[j], qf[kk + 1], b[2], b[3]);
+      }
+    }
+    // Scale to the log2 domain and mask.
+    const bool need_mask = keys.tile_needs_mask(tile, BC);
+    const int* pos = sPos + stage * BC;
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[j][e] * sl2;
+        if (need_mask) {
+          const int i = 8 * j + 2 * c4 + (e & 1);
+          const int t = e < 2 ? t_lo : t_hi;
+          if (!keys.allowed(tile, BC, i, pos[i], t)) x = -INFINITY;
+        }
+        s[j][e] = x;
+      }
+    }
+    // Online softmax, rows lo (e = 0, 1) and hi (e = 2, 3); a row's 4 threads (same g) reduce by shuffles.
+    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j) {
+      mx_lo = fmaxf(mx_lo, fmaxf(s[j][0], s[j][1]));
+      mx_hi = fmaxf(mx_hi, fmaxf(s[j][2], s[j][3]));
+    }
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
+      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
+    }
+    const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+    // A row that has seen no key yet keeps m = -inf; subtracting 0 then keeps exp2(-inf) = 0, never NaN.
+    const float base_lo = mn_lo == -INFINITY ? 0.f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
+    const float alpha_lo = fast_exp2(m_lo - base_lo), alpha_hi = fast_exp2(m_hi - base_hi);
+    m_lo = mn_lo;
+    m_hi = mn_hi;
+    float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j) {
+      s[j][0] = fast_exp2(s[j][0] - base_lo);
+      s[j][1] = fast_exp2(s[j][1] - base_lo);
+      s[j][2] = fast_exp2(s[j][2] - base_hi);
+      s[j][3] = fast_exp2(s[j][3] - base_hi);
+      sum_lo += s[j][0] + s[j][1];
+      sum_hi += s[j][2] + s[j][3];
+    }
+    l_lo = l_lo * alpha_lo + sum_lo;  // this thread's columns only; the row's 4 threads add up at the end
+    l_hi = l_hi * alpha_hi + sum_hi;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      o[j][0] *= alpha_lo;
+      o[j][1] *= alpha_lo;
+      o[j][2] *= alpha_hi;
+      o[j][3] *= alpha_hi;
+    }
+    // O += P V: P's C fragments become A fragments (keys 16kk .. 16kk + 15 = S tiles 2kk, 2kk + 1).
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      uint32_t a[4];
+      a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int jp = 0; jp < D / 16; ++jp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, tV + swz<D>(16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1), 2 * jp + (lane >> 4)));
+        mma_bf16(o[2 * jp], a, b[0], b[1]);
+        mma_bf16(o[2 * jp + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // the next iteration overwrites this stage
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, off);
+  }
+  const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+  const bool w_lo = row0 + r_lo < p.n_q, w_hi = row0 + r_hi < p.n_q;
+  uint16_t* out_lo = p.out + int64_t(row0 + r_lo) * p.out_stride + int64_t(head) * D;
+  uint16_t* out_hi = p.out + int64_t(row0 + r_hi) * p.out_stride + int64_t(head) * D;
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    const int d = 8 * j + 2 * c4;
+    if (w_lo) *reinterpret_cast<uint32_t*>(out_lo + d) = pack_bf16(o[j][0] * inv_lo, o[j][1] * inv_lo);
+    if (w_hi) *reinterpret_cast<uint32_t*>(out_hi + d) = pack_bf16(o[j][2] * inv_hi, o[j][3] * inv_hi);
+  }
+}
+
+// Grid: (n_head, query tiles); the heaviest (last) query tiles start first so the causal tail is not last.
+template <int D, int NW, int BC>
+__global__ void __launch_bounds__(32 * NW) dense_prefill_kernel(const AttnParams p) {
+  extern __shared__ __align__(128) uint16_t smem[];
+  constexpr int BR = 16 * NW;
+  const int head = blockIdx.x, qtile = gridDim.y - 1 - blockIdx.y, row0 = qtile * BR;
+  DenseKeys keys;
+  keys.q_first = p.q_pos0 + row0;
+  keys.q_last = p.q_pos0 + min(row0 + BR, p.n_q) - 1;
+  keys.n_kv = p.n_kv;
+  prefill_body<D, NW, BC>(p, keys, head, row0, smem);
+}
+
+// Grid: (n_head, query blocks); block_q == 32 == 16 * NW rows.
+template <int D, int NW, int BC>
+__global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs a) {
+  extern __shared__ __align__(128) uint16_t smem[];
+  const AttnParams& p = a.p;
+  const int head = blockIdx.x, qb = blockIdx.y, row0 = qb * a.hip.block_q;
+  const int n_rows = min(a.hip.block_q, p.n_q - row0);
+  const int t_min = p.q_pos0 + row0, t_max = t_min + n_rows - 1;
+  const int w = a.hip.window;
+  HipKeys keys;
+  const int64_t mrow = int64_t(head) * a.mask.n_qblocks + qb;
+  keys.blocks = a.mask.blocks + mrow * a.mask.kb_stride;
+  keys.n_sel = a.mask.counts[mrow];
+  keys.block_k = a.hip.block_k;
+  keys.window = w;
+  keys.far = t_max - w;
+  keys.n_sink_eff = max(0, min(a.hip.n_sink, keys.far + 1));
+  keys.n_a = keys.n_sink_eff + keys.n_sel * a.hip.block_k;
+  keys.win_lo = max(0, t_min - w + 1);
+  keys.n_list = keys.n_a + (w > 0 ? t_max + 1 - keys.win_lo : 0);
+  prefill_body<D, NW, BC>(p, keys, head, row0, smem);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 3. Split-K decode. A CTA of 4 warps owns GH query heads that share one KV head (GH = G for dense, 1 for HiP
+// whose masks are per head) and a contiguous range of a key list. Lanes hold 8 dims (16 bytes) of a key, so a
+// warp covers 32 / (D/8) keys per step; each lane group takes U keys per step (all loads issued before use),
+// updates its own online-softmax state, and the CTA merges its groups in shared memory into one partial
+// (o, m, l) per head, written to the workspace; decode_merge_kernel combines the splits.
+
+constexpr int kDecodeThreads = 128;
+constexpr int kDecodeUnroll = 4;
+
+struct DecodeArgs {
+  AttnParams p;
+  HipParams hip;
+  HipMaskDev mask;  // HiP only
+  float* partial;   // [n_head][n_splits][D + 2]: o (unnormalized), m (log2 domain), l
+  int n_splits;
+  int keys_per_split;
+};
+
+struct DenseDecodeKeys {
+  int n;
+  __device__ int count() const { return n; }
+  __device__ int pos(int i) const { return i; }
+};
+
+// Sink keys <= t - w, the selected blocks' keys <= t - w, then the window (t - w, t]; invalid entries -1.
+struct HipDecodeKeys {
+  const int32_t* blocks;
+  int block_k, n_sink_eff, n_a, far, win_lo, n;
+  __device__ int count() const { return n; }
+  __device__ int pos(int i) const {
+    if (i < n_sink_eff) return i;
+    if (i < n_a) {
+      const int j = i - n_sink_eff;
+      const int kp = blocks[j / block_k] * block_k + j % block_k;
+      return kp <= far ? kp : -1;
+    }
+    return win_lo + (i - n_a);
+  }
+};
+
+__device__ __forceinline__ void bf16x8_to_float(const uint4& u, float (&f)[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+template <int D, int GH, class Keys>
+__device__ void decode_split_body(const DecodeArgs& a, const Keys& keys, int head0, int split) {
+  constexpr int LPK = D / 8;          // lanes per key
+  constexpr int KPW = 32 / LPK;       // keys per warp step
+  constexpr int NG = kDecodeThreads / LPK;  // lane groups in the CTA
+  const AttnParams& p = a.p;
+  const int tid = threadIdx.x, grp = tid / LPK, sub = tid % LPK;
+  const int kvh = head0 / (p.n_head / p.n_kv_head);
+  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + sub * 8;
+  const uint16_t* vbase = p.v + int64_t(kvh) * p.kv_head_stride + sub * 8;
+  const float sl2 = p.scale * kLog2e;
+
+  float q[GH][8];
+#pragma unroll
+  for (int h = 0; h < GH; ++h) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p.q + int64_t(head0 + h) * D + sub * 8);
+    bf16x8_to_float(u, q[h]);
+#pragma unroll
+    for (int d = 0; d < 8; ++d) q[h][d] *= sl2;
+  }
+  float m[GH], l[GH], o[GH][8];
+#pragma unroll
+  for (int h = 0; h < GH; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.f;
+#pragma unroll
+    for (int d = 0; d < 8; ++d) o[h][d] = 0.f;
+  }
+  const int i0 = split * a.keys_per_split, i1 = min(keys.count(), i0 + a.keys_per_split);
+  (void)KPW;
+  // The loop bounds are uniform over the CTA (the shuffles below need whole warps); keys past i1 are -1.
+  for (int step0 = i0; step0 < i1; step0 += NG * kDecodeUnroll) {
+    const int base = step0 + grp;
+    int kp[kDecodeUnroll];
+    uint4 kr[kDecodeUnroll], vr[kDecodeUnroll];
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const int i = base + u * NG;
+      kp[u] = i < i1 ? keys.pos(i) : -1;
+      const int64_t off = int64_t(kp[u] < 0 ? 0 : kp[u]) * p.kv_pos_stride;
+      kr[u] = kp[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(kbase + off)) : make_uint4(0, 0, 0, 0);
+      vr[u] = kp[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(vbase + off)) : make_uint4(0, 0, 0, 0);
+    }
+    float sc[GH][kDecodeUnroll];
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      float kf[8];
+      bf16x8_to_float(kr[u], kf);
+#pragma unroll
+      for (int h = 0; h < GH; ++h) {
+        float s = 0.f;
+#pragma unroll
+        for (int d = 0; d < 8; ++d) s = fmaf(q[h][d], kf[d], s);
+#pragma unroll
+        for (int off = 1; off < LPK; off <<= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        sc[h][u] = kp[u] >= 0 ? s : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < GH; ++h) {
+      float mx = m[h];
+#pragma unroll
+      for (int u = 0; u < kDecodeUnroll; ++u) mx = fmaxf(mx, sc[h][u]);
+      if (mx == -INFINITY) continue;  // nothing valid yet
+      const float alpha = fast_exp2(m[h] - mx);
+      m[h] = mx;
+      l[h] *= alpha;
+#pragma unroll
+      for (int d = 0; d < 8; ++d) o[h][d] *= alpha;
+#pragma unroll
+      for (int u = 0; u < kDecodeUnroll; ++u) {
+        const float pu = fast_exp2(sc[h][u] - mx);
+        float vf[8];
+        bf16x8_to_float(vr[u], vf);
+        l[h] += pu;
+#pragma unroll
+        for (int d = 0; d < 8; ++d) o[h][d] = fmaf(pu, vf[d], o[h][d]);
+      }
+    }
+  }
+  // Merge the NG lane groups: each writes (m, l, o) to shared memory, then thread d of head h combines.
+  __shared__ float s_m[GH][NG], s_l[GH][NG];
+  __shared__ float s_o[GH][NG][D];
+#pragma unroll
+  for (int h = 0; h < GH; ++h) {
+    if (sub == 0) {
+      s_m[h][grp] = m[h];
+      s_l[h][grp] = l[h];
+    }
+#pragma unroll
+    for (int d = 0; d < 8; ++d) s_o[h][grp][sub * 8 + d] = o[h][d];
+  }
+  __syncthreads();
+  for (int i = tid; i < GH * D; i += kDecodeThreads) {
+    const int h = i / D, d = i % D;
+    float M = -INFINITY;
+    for (int gi = 0; gi < NG; ++gi) M = fmaxf(M, s_m[h][gi]);
+    float L = 0.f, O = 0.f;
+    if (M != -INFINITY) {
+      for (int gi = 0; gi < NG; ++gi) {
+        const float f = fast_exp2(s_m[h][gi] - M);
+        L += s_l[h][gi] * f;
+        O += s_o[h][gi][d] * f;
+      }
+    }
+    float* dst = a.partial + (int64_t(head0 + h) * a.n_splits + split) * (D + 2);
+    dst[d] = O;
+    if (d == 0) {
+      dst[D] = M;
+      dst[D + 1] = L;
+    }
+  }
+}
+
+// Grid: (n_kv_head, n_splits); the G = n_head / n_kv_head heads of the group (GH == G).
+template <int D, int GH>
+__global__ void __launch_bounds__(kDecodeThreads) dense_decode_kernel(const DecodeArgs a) {
+  DenseDecodeKeys keys{a.p.n_kv};
+  decode_split_body<D, GH>(a, keys, blockIdx.x * GH, blockIdx.y);
+}
+
+// Grid: (n_head, n_splits).
+template <int D>
+__global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const DecodeArgs a) {
+  const int head = blockIdx.x;
+  const int t = a.p.q_pos0, w = a.hip.window;
+  HipDecodeKeys keys;
+  keys.blocks = a.mask.blocks + int64_t(head) * a.mask.n_qblocks * a.mask.kb_stride;
+  keys.block_k = a.hip.block_k;
+  keys.far = t - w;
+  keys.n_sink_eff = max(0, min(a.hip.n_sink, keys.far + 1));
+  keys.n_a = keys.n_sink_eff + a.mask.counts[int64_t(head) * a.mask.n_qblocks] * a.hip.block_k;
+  keys.win_lo = max(0, t - w + 1);
+  keys.n = keys.n_a + (w > 0 ? t + 1 - keys.win_lo : 0);
+  decode_split_body<D, 1>(a, keys, head, blockIdx.y);
+}
+
+// Grid: n_head CTAs of D threads: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
+template <int D>
+__global__ void __launch_bounds__(D) decode_merge_kernel(const float* partial, int n_splits, uint16_t* out) {
+  const int h = blockIdx.x, d = threadIdx.x;
+  const float* src = partial + int64_t(h) * n_splits * (D + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < n_splits; ++s) M = fmaxf(M, src[s * (D + 2) + D]);
+  float L = 0.f, O = 0.f;
+  if (M != -INFINITY) {
+    for (int s = 0; s < n_splits; ++s) {
+      const float f = fast_exp2(src[s * (D + 2) + D] - M);
+      L += src[s * (D + 2) + D + 1] * f;
+      O += src[s * (D + 2) + d] * f;
+    }
+  }
+  const float r = L > 0.f ? O / L : 0.f;
+  __nv_bfloat16 b = __float2bfloat16_rn(r);
+  out[int64_t(h) * D + d] = *reinterpret_cast<uint16_t*>(&b);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4. HiP mask estimation: one CTA (kEstThreads) per (head, query block) runs the whole tree search of the CPU's
+// estimate_into. State in shared memory, always in ascending start order (so no final sort is needed and the
+// tie rule "lower start wins" is "lower array index wins"):
+//   nodes: start, size, score, has_score            [<= K_b]
+//   children (candidates): the same                 [<= 2 K_b]
+// Per iteration: halve (a scan places each node's 1 or 2 children), score the children without a score on
+// tensor cores, select the K_b best with a radix select on the 32-bit order key of the score (4 histogram
+// passes of 8 bits) plus a scan that keeps the lowest starts among those equal to the threshold, compact.
+//
+// Scores: the R <= 16 sampled query rows are the A operand (16 x D, rows past R are padding), 8 keys at a time
+// the B operand. A dot product does not care in which order the dims are summed, so the dims are permuted
+// (the same way in A and B) such that each lane loads D/4 contiguous dims of its key with 16-byte loads: lane
+// (g, c) reads key g, dims [c*D/4, (c+1)*D/4), and logical k index (k-step kk, 2c + e + 8h) is physical dim
+// c*D/4 + 4kk + 2h + e. Masked (row, key) pairs score -32000, padding rows -inf; the max over rows is a
+// shuffle reduction over g.
+
+constexpr int kEstThreads = 256;
+constexpr int kEstWarps = kEstThreads / 32;
+constexpr float kMaskedScore = -32000.0f;
+
+struct EstArgs {
+  AttnParams p;
+  HipParams hip;
+  HipMaskDev mask;
+};
+
+// Ascending 32-bit order of the descending score order (-0 folded into +0); the CPU's desc_order.
+__device__ __forceinline__ uint32_t desc_order(float s) {
+  s += 0.0f;
+  uint32_t u = __float_as_uint(s);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return ~u;
+}
+
+struct EstSmem {
+  int* node_start;
+  int* node_size;
+  float* node_score;
+  int* cand_start;
+  int* cand_size;
+  float* cand_score;
+  int* scan;       // [2 K_b + 1] scratch for prefix sums
+  int* todo;       // [2 K_b] candidate index of each child to score
+  float* kmax;     // [2 K_b * nks] per sampled key: max over rows
+  uint16_t* qs;    // [16][D] sampled rows (bf16)
+  int* lim;        // [16]: last key row r may score (INT_MIN: padding)
+  int* hist;       // [256]
+  int* misc;       // [8]
+};
+
+// Exclusive prefix sum of scan[0, n) in place (n <= 2 K_b); returns the total. All threads call it.
+__device__ int block_exclusive_scan(int* data, int n, int* warp_tot) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int per = (n + kEstThreads - 1) / kEstThreads;
+  const int b = tid * per, e = min(n, b + per);
+  int local = 0;
+  for (int i = b; i < e; ++i) local += data[i];
+  int incl = local;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += y;
+  }
+  if (lane == 31) warp_tot[warp] = incl;
+  __syncthreads();
+  int warp_base = 0, total = 0;
+#pragma unroll
+  for (int w = 0; w < kEstWarps; ++w) {
+    const int t = warp_tot[w];
+    warp_base += w < warp ? t : 0;
+    total += t;
+  }
+  int run = warp_base + incl - local;
+  for (int i = b; i < e; ++i) {
+    const int x = data[i];
+    data[i] = run;
+    run += x;
+  }
+  __syncthreads();
+  return total;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstArgs a) {
+  extern __shared__ __align__(16) unsigned char est_smem[];
+  const AttnParams& p = a.p;
+  const HipParams& cfg = a.hip;
+  const int head = blockIdx.x, qb = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int bk = cfg.block_k, Kb = cfg.k / bk, nks = bk / cfg.stride_k;
+  const int row0 = qb * cfg.block_q, n_rows = min(cfg.block_q, p.n_q - row0);
+  const int t_max = p.q_pos0 + row0 + n_rows - 1;
+  const int w_est = p.n_q == 1 ? cfg.window - (cfg.refresh - 1) : cfg.window;
+  const int lo = cfg.n_sink, hi = t_max + 1 - w_est, base_blk = lo / bk;
+  const int64_t mrow = int64_t(head) * a.mask.n_qblocks + qb;
+  int32_t* out = a.mask.blocks + mrow * a.mask.kb_stride;
+
+  if (hi - lo <= cfg.k) {  // everything searchable fits: take it all
+    const int n = hi > lo ? (hi - lo + bk - 1) / bk : 0;
+    for (int s = tid; s < n; s += kEstThreads) out[s] = base_blk + s;
+    if (tid == 0) a.mask.counts[mrow] = n;
+    return;
+  }
+  const int N = (hi - lo + bk - 1) / bk;
+  const int pow2 = 1 << (31 - __clz(N));
+  const int A = (pow2 + Kb - 1) / Kb;
+
+  // Shared memory carve-up (sizes match hip_estimate_smem_bytes).
+  EstSmem sm;
+  {
+    unsigned char* ptr = est_smem;
+    auto take = [&](size_t bytes) {
+      unsigned char* r = ptr;
+      ptr += (bytes + 15) & ~size_t(15);
+      return r;
+    };
+    sm.qs = reinterpret_cast<uint16_t*>(take(16 * D * 2));
+    sm.node_start = reinterpret_cast<int*>(take(Kb * 4));
+    sm.node_size = reinterpret_cast<int*>(take(Kb * 4));
+    sm.node_score = reinterpret_cast<float*>(take(Kb * 4));
+    sm.cand_start = reinterpret_cast<int*>(take(2 * Kb * 4));
+    sm.cand_size = reinterpret_cast<int*>(take(2 * Kb * 4));
+    sm.cand_score = reinterpret_cast<float*>(take(2 * Kb * 4));
+    sm.scan = reinterpret_cast<int*>(take((2 * Kb + 1) * 4));
+    sm.todo = reinterpret_cast<int*>(take(2 * Kb * 4));
+    sm.kmax = reinterpret_cast<float*>(take(2 * Kb * nks * 4));
+    sm.lim = reinterpret_cast<int*>(take(16 * 4));
+    sm.hist = reinterpret_cast<int*>(take(256 * 4));
+    sm.misc = reinterpret_cast<int*>(take(kEstWarps * 4 + 8 * 4));
+  }
+  int* warp_tot = sm.misc;
+  int* shared_vals = sm.misc + kEstWarps;  // [0] max size, [1] threshold prefix, [2] need
+
+  // Sampled rows: the last of each stride_q group, plus a partial block's last row.
+  if (tid < 16) {
+    int R = 0, rr_of = -1;
+    for (int rr = cfg.stride_q - 1; rr < n_rows; rr += cfg.stride_q) {
+      if (R == tid) rr_of = rr;
+      ++R;
+    }
+    if (n_rows % cfg.stride_q != 0) {
+      if (R == tid) rr_of = n_rows - 1;
+      ++R;
+    }
+    sm.lim[tid] = rr_of >= 0 ? p.q_pos0 + row0 + rr_of - w_est : INT_MIN;
+    const uint16_t* src = p.q + int64_t(row0 + max(rr_of, 0)) * p.q_stride + int64_t(head) * D;
+    for (int d = 0; d < D; d += 8)
+      *reinterpret_cast<uint4*>(sm.qs + tid * D + d) =
+          rr_of >= 0 ? *reinterpret_cast<const uint4*>(src + d) : make_uint4(0, 0, 0, 0);
+  }
+  // Initial nodes: aligned boundaries, the last at N (the CPU's tail fix); empty ones are dropped.
+  for (int j = tid; j < Kb; j += kEstThreads) {
+    const int b0 = j == 0 ? 0 : min(int((int64_t(j) * N / Kb) / A * A), N);
+    const int b1 = j + 1 == Kb ? N : min(int((int64_t(j + 1) * N / Kb) / A * A), N);
+    sm.cand_start[j] = b0;
+    sm.cand_size[j] = b1 - b0;
+    sm.scan[j] = b1 > b0;
+  }
+  if (tid == 0) shared_vals[0] = 0;
+  __syncthreads();
+  int n_nodes = block_exclusive_scan(sm.scan, Kb, warp_tot);
+  for (int j = tid; j < Kb; j += kEstThreads) {
+    if (sm.cand_size[j] > 0) {
+      const int at = sm.scan[j];
+      sm.node_start[at] = sm.cand_start[j];
+      sm.node_size[at] = sm.cand_size[j];
+      sm.node_score[at] = __int_as_float(0x7fc00000);  // NaN: not scored yet
+      atomicMax(&shared_vals[0], sm.cand_size[j]);
+    }
+  }
+  __syncthreads();
+
+  // A fragments of the sampled rows in the permuted dim order (identical in every warp).
+  const int g = lane >> 2, c4 = lane & 3;
+  constexpr int KS = D / 16;  // k-steps
+  uint32_t af[KS][4];
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) {
+    const int d = c4 * (D / 4) + 4 * kk;
+    af[kk][0] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d);
+    af[kk][1] = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d);
+    af[kk][2] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d + 2);
+    af[kk][3] = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d + 2);
+  }
+  const int lim_lo = sm.lim[g], lim_hi = sm.lim[g + 8];
+  int lim_max = INT_MIN;
+  for (int r = 0; r < 16; ++r) lim_max = max(lim_max, sm.lim[r]);
+  const int kvh = head / (p.n_head / p.n_kv_head);
+  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + c4 * (D / 4);
+
+  int max_size = shared_vals[0];
+  // Node sizes at least halve per iteration (a size-1 node stays), so 32 iterations bound any int range; the
+  // cap only guards against a logic error turning into a hang.
+  for (int iter = 0; max_size > 1 && iter < 32; ++iter) {
+    // Halve: node i yields 1 (size 1: itself, keeping its score) or 2 children.
+    for (int i = tid; i < n_nodes; i += kEstThreads) sm.scan[i] = sm.node_size[i] == 1 ? 1 : 2;
+    __syncthreads();
+    const int n_cand = block_exclusive_scan(sm.scan, n_nodes, warp_tot);
+    for (int i = tid; i < n_nodes; i += kEstThreads) {
+      const int at = sm.scan[i], s = sm.node_start[i], h = sm.node_size[i];
+      if (h == 1) {
+        sm.cand_start[at] = s;
+        sm.cand_size[at] = 1;
+        sm.cand_score[at] = sm.node_score[i];
+      } else {
+        const int hl = h / 2;
+        sm.cand_start[at] = s;
+        sm.cand_size[at] = hl;
+        sm.cand_score[at] = __int_as_float(0x7fc00000);
+        sm.cand_start[at + 1] = s + hl;
+        sm.cand_size[at + 1] = h - hl;
+        sm.cand_score[at + 1] = __int_as_float(0x7fc00000);
+      }
+    }
+    __syncthreads();
+    // The children without a score, compacted.
+    for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = isnan(sm.cand_score[i]) ? 1 : 0;
+    __syncthreads();
+    const int n_todo = block_exclusive_scan(sm.scan, n_cand, warp_tot);
+    for (int i = tid; i < n_cand; i += kEstThreads)
+      if (isnan(sm.cand_score[i])) sm.todo[sm.scan[i]] = i;
+    __syncthreads();
+
+    // Score: keys (todo child t, sampled key j) -> key index t * nks + j, 8 per warp pass.
+    const int n_keys = n_todo * nks;
+    for (int pass0 = warp * 8; pass0 < n_keys; pass0 += kEstWarps * 8 * 2) {
+      uint4 kr[2][D / 32];
+      int kpos[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int ki = pass0 + u * kEstWarps * 8 + g;
+        int kp = INT_MAX;
+        if (ki < n_keys) {
+          const int ci = sm.todo[ki / nks], j = ki % nks;
+          const int r = sm.cand_start[ci] + sm.cand_size[ci] / 2;  // center block
+          kp = lo + r * bk + j * cfg.stride_k + cfg.stride_k - 1;
+        }
+        kpos[u] = kp;
+        const bool load = kp <= lim_max;  // keys no sampled row may score are not read
+        const uint4* src = reinterpret_cast<const uint4*>(kbase + int64_t(load ? kp : 0) * p.kv_pos_stride);
+#pragma unroll
+        for (int v = 0; v < D / 32; ++v) kr[u][v] = load ? __ldg(src + v) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int pbase = pass0 + u * kEstWarps * 8;
+        if (pbase >= n_keys) break;  // warp-uniform
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        const uint32_t* kw = reinterpret_cast<const uint32_t*>(kr[u]);
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) mma_bf16(acc, af[kk], kw[2 * kk], kw[2 * kk + 1]);
+        // acc[e]: row (e < 2 ? g : g + 8), key column 2c + (e & 1) of this pass.
+        float best[2];
+#pragma unroll
+        for (int e2 = 0; e2 < 2; ++e2) {
+          const int kp = __shfl_sync(0xffffffffu, kpos[u], (2 * c4 + e2) * 4);  // lane of key 2c+e2
+          const float x_lo = lim_lo == INT_MIN ? -INFINITY : (kp > lim_lo ? kMaskedScore : acc[e2]);
+          const float x_hi = lim_hi == INT_MIN ? -INFINITY : (kp > lim_hi ? kMaskedScore : acc[2 + e2]);
+          best[e2] = fmaxf(x_lo, x_hi);
+        }
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+          best[0] = fmaxf(best[0], __shfl_xor_sync(0xffffffffu, best[0], off));
+          best[1] = fmaxf(best[1], __shfl_xor_sync(0xffffffffu, best[1], off));
+        }
+        if (g == 0) {
+#pragma unroll
+          for (int e2 = 0; e2 < 2; ++e2) {
+            const int ki = pbase + 2 * c4 + e2;
+            if (ki < n_keys) sm.kmax[ki] = best[e2];
+          }
+        }
+      }
+    }
+    __syncthreads();
+    for (int t = tid; t < n_todo; t += kEstThreads) {
+      float s = sm.kmax[t * nks];
+      for (int j = 1; j < nks; ++j) s = fmaxf(s, sm.kmax[t * nks + j]);
+      sm.cand_score[sm.todo[t]] = s;
+    }
+    __syncthreads();
+
+    // Select the K_b best candidates (score descending, then lower start = lower index).
+    int n_keep = n_cand;
+    if (n_cand > Kb) {
+      if (tid == 0) {
+        shared_vals[1] = 0;   // threshold prefix
+        shared_vals[2] = Kb;  // still needed from the candidates matching the prefix
+      }
+      uint32_t prefix_mask = 0;
+      for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = tid; i < 256; i += kEstThreads) sm.hist[i] = 0;
+        __syncthreads();
+        const uint32_t prefix = uint32_t(shared_vals[1]);
+        for (int i = tid; i < n_cand; i += kEstThreads) {
+          const uint32_t key = desc_order(sm.cand_score[i]);
+          if ((key & prefix_mask) == prefix) atomicAdd(&sm.hist[(key >> shift) & 255], 1);
+        }
+        __syncthreads();
+        if (warp == 0) {  // the digit where the running count reaches `need`
+          const int need = shared_vals[2];
+          int cnt[8], lsum = 0;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            cnt[i] = sm.hist[lane * 8 + i];
+            lsum += cnt[i];
+          }
+          int incl = lsum;
+#pragma unroll
+          for (int off = 1; off < 32; off <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, incl, off);
+            if (lane >= off) incl += y;
+          }
+          const int excl = incl - lsum;
+          if (excl < need && need <= incl) {  // exactly one lane
+            int run = excl, d = 0;
+            while (run + cnt[d] < need) run += cnt[d++];
+            shared_vals[1] = int(prefix | (uint32_t(lane * 8 + d) << shift));
+            shared_vals[2] = need - run;
+          }
+        }
+        prefix_mask |= 255u << shift;
+        __syncthreads();
+      }
+      const uint32_t thresh = uint32_t(shared_vals[1]);
+      const int need_eq = shared_vals[2];  // how many of those equal to the threshold are kept
+      for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = desc_order(sm.cand_score[i]) == thresh;
+      __syncthreads();
+      block_exclusive_scan(sm.scan, n_cand, warp_tot);
+      for (int i = tid; i < n_cand; i += kEstThreads) {
+        const uint32_t key = desc_order(sm.cand_score[i]);
+        sm.todo[i] = key < thresh || (key == thresh && sm.scan[i] < need_eq);
+      }
+      __syncthreads();
+      for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = sm.todo[i];
+      __syncthreads();
+      n_keep = block_exclusive_scan(sm.scan, n_cand, warp_tot);
+    } else {
+      for (int i = tid; i < n_cand; i += kEstThreads) {
+        sm.todo[i] = 1;
+        sm.scan[i] = i;
+      }
+      __syncthreads();
+    }
+    if (tid == 0) shared_vals[0] = 0;
+    __syncthreads();
+    for (int i = tid; i < n_cand; i += kEstThreads) {
+      if (sm.todo[i]) {
+        const int at = sm.scan[i];
+        sm.node_start[at] = sm.cand_start[i];
+        sm.node_size[at] = sm.cand_size[i];
+        sm.node_score[at] = sm.cand_score[i];
+        atomicMax(&shared_vals[0], sm.cand_size[i]);
+      }
+    }
+    __syncthreads();
+    n_nodes = n_keep;
+    max_size = shared_vals[0];
+    __syncthreads();  // everyone has read shared_vals[0] before the next iteration resets it
+  }
+  for (int i = tid; i < n_nodes; i += kEstThreads) out[i] = base_blk + sm.node_start[i];
+  if (tid == 0) a.mask.counts[mrow] = n_nodes;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 5. Host side
+
+cudaError_t last_launch_error() { return cudaGetLastError(); }
+
+bool head_dim_ok(int d) { return d == 64 || d == 128; }
+
+template <class Kernel, class Args>
+cudaError_t launch_with_smem(Kernel kernel, dim3 grid, dim3 block, int smem, cudaStream_t stream,
+                             const Args& args) {
+  if (smem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return e;
+  }
+  kernel<<<grid, block, smem, stream>>>(args);
+  return last_launch_error();
+}
+
+template <int D, int NW, int BC>
+cudaError_t dense_prefill_launch(const AttnParams& p, cudaStream_t stream) {
+  using S = PrefillShape<D, NW, BC>;
+  const dim3 grid(p.n_head, (p.n_q + S::BR - 1) / S::BR);
+  return launch_with_smem(dense_prefill_kernel<D, NW, BC>, grid, dim3(S::NT), S::smem_bytes, stream, p);
+}
+
+int decode_splits(int n_keys, int ctas_per_split_unit, int target_ctas, int min_keys) {
+  int splits = std::max(1, std::min(kMaxDecodeSplits, target_ctas / std::max(1, ctas_per_split_unit)));
+  splits = std::min(splits, std::max(1, (n_keys + min_keys - 1) / min_keys));
+  return splits;
+}
+
+int sm_count() {
+  static int n = [] {
+    int dev = 0, v = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
+    return v;
+  }();
+  return n;
+}
+
+}  // namespace
+
+int64_t decode_workspace_floats(int32_t n_head, int32_t head_dim, int32_t max_splits) {
+  return int64_t(n_head) * max_splits * (head_dim + 2);
+}
+
+int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim) {
+  const int64_t Kb = cfg.k / cfg.block_k, nks = cfg.block_k / cfg.stride_k;
+  auto r16 = [](int64_t b) { return (b + 15) / 16 * 16; };
+  return r16(16 * head_dim * 2) + 3 * r16(Kb * 4) + 3 * r16(2 * Kb * 4) + r16((2 * Kb + 1) * 4) +
+         r16(2 * Kb * 4) + r16(2 * Kb * nks * 4) + r16(16 * 4) + r16(256 * 4) + r16(kEstWarps * 4 + 32);
+}
+
+cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream, int variant) {
+  if (!head_dim_ok(p.head_dim) || p.n_q <= 0) return p.n_q == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  if (p.head_dim == 64) {
+    switch (variant) {
+      case 1: return dense_prefill_launch<64, 8, 64>(p, stream);
+      default: return dense_prefill_launch<64, 4, 64>(p, stream);
+    }
+  }
+  switch (variant) {
+    case 1: return dense_prefill_launch<128, 8, 64>(p, stream);
+    case 2: return dense_prefill_launch<128, 4, 32>(p, stream);
+    default: return dense_prefill_launch<128, 4, 64>(p, stream);
+  }
+}
+
+cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& ws, cudaStream_t stream) {
+  if (!head_dim_ok(p.head_dim) || p.n_q != 1) return cudaErrorInvalidValue;
+  const int G = p.n_head / p.n_kv_head;
+  DecodeArgs a{};
+  a.p = p;
+  a.partial = ws.partial;
+  a.n_splits = decode_splits(p.n_kv, p.n_kv_head, 4 * sm_count(), 256);
+  a.keys_per_split = (p.n_kv + a.n_splits - 1) / a.n_splits;
+  if (ws.n_floats < decode_workspace_floats(p.n_head, p.head_dim, a.n_splits)) return cudaErrorInvalidValue;
+  const dim3 grid(p.n_kv_head, a.n_splits);
+  cudaError_t e = cudaSuccess;
+#define HS_DENSE_DECODE(DD, GG) \
+  if (p.head_dim == DD && G == GG) { dense_decode_kernel<DD, GG><<<grid, kDecodeThreads, 0, stream>>>(a); e = last_launch_error(); } else
+  HS_DENSE_DECODE(128, 4) HS_DENSE_DECODE(64, 3) HS_DENSE_DECODE(128, 1) HS_DENSE_DECODE(64, 1)
+  HS_DENSE_DECODE(128, 2) HS_DENSE_DECODE(64, 2) HS_DENSE_DECODE(128, 8) HS_DENSE_DECODE(64, 4)
+  return cudaErrorInvalidValue;
+#undef HS_DENSE_DECODE
+  if (e != cudaSuccess) return e;
+  if (p.head_dim == 128)
+    decode_merge_kernel<128><<<p.n_head, 128, 0, stream>>>(a.partial, a.n_splits, p.out);
+  else
+    decode_merge_kernel<64><<<p.n_head, 64, 0, stream>>>(a.partial, a.n_splits, p.out);
+  return last_launch_error();
+}
+
+cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
+                              cudaStream_t stream) {
+  if (!head_dim_ok(p.head_dim) || cfg.block_q / cfg.stride_q > 16 || cfg.k / cfg.block_k > 1024 ||
+      mask.kb_stride < cfg.k / cfg.block_k || mask.n_qblocks != (p.n_q + cfg.block_q - 1) / cfg.block_q)
+    return cudaErrorInvalidValue;
+  if (p.n_q == 0) return cudaSuccess;
+  EstArgs a{p, cfg, mask};
+  const int smem = int(hip_estimate_smem_bytes(cfg, p.head_dim));
+  const dim3 grid(p.n_head, mask.n_qblocks);
+  if (p.head_dim == 128) return launch_with_smem(hip_estimate_kernel<128>, grid, dim3(kEstThreads), smem, stream, a);
+  return launch_with_smem(hip_estimate_kernel<64>, grid, dim3(kEstThreads), smem, stream, a);
+}
+
+cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
+                                  cudaStream_t stream) {
+  if (!head_dim_ok(p.head_dim) || cfg.block_q != 32) return cudaErrorInvalidValue;
+  if (p.n_q == 0) return cudaSuccess;
+  PrefillArgs a{p, cfg, mask};
+  const dim3 grid(p.n_head, mask.n_qblocks);
+  if (p.head_dim == 128) {
+    using S = PrefillShape<128, 2, 32>;
+    return launch_with_smem(hip_prefill_kernel<128, 2, 32>, grid, dim3(S::NT), S::smem_bytes, stream, a);
+  }
+  using S = PrefillShape<64, 2, 64>;
+  return launch_with_smem(hip_prefill_kernel<64, 2, 64>, grid, dim3(S::NT), S::smem_bytes, stream, a);
+}
+
+cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
+                                 const DecodeWorkspace& ws, cudaStream_t stream) {
+  if (!head_dim_ok(p.head_dim) || p.n_q != 1 || mask.n_qblocks != 1) return cudaErrorInvalidValue;
+  DecodeArgs a{};
+  a.p = p;
+  a.hip = cfg;
+  a.mask = mask;
+  a.partial = ws.partial;
+  // Upper bound of the list length (sink + k selected keys + window); CTAs past a head's list end are idle.
+  const int max_keys = cfg.n_sink + cfg.k + cfg.window;
+  a.n_splits = std::max(1, std::min(kMaxDecodeSplits, (max_keys + 127) / 128));
+  a.keys_per_split = (max_keys + a.n_splits - 1) / a.n_splits;
+  if (ws.n_floats < decode_workspace_floats(p.n_head, p.head_dim, a.n_splits)) return cudaErrorInvalidValue;
+  const dim3 grid(p.n_head, a.n_splits);
+  if (p.head_dim == 128)
+    hip_decode_kernel<128><<<grid, kDecodeThreads, 0, stream>>>(a);
+  else
+    hip_decode_kernel<64><<<grid, kDecodeThreads, 0, stream>>>(a);
+  cudaError_t e = last_launch_error();
+  if (e != cudaSuccess) return e;
+  if (p.head_dim == 128)
+    decode_merge_kernel<128><<<p.n_head, 128, 0, stream>>>(a.partial, a.n_splits, p.out);
+  else
+    decode_merge_kernel<64><<<p.n_head, 64, 0, stream>>>(a.partial, a.n_splits, p.out);
+  return last_launch_error();
+}
+
+}  // namespace hs::cuda

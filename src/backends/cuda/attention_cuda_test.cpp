@@ -1,0 +1,495 @@
+// The CUDA attention kernels against the CPU oracle (src/ops): fresh random inputs every test, outputs poisoned
+// (0xFFFF bf16 = NaN) before each run and checked to be all written, relative error ||gpu - cpu|| / ||cpu||.
+//
+// Bounds. Inputs are drawn in bf16 and handed to the CPU exactly (Q as fp32, K/V as fp16: a bf16 value with
+// |x| in [2^-14, 65504] is exact in fp16), so the only differences are the GPU's rounding: P rounded to bf16
+// before P.V (relative 2^-9 per weight, averaging out over keys), ex2.approx (2^-22), fp32 accumulation in
+// another order, and the bf16 output (2^-9 relative per element). Their sum is a few 1e-3; the bound is 1e-2
+// (METHOD.md: bf16 operands land between 1e-3 and 1e-2), and a wrong key, a missing row or a lost rescale
+// gives errors of order 1e-1 or more.
+//
+// HiP masks: the GPU scores on tensor cores (fp32 accumulation in another order and rounding than the CPU's
+// FMA chain), so a child whose score lies within rounding of the K_b-th best can fall on the other side and
+// steer the rest of its search. On inputs whose dot products are exact in fp32 on both sides (small
+// multiples of 1/4: every partial sum is exact) the selections must be identical, ties included, which
+// pins the tree logic and the tie rule; on random data the recall of the CPU's blocks is measured and bounded.
+#include "backends/cuda/attention_cuda.h"
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <thread>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ops/attention.h"
+#include "ops/hip_attention.h"
+#include "util/common.h"
+#include "util/thread_pool.h"
+
+namespace hs {
+namespace {
+
+#define CUDA_OK(expr)                                                                              \
+  do {                                                                                             \
+    const cudaError_t err_ = (expr);                                                               \
+    ASSERT_EQ(err_, cudaSuccess) << #expr << ": " << cudaGetErrorString(err_);                     \
+  } while (0)
+
+bool gpu_present() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+#define SKIP_WITHOUT_GPU()                                                                   \
+  do {                                                                                       \
+    if (!gpu_present()) GTEST_SKIP() << "no CUDA GPU present (cudaGetDeviceCount failed or 0)"; \
+  } while (0)
+
+template <class T>
+struct DevBuf {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit DevBuf(size_t count) : n(count) {
+    if (cudaMalloc(&ptr, std::max<size_t>(1, n) * sizeof(T)) != cudaSuccess) ptr = nullptr;
+  }
+  ~DevBuf() { cudaFree(ptr); }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  cudaError_t upload(const std::vector<T>& h) { return cudaMemcpy(ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice); }
+  cudaError_t download(std::vector<T>& h) const {
+    h.resize(n);
+    return cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost);
+  }
+  cudaError_t poison() { return cudaMemset(ptr, 0xFF, n * sizeof(T)); }
+};
+
+enum class Fill { kNormal, kSmooth, kQuarterInts };
+
+// One problem in bf16 (device layout: q/out [n_q][n_head * D], K/V [kv head][pos][D]) and the same values for
+// the CPU (q fp32, K/V fp16).
+struct Problem {
+  int32_t n_q, n_kv, q_pos0, H, Hkv, D;
+  std::vector<uint16_t> q_bf, k_bf, v_bf;
+  std::vector<float> q_f;
+  std::vector<uint16_t> k_h, v_h;
+
+  Problem(int32_t n_q_, int32_t n_kv_, int32_t q_pos0_, int32_t H_, int32_t Hkv_, int32_t D_, uint32_t seed,
+          Fill fill = Fill::kNormal)
+      : n_q(n_q_), n_kv(n_kv_), q_pos0(q_pos0_), H(H_), Hkv(Hkv_), D(D_) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> N01(0.f, 1.f);
+    std::uniform_int_distribution<int> small(-4, 4);
+    auto draw = [&]() { return fill == Fill::kQuarterInts ? 0.25f * float(small(rng)) : N01(rng); };
+    q_bf.resize(size_t(n_q) * H * D);
+    for (auto& x : q_bf) x = fp32_to_bf16(fill == Fill::kQuarterInts ? draw() : 1.5f * draw());
+    k_bf.resize(size_t(Hkv) * n_kv * D);
+    v_bf.resize(k_bf.size());
+    if (fill == Fill::kSmooth) {  // per-dim AR(1) walk over positions plus noise: attention locality
+      for (int g = 0; g < Hkv; ++g)
+        for (int d = 0; d < D; ++d) {
+          float x = N01(rng);
+          for (int p = 0; p < n_kv; ++p) {
+            x = 0.98f * x + 0.2f * N01(rng);
+            k_bf[(size_t(g) * n_kv + p) * D + d] = fp32_to_bf16(x + 0.3f * N01(rng));
+          }
+        }
+    } else {
+      for (auto& x : k_bf) x = fp32_to_bf16(draw());
+    }
+    for (auto& x : v_bf) x = fp32_to_bf16(N01(rng));
+    to_cpu();
+  }
+  // Builds a problem from given bf16 tensors (real activations).
+  Problem(int32_t n_q_, int32_t n_kv_, int32_t q_pos0_, int32_t H_, int32_t Hkv_, int32_t D_)
+      : n_q(n_q_), n_kv(n_kv_), q_pos0(q_pos0_), H(H_), Hkv(Hkv_), D(D_) {}
+  void to_cpu() {
+    q_f.resize(q_bf.size());
+    for (size_t i = 0; i < q_bf.size(); ++i) q_f[i] = bf16_to_fp32(q_bf[i]);
+    k_h.resize(k_bf.size());
+    v_h.resize(v_bf.size());
+    for (size_t i = 0; i < k_bf.size(); ++i) k_h[i] = fp32_to_fp16(bf16_to_fp32(k_bf[i]));
+    for (size_t i = 0; i < v_bf.size(); ++i) v_h[i] = fp32_to_fp16(bf16_to_fp32(v_bf[i]));
+  }
+  AttentionParams cpu(float* out) const {
+    AttentionParams p;
+    p.q = q_f.data();
+    p.q_stride = int64_t(H) * D;
+    p.k = k_h.data();
+    p.v = v_h.data();
+    p.kv_head_stride = int64_t(n_kv) * D;
+    p.kv_pos_stride = D;
+    p.out = out;
+    p.out_stride = int64_t(H) * D;
+    p.n_q = n_q, p.n_kv = n_kv, p.q_pos0 = q_pos0;
+    p.n_head = H, p.n_kv_head = Hkv, p.head_dim = D;
+    p.scale = 1.0f / std::sqrt(float(D));
+    return p;
+  }
+};
+
+// Device copies of a problem plus a poisoned output.
+struct DevProblem {
+  DevBuf<uint16_t> q, k, v, out;
+  cuda::AttnParams p;
+  explicit DevProblem(const Problem& pr)
+      : q(pr.q_bf.size()), k(pr.k_bf.size()), v(pr.v_bf.size()), out(size_t(pr.n_q) * pr.H * pr.D) {
+    q.upload(pr.q_bf);
+    k.upload(pr.k_bf);
+    v.upload(pr.v_bf);
+    out.poison();
+    p.q = q.ptr, p.k = k.ptr, p.v = v.ptr, p.out = out.ptr;
+    p.q_stride = p.out_stride = int64_t(pr.H) * pr.D;
+    p.kv_head_stride = int64_t(pr.n_kv) * pr.D;
+    p.kv_pos_stride = pr.D;
+    p.n_q = pr.n_q, p.n_kv = pr.n_kv, p.q_pos0 = pr.q_pos0;
+    p.n_head = pr.H, p.n_kv_head = pr.Hkv, p.head_dim = pr.D;
+    p.scale = 1.0f / std::sqrt(float(pr.D));
+  }
+};
+
+// ||gpu - ref|| / ||ref||; every gpu value must have been written (no NaN from the poison).
+double rel_error(const std::vector<uint16_t>& gpu_bf, const std::vector<float>& ref, int64_t* unwritten) {
+  double num = 0, den = 0;
+  *unwritten = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const float g = bf16_to_fp32(gpu_bf[i]);
+    if (!std::isfinite(g)) {
+      ++*unwritten;
+      continue;
+    }
+    num += (double(g) - ref[i]) * (double(g) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+constexpr double kMaxRelError = 1e-2;
+
+ThreadPool& pool() {
+  static ThreadPool tp(std::max(1, int(std::thread::hardware_concurrency())));
+  return tp;
+}
+
+void check_dense_prefill(const Problem& pr, int variant) {
+  DevProblem dp(pr);
+  CUDA_OK(cuda::attention_prefill_dense(dp.p, nullptr, variant));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<uint16_t> got;
+  CUDA_OK(dp.out.download(got));
+  std::vector<float> ref(size_t(pr.n_q) * pr.H * pr.D);
+  const AttentionParams cp = pr.cpu(ref.data());
+  if (int64_t(pr.n_q) * pr.n_kv <= 600 * 600)
+    attention_naive(cp);
+  else
+    attention_dense(cp, pool());
+  int64_t unwritten = 0;
+  const double err = rel_error(got, ref, &unwritten);
+  EXPECT_EQ(unwritten, 0);
+  EXPECT_LT(err, kMaxRelError) << "variant " << variant;
+  std::printf("dense prefill D=%d H=%d/%d n_q=%d n_kv=%d q_pos0=%d variant %d: rel error %.2e\n", pr.D, pr.H,
+              pr.Hkv, pr.n_q, pr.n_kv, pr.q_pos0, variant, err);
+}
+
+TEST(CudaAttention, DensePrefillMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = std::random_device{}();
+  for (int variant : {0, 1, 2}) {
+    check_dense_prefill(Problem(300, 300, 0, 8, 2, 128, seed++), variant);
+    check_dense_prefill(Problem(77, 400, 323, 8, 2, 128, seed++), variant);  // a chunk after a cached prefix
+    check_dense_prefill(Problem(1, 513, 512, 4, 4, 128, seed++), variant);   // one row
+  }
+  check_dense_prefill(Problem(300, 300, 0, 9, 3, 64, seed++), 0);
+  check_dense_prefill(Problem(150, 350, 200, 9, 3, 64, seed++), 1);
+  check_dense_prefill(Problem(2000, 2000, 0, 4, 1, 128, seed++), 0);  // long rows: many rescales
+}
+
+void check_dense_decode(const Problem& pr) {
+  DevProblem dp(pr);
+  DevBuf<float> ws(cuda::decode_workspace_floats(pr.H, pr.D, cuda::kMaxDecodeSplits));
+  CUDA_OK(cuda::attention_decode_dense(dp.p, {ws.ptr, int64_t(ws.n)}, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<uint16_t> got;
+  CUDA_OK(dp.out.download(got));
+  std::vector<float> ref(size_t(pr.H) * pr.D);
+  attention_naive(pr.cpu(ref.data()));
+  int64_t unwritten = 0;
+  const double err = rel_error(got, ref, &unwritten);
+  EXPECT_EQ(unwritten, 0);
+  EXPECT_LT(err, kMaxRelError);
+  std::printf("dense decode D=%d H=%d/%d n_kv=%d: rel error %.2e\n", pr.D, pr.H, pr.Hkv, pr.n_kv, err);
+}
+
+TEST(CudaAttention, DenseDecodeMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = std::random_device{}();
+  check_dense_decode(Problem(1, 5000, 4999, 32, 8, 128, seed++));
+  check_dense_decode(Problem(1, 37, 36, 8, 2, 128, seed++));
+  check_dense_decode(Problem(1, 3001, 3000, 9, 3, 64, seed++));
+  check_dense_decode(Problem(1, 70000, 69999, 8, 2, 128, seed++));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HiP
+
+cuda::HipParams to_gpu(const HipConfig& c) {
+  cuda::HipParams h;
+  h.k = c.k, h.block_q = c.block_q, h.block_k = c.block_k, h.stride_q = c.stride_q, h.stride_k = c.stride_k;
+  h.n_sink = c.n_sink, h.window = c.window, h.refresh = c.refresh;
+  return h;
+}
+
+struct DevMask {
+  int32_t n_qblocks, Kb;
+  DevBuf<int32_t> blocks, counts;
+  DevMask(int32_t H, int32_t nqb, int32_t Kb_) : n_qblocks(nqb), Kb(Kb_), blocks(size_t(H) * nqb * Kb_), counts(size_t(H) * nqb) {}
+  cuda::HipMaskDev dev() const { return {blocks.ptr, counts.ptr, n_qblocks, Kb}; }
+  // Fixed-stride lists from the GPU, or uploaded from a CPU HipMask.
+  std::vector<std::vector<int32_t>> download() const {
+    std::vector<int32_t> b, c;
+    blocks.download(b);
+    counts.download(c);
+    std::vector<std::vector<int32_t>> out(c.size());
+    for (size_t r = 0; r < c.size(); ++r)
+      out[r].assign(b.begin() + int64_t(r) * Kb, b.begin() + int64_t(r) * Kb + std::clamp(c[r], 0, Kb));
+    return out;
+  }
+  cudaError_t upload(const HipMask& m) {
+    std::vector<int32_t> b(size_t(m.n_head) * n_qblocks * Kb, -1), c(size_t(m.n_head) * n_qblocks);
+    for (int32_t r = 0; r < m.n_head * n_qblocks; ++r) {
+      c[r] = m.indptr[r + 1] - m.indptr[r];
+      std::copy(m.indices.begin() + m.indptr[r], m.indices.begin() + m.indptr[r + 1], b.begin() + int64_t(r) * Kb);
+    }
+    cudaError_t e = blocks.upload(b);
+    return e != cudaSuccess ? e : counts.upload(c);
+  }
+};
+
+struct MaskAgreement {
+  int64_t rows = 0, exact_rows = 0, cpu_blocks = 0, found = 0;
+  double min_recall = 1.0;
+  double recall() const { return cpu_blocks ? double(found) / double(cpu_blocks) : 1.0; }
+};
+
+// GPU mask vs the CPU estimator for every (head, query block).
+MaskAgreement compare_masks(const HipConfig& cfg, const Problem& pr, const std::vector<std::vector<int32_t>>& gpu) {
+  const AttentionParams cp = pr.cpu(nullptr);
+  const int32_t nqb = (pr.n_q + cfg.block_q - 1) / cfg.block_q;
+  MaskAgreement a;
+  std::vector<MaskAgreement> per(size_t(pr.H) * nqb);
+  pool().parallel_for(int64_t(pr.H) * nqb, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int32_t h = int32_t(r / nqb), m = int32_t(r % nqb);
+      const std::vector<int32_t> want = hip_estimate_blocks(cfg, cp, h, m);
+      const std::vector<int32_t>& got = gpu[r];
+      const std::set<int32_t> gs(got.begin(), got.end());
+      int64_t f = 0;
+      for (int32_t x : want) f += gs.count(x);
+      MaskAgreement& s = per[r];
+      s.rows = 1;
+      s.exact_rows = got == want;
+      s.cpu_blocks = int64_t(want.size());
+      s.found = f;
+      s.min_recall = want.empty() ? 1.0 : double(f) / double(want.size());
+      EXPECT_TRUE(std::is_sorted(got.begin(), got.end()) && gs.size() == got.size()) << "head " << h << " block " << m;
+      EXPECT_EQ(got.size(), want.size()) << "head " << h << " block " << m;
+    }
+  });
+  for (const auto& s : per) {
+    a.rows += s.rows, a.exact_rows += s.exact_rows, a.cpu_blocks += s.cpu_blocks, a.found += s.found;
+    a.min_recall = std::min(a.min_recall, s.min_recall);
+  }
+  return a;
+}
+
+MaskAgreement check_estimate(const HipConfig& cfg, const Problem& pr, const char* what) {
+  DevProblem dp(pr);
+  const int32_t nqb = (pr.n_q + cfg.block_q - 1) / cfg.block_q, Kb = cfg.k / cfg.block_k;
+  DevMask mask(pr.H, nqb, Kb);
+  EXPECT_EQ(cudaMemset(mask.blocks.ptr, 0xFF, mask.blocks.n * 4), cudaSuccess);
+  EXPECT_EQ(cudaMemset(mask.counts.ptr, 0xFF, mask.counts.n * 4), cudaSuccess);
+  EXPECT_EQ(cuda::hip_estimate_mask(to_gpu(cfg), dp.p, mask.dev(), nullptr), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const MaskAgreement a = compare_masks(cfg, pr, mask.download());
+  std::printf("hip estimate [%s] D=%d H=%d/%d n_q=%d n_kv=%d: %lld/%lld (head, block) masks identical, block recall "
+              "%.5f (min %.4f)\n",
+              what, pr.D, pr.H, pr.Hkv, pr.n_q, pr.n_kv, (long long)a.exact_rows, (long long)a.rows, a.recall(),
+              a.min_recall);
+  return a;
+}
+
+TEST(CudaHip, EstimateIdenticalWhenScoresAreExact) {
+  SKIP_WITHOUT_GPU();
+  // Quarter-integer Q and K: every product and partial sum is exact in fp32 on both sides, so the scores are
+  // bit-identical and so must the selections be, including the many exact ties (tie rule).
+  uint32_t seed = std::random_device{}();
+  HipConfig cfg;
+  for (int D : {128, 64}) {
+    const MaskAgreement a = check_estimate(cfg, Problem(2048 + 17, 2048 + 17, 0, 4, 2, D, seed++, Fill::kQuarterInts), "exact");
+    EXPECT_EQ(a.exact_rows, a.rows);
+  }
+  HipConfig small;  // a small k: deep trees at a test-sized context
+  small.k = 64, small.window = 32, small.n_sink = 4;
+  const MaskAgreement a = check_estimate(small, Problem(3000, 3100, 100, 4, 1, 128, seed++, Fill::kQuarterInts), "exact small k");
+  EXPECT_EQ(a.exact_rows, a.rows);
+  // Decode (one row, window shrunk by refresh - 1).
+  const MaskAgreement d = check_estimate(cfg, Problem(1, 9000, 8999, 8, 2, 128, seed++, Fill::kQuarterInts), "exact decode");
+  EXPECT_EQ(d.exact_rows, d.rows);
+}
+
+TEST(CudaHip, EstimateRecallOnRandomInputs) {
+  SKIP_WITHOUT_GPU();
+  // Random bf16 inputs: scores differ from the CPU's in the last bits; a different choice among near-tied
+  // children changes that node's later search. Bound: 0.97 mean recall of the CPU's blocks (each flip
+  // affects one node of 256, and flips need near-ties at the threshold).
+  uint32_t seed = std::random_device{}();
+  HipConfig cfg;
+  for (Fill f : {Fill::kNormal, Fill::kSmooth}) {
+    const MaskAgreement a = check_estimate(cfg, Problem(4096, 4096, 0, 8, 2, 128, seed++, f), f == Fill::kNormal ? "normal" : "smooth");
+    EXPECT_GE(a.recall(), 0.97);
+    const MaskAgreement d = check_estimate(cfg, Problem(1, 20000, 19999, 8, 2, 128, seed++, f), "decode");
+    EXPECT_GE(d.recall(), 0.97);
+  }
+}
+
+// HiP prefill attention with the CPU's mask uploaded: isolates the sparse attention from the estimate.
+void check_hip_prefill(const HipConfig& cfg, const Problem& pr, bool gpu_mask) {
+  DevProblem dp(pr);
+  const int32_t nqb = (pr.n_q + cfg.block_q - 1) / cfg.block_q, Kb = cfg.k / cfg.block_k;
+  std::vector<float> ref(size_t(pr.n_q) * pr.H * pr.D);
+  HipMask cpu_mask;
+  hip_attention(cfg, pr.cpu(ref.data()), cpu_mask, true, pool());
+  DevMask mask(pr.H, nqb, Kb);
+  if (gpu_mask)
+    CUDA_OK(cuda::hip_estimate_mask(to_gpu(cfg), dp.p, mask.dev(), nullptr));
+  else
+    CUDA_OK(mask.upload(cpu_mask));
+  CUDA_OK(cuda::hip_attention_prefill(to_gpu(cfg), dp.p, mask.dev(), nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<uint16_t> got;
+  CUDA_OK(dp.out.download(got));
+  int64_t unwritten = 0;
+  const double err = rel_error(got, ref, &unwritten);
+  EXPECT_EQ(unwritten, 0);
+  EXPECT_LT(err, kMaxRelError);
+  std::printf("hip prefill (%s mask) D=%d H=%d/%d n_q=%d n_kv=%d: rel error %.2e\n", gpu_mask ? "GPU" : "CPU", pr.D,
+              pr.H, pr.Hkv, pr.n_q, pr.n_kv, err);
+}
+
+TEST(CudaHip, PrefillAttentionMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = std::random_device{}();
+  HipConfig cfg;
+  check_hip_prefill(cfg, Problem(3000, 3000, 0, 8, 2, 128, seed++), false);
+  check_hip_prefill(cfg, Problem(1000, 4000, 3000, 8, 2, 128, seed++), false);  // chunk after a prefix
+  check_hip_prefill(cfg, Problem(2500, 2500, 0, 9, 3, 64, seed++), false);
+  check_hip_prefill(cfg, Problem(300, 300, 0, 4, 1, 128, seed++), false);  // short: sink + window only
+  check_hip_prefill(cfg, Problem(4096, 4096, 0, 8, 2, 128, seed++, Fill::kSmooth), true);  // whole GPU pipeline
+  HipConfig dense_equiv;  // k >= T: HiP is dense attention
+  dense_equiv.k = 8192;
+  check_hip_prefill(dense_equiv, Problem(2000, 2000, 0, 4, 2, 128, seed++), false);
+}
+
+void check_hip_decode(const HipConfig& cfg, const Problem& pr) {
+  DevProblem dp(pr);
+  const int32_t Kb = cfg.k / cfg.block_k;
+  std::vector<float> ref(size_t(pr.H) * pr.D);
+  HipMask cpu_mask;
+  hip_attention(cfg, pr.cpu(ref.data()), cpu_mask, true, pool());
+  DevMask mask(pr.H, 1, Kb);
+  CUDA_OK(mask.upload(cpu_mask));
+  DevBuf<float> ws(cuda::decode_workspace_floats(pr.H, pr.D, cuda::kMaxDecodeSplits));
+  CUDA_OK(cuda::hip_attention_decode(to_gpu(cfg), dp.p, mask.dev(), {ws.ptr, int64_t(ws.n)}, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<uint16_t> got;
+  CUDA_OK(dp.out.download(got));
+  int64_t unwritten = 0;
+  const double err = rel_error(got, ref, &unwritten);
+  EXPECT_EQ(unwritten, 0);
+  EXPECT_LT(err, kMaxRelError);
+  std::printf("hip decode D=%d H=%d/%d n_kv=%d: rel error %.2e\n", pr.D, pr.H, pr.Hkv, pr.n_kv, err);
+}
+
+TEST(CudaHip, DecodeAttentionMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = std::random_device{}();
+  HipConfig cfg;
+  check_hip_decode(cfg, Problem(1, 20000, 19999, 32, 8, 128, seed++));
+  check_hip_decode(cfg, Problem(1, 600, 599, 8, 2, 128, seed++));  // shorter than sink + k + window
+  check_hip_decode(cfg, Problem(1, 5000, 4999, 9, 3, 64, seed++));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Real SmolLM2 activations, dumped by bench/gpu/dump_activations (git-ignored folder gpu_act/ at the source
+// root, or $HIPSERVE_GPU_ACT). Format per layer file: int32 header {n_q, n_kv, q_pos0, H, Hkv, D}, then q fp32
+// [n_q][H*D], k fp16 [Hkv][n_kv][D], v fp16 [Hkv][n_kv][D].
+
+std::vector<std::string> activation_files() {
+  const char* env = std::getenv("HIPSERVE_GPU_ACT");
+  const std::string dir = env ? env : std::string(HIPSERVE_SOURCE_DIR) + "/gpu_act";
+  std::vector<std::string> files;
+  for (int layer = 0; layer < 64; ++layer) {
+    const std::string f = dir + "/layer" + std::to_string(layer) + ".bin";
+    if (std::ifstream(f).good()) files.push_back(f);
+  }
+  return files;
+}
+
+bool load_activations(const std::string& path, std::unique_ptr<Problem>& out) {
+  std::ifstream in(path, std::ios::binary);
+  int32_t hdr[6];
+  if (!in.read(reinterpret_cast<char*>(hdr), sizeof(hdr))) return false;
+  auto pr = std::make_unique<Problem>(hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5]);
+  std::vector<float> q(size_t(hdr[0]) * hdr[3] * hdr[5]);
+  std::vector<uint16_t> k(size_t(hdr[4]) * hdr[1] * hdr[5]), v(k.size());
+  if (!in.read(reinterpret_cast<char*>(q.data()), q.size() * 4) || !in.read(reinterpret_cast<char*>(k.data()), k.size() * 2) ||
+      !in.read(reinterpret_cast<char*>(v.data()), v.size() * 2))
+    return false;
+  pr->q_bf.resize(q.size());
+  for (size_t i = 0; i < q.size(); ++i) pr->q_bf[i] = fp32_to_bf16(q[i]);
+  pr->k_bf.resize(k.size());
+  pr->v_bf.resize(v.size());
+  for (size_t i = 0; i < k.size(); ++i) pr->k_bf[i] = fp32_to_bf16(fp16_to_fp32(k[i]));
+  for (size_t i = 0; i < v.size(); ++i) pr->v_bf[i] = fp32_to_bf16(fp16_to_fp32(v[i]));
+  pr->to_cpu();
+  out = std::move(pr);
+  return true;
+}
+
+TEST(CudaRealActivations, AllKernelsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<std::string> files = activation_files();
+  if (files.empty()) GTEST_SKIP() << "no dumped activations (run bench/gpu/dump_activations; see bench/gpu/run.sh)";
+  HipConfig cfg;
+  for (const std::string& f : files) {
+    std::unique_ptr<Problem> pr;
+    ASSERT_TRUE(load_activations(f, pr)) << f;
+    std::printf("%s\n", f.c_str());
+    check_dense_prefill(*pr, 0);
+    const MaskAgreement a = check_estimate(cfg, *pr, "real");
+    EXPECT_GE(a.recall(), 0.97);
+    check_hip_prefill(cfg, *pr, false);
+    check_hip_prefill(cfg, *pr, true);
+    // Decode: the last row alone.
+    Problem last(1, pr->n_kv, pr->n_kv - 1, pr->H, pr->Hkv, pr->D);
+    last.q_bf.assign(pr->q_bf.end() - int64_t(pr->H) * pr->D, pr->q_bf.end());
+    last.k_bf = pr->k_bf;
+    last.v_bf = pr->v_bf;
+    last.to_cpu();
+    check_dense_decode(last);
+    check_hip_decode(cfg, last);
+    const MaskAgreement d = check_estimate(cfg, last, "real decode");
+    EXPECT_GE(d.recall(), 0.97);
+  }
+}
+
+}  // namespace
+}  // namespace hs
