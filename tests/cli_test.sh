@@ -41,6 +41,10 @@ expect_error "empty file" "" "$bin" inspect "$tmp/nope-empty.gguf"
 expect_error "zero-byte file" "" "$bin" run -m "$tmp/empty.gguf" -p hi
 expect_error "bad -n value" "--n-predict" "$bin" run -n abc -p hi
 expect_error "bad temperature" "--temp" "$bin" run --temp -1 -p hi
+expect_error "serve: bad port" "--port" "$bin" serve --port 70000
+expect_error "serve: bad page size" "multiple of 64" "$bin" serve --kv-page 100
+expect_error "serve: missing model" "loading failed.*not found" "$bin" serve --port 0 -m "$tmp/nope.gguf"
+expect_ok "serve --help" "$bin" serve --help
 
 if [ -f "$model" ]; then
   head -c 3000000 "$model" >"$tmp/truncated.gguf"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Runs tests/server/test_server.py against a hipserve binary: usage run_server_test.sh HIPSERVE BUILD_DIR.
+# Runs tests/server/test_server.py against a hipserve binary: usage run_server_test.sh HIPSERVE BUILD_DIR [KIND]
+# (KIND: release or asan; sanitized binaries get longer timeouts).
 # The official `openai` client comes from PyPI into BUILD_DIR/server-venv (created once); without network the
 # tests that need it skip with a message and the raw-HTTP tests still run. Exit 77 (ctest: skipped) when the
 # model is missing.
 set -u
 HIPSERVE=$1
 BUILD_DIR=$2
+export HIPSERVE_BUILD_KIND=${3:-release}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 OPENAI_VERSION=3.57.0
