@@ -38,7 +38,7 @@ int cmd_serve(const std::vector<std::string>& args) {
          [&](const std::string& v) { so.engine.prefill_chunk = parse_int("--prefill-chunk", v, 1, 1 << 16); }});
   t.add({"", "--max-queue", "N", "requests allowed to wait for a slot; more get 503 (default: 256)",
          [&](const std::string& v) { so.engine.max_queued = parse_int("--max-queue", v, 0, 1 << 20); }});
-  t.add({"", "--http-threads", "N", "HTTP worker threads, one per open connection (default: 128)",
+  t.add({"", "--http-threads", "N", "HTTP worker threads, one per open connection (default: 256)",
          [&](const std::string& v) { so.http_threads = parse_int("--http-threads", v, 4, 4096); }});
   t.add({"", "--shutdown-grace", "SEC",
          "on SIGINT/SIGTERM, let running requests finish for SEC seconds, then cancel them (default: 10)",

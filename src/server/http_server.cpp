@@ -56,6 +56,7 @@ struct State {
   std::atomic<Phase> phase{Phase::Loading};
   LoadedForServe loaded;
   std::unique_ptr<BatchEngine> engine;
+  std::atomic<const BatchEngine*> engine_for_metrics{nullptr};  // published once the engine runs
   ChatTemplate tmpl;
   std::time_t created = std::time(nullptr);
   std::atomic<int64_t> next_id{1};
@@ -275,11 +276,11 @@ std::string metrics_text(const State& st) {
   auto metric = [&](const char* name, const char* type, const char* help, double value, const char* labels = "") {
     out += strfmt("# HELP %s %s\n# TYPE %s %s\n%s%s %.10g\n", name, help, name, type, name, labels, value);
   };
-  const bool ready = st.phase.load() == Phase::Ready || (st.engine != nullptr);
   metric("hipserve_ready", "gauge", "1 when the model is loaded and requests are served", st.phase == Phase::Ready);
   metric("hipserve_http_requests_total", "counter", "HTTP requests received", double(st.http_requests.load()));
-  if (!ready || !st.engine) return out;
-  const EngineStats s = st.engine->stats();
+  const BatchEngine* engine = st.engine_for_metrics.load();
+  if (!engine) return out;
+  const EngineStats s = engine->stats();
   metric("hipserve_prompt_tokens_total", "counter", "Prompt tokens processed", double(s.prompt_tokens));
   metric("hipserve_generation_tokens_total", "counter", "Tokens generated", double(s.generated_tokens));
   metric("hipserve_prompt_seconds_total", "counter", "Engine time in prefill forward passes", s.prompt_seconds);
@@ -462,6 +463,7 @@ int run_server(const ServerOptions& options, const std::function<LoadedForServe(
       eo_in.n_ctx = st.loaded.n_ctx;
       st.engine = std::make_unique<BatchEngine>(*st.loaded.model, *st.loaded.pool, eo_in);
       st.engine->start();
+      st.engine_for_metrics = st.engine.get();
       const EngineOptions& eo = st.engine->options();
       logf("model '%s' ready: %d slots, context %d tokens per sequence, KV pool %d pages x %d tokens (%.1f MiB "
            "reserved), prefill chunk %d, chat template %s",
@@ -496,6 +498,7 @@ int run_server(const ServerOptions& options, const std::function<LoadedForServe(
          (long long)s.requests_finished, (long long)s.requests_cancelled, (long long)s.requests_failed,
          (long long)s.prompt_tokens, (long long)s.generated_tokens);
   }
+  st.engine_for_metrics = nullptr;
   st.engine.reset();
   return load_failed ? 1 : 0;
 }

@@ -19,7 +19,7 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;
   std::string api_key;        // non-empty: every route but /health and /metrics needs "Authorization: Bearer KEY"
-  int http_threads = 128;     // httplib workers: one per open connection (idle keep-alive ones included)
+  int http_threads = 256;     // httplib workers: one per open connection (idle keep-alive ones included)
   int shutdown_grace_s = 10;  // on SIGINT/SIGTERM, running requests may finish for this long, then are cancelled
   SamplingParams sampling;    // defaults for fields a request does not send
   std::string chat_template;  // override: chatml, llama3, llama2; empty: from the GGUF
