@@ -93,7 +93,7 @@ void BatchEngine::stop(std::chrono::milliseconds grace) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     accepting_ = false;
-    for (auto& r : queue_) r->finish(StopReason::Cancelled, "the server is shutting down");
+    for (auto& r : queue_) r->finish(StopReason::Cancelled);
     cancelled_ += int64_t(queue_.size());
     queue_.clear();
     const auto at = std::chrono::steady_clock::now() + grace;
@@ -103,7 +103,7 @@ void BatchEngine::stop(std::chrono::milliseconds grace) {
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
   for (auto& s : slots_)  // never started, or the thread ended by an exception: nothing may hang
-    if (s->req) end_slot(*s, StopReason::Cancelled, "the server is shutting down");
+    if (s->req) end_slot(*s, StopReason::Cancelled);
 }
 
 BatchEngine::AdmitResult BatchEngine::submit(const std::shared_ptr<GenRequest>& req) {
@@ -192,12 +192,22 @@ void BatchEngine::admit_locked() {
     const int32_t need = int32_t(req->prompt.size()) + req->max_tokens;
     if (pages_for(need, kv_pool_.page_size()) > kv_pool_.n_free()) return;
     Slot& s = *free_slot;
-    s.cache = std::make_unique<KvCache>(model_.config(), opt_.n_ctx, kv_pool_);
-    s.cache->reserve(need);  // all pages now: a running sequence never waits for memory
-    s.sampler.emplace(req->sampling, model_.config().n_vocab);
-    for (int32_t t : req->prompt) s.sampler->accept(t);
-    s.stops.emplace(req->stop);
-    s.detok.emplace(model_.tokenizer());
+    try {
+      s.cache = std::make_unique<KvCache>(model_.config(), opt_.n_ctx, kv_pool_);
+      s.cache->reserve(need);  // all pages now: a running sequence never waits for memory
+      s.sampler.emplace(req->sampling, model_.config().n_vocab);
+      for (int32_t t : req->prompt) s.sampler->accept(t);
+      s.stops.emplace(req->stop);
+      s.detok.emplace(model_.tokenizer());
+    } catch (const std::exception& e) {  // (submit() validated everything; this is a bug guard)
+      s.cache.reset();
+      s.sampler.reset();
+      s.stops.reset();
+      failed_++;
+      req->finish(StopReason::Cancelled, std::string("internal error: ") + e.what());
+      queue_.pop_front();
+      continue;
+    }
     s.n_prefilled = 0;
     s.next_token = -1;
     s.max_tokens = req->max_tokens;
