@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
               ->UseRealTime()
               ->Unit(benchmark::kMicrosecond);
         }
-  for (int64_t n : {int64_t(1), int64_t(512)})
+  for (int64_t n : {int64_t(1), int64_t(4), int64_t(512)})  // n4: a batched decode step of 4 sequences
     for (SimdPath path : supported_simd_paths())
       for (const auto& k : kernels)
         benchmark::RegisterBenchmark(

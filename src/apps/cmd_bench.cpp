@@ -2,6 +2,7 @@
 // tg<N>: N single-token decode steps after a (untimed) prefill of --depth tokens. Each test runs once to warm
 // up, then -r times; we report mean ± sample standard deviation of tokens/s.
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -43,7 +44,7 @@ struct BenchResult {
 
 int cmd_bench(const std::vector<std::string>& args) {
   CommonArgs common;
-  std::vector<int> prompts = {512}, gens = {128}, depths = {0};
+  std::vector<int> prompts = {512}, gens = {128}, depths = {0}, batches = {1};
   int reps = 3;
   bool json = false, help = false, warmup = true;
   OptionTable t;
@@ -54,6 +55,10 @@ int cmd_bench(const std::vector<std::string>& args) {
          [&](const std::string& v) { gens = parse_int_list("--n-gen", v, 0, 1 << 22); }});
   t.add({"-d", "--depth", "N[,N...]", "context already in the cache for decode tests (default: 0)",
          [&](const std::string& v) { depths = parse_int_list("--depth", v, 0, 1 << 22); }});
+  t.add({"-b", "--batch", "N[,N...]",
+         "decode tests: sequences decoding together, one batched forward per step as the server runs them; "
+         "tokens/s is their sum (default: 1)",
+         [&](const std::string& v) { batches = parse_int_list("--batch", v, 1, 256); }});
   t.add({"-r", "--repetitions", "N", "timed repetitions per test (default: 3)",
          [&](const std::string& v) { reps = parse_int("--repetitions", v, 1, 1000); }});
   t.add({"", "--no-warmup", "", "skip the untimed warm-up run of each test",
@@ -113,6 +118,38 @@ int cmd_bench(const std::vector<std::string>& args) {
   for (int g : gens) {
     if (g <= 0) continue;
     for (int d : depths) {
+      for (int b : batches) {
+      if (b == 1) continue;  // the single-sequence tests below
+      // b sequences, each at depth d, decode g steps together: one forward call with b rows per step.
+      BenchResult r;
+      r.test = strfmt("tg%d x%d", g, b) + (d > 0 ? strfmt("@d%d", d) : std::string());
+      r.n_gen = g;
+      r.depth = d;
+      std::vector<std::unique_ptr<KvCache>> caches;
+      std::vector<std::vector<int32_t>> toks;
+      std::vector<std::vector<float>> outs(b, std::vector<float>(c.n_vocab));
+      for (int i = 0; i < b; ++i) {
+        caches.push_back(std::make_unique<KvCache>(c, lm.n_ctx));
+        caches.back()->reserve(d + g);
+        if (d > 0) model.prefill(*caches.back(), random_tokens(d), nullptr, *lm.pool);
+        toks.push_back(random_tokens(g));
+      }
+      std::vector<SeqBatch> batch(b);
+      for (int rep = first_rep; rep < reps; ++rep) {
+        for (auto& cache : caches) cache->truncate(d);
+        if (rep == 0) model.reset_hip_stats();
+        const auto t0 = clock::now();
+        for (int step = 0; step < g; ++step) {
+          for (int i = 0; i < b; ++i) batch[i] = SeqBatch{caches[i].get(), &toks[i][step], 1, false, outs[i].data()};
+          model.forward(std::span<const SeqBatch>(batch), *lm.pool);
+        }
+        const double s = std::chrono::duration<double>(clock::now() - t0).count();
+        if (rep >= 0) r.tok_per_s.push_back(double(b) * g / s);
+      }
+      r.hip = model.hip_stats();
+      results.push_back(r);
+      }
+      if (std::find(batches.begin(), batches.end(), 1) == batches.end()) continue;
       BenchResult r;
       r.test = d > 0 ? strfmt("tg%d@d%d", g, d) : strfmt("tg%d", g);
       r.n_gen = g;
