@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "backends/cpu/matmul_f32act.h"
 #include "engine/stop_strings.h"
 #include "util/common.h"
 
@@ -73,6 +74,8 @@ BatchEngine::BatchEngine(Model& model, ThreadPool& pool, const EngineOptions& op
   HS_CHECK(opt_.n_ctx >= 2, "the context must hold at least 2 tokens (got %d)", opt_.n_ctx);
   HS_CHECK(opt_.prefill_chunk >= 1, "the prefill chunk must be at least 1 token (got %d)", opt_.prefill_chunk);
   opt_.n_pages = kv_pool_.n_pages();
+  bit_exact_decode_rows_ =
+      model.matmul_mode() == MatmulMode::F32 ? int32_t(cpu::f32act_batch_invariant_tokens()) : 1;
   // Decode batches of up to n_slots rows and prefill chunks both go through one forward call.
   model_.set_max_batch_tokens(std::max({model_.max_batch_tokens(), opt_.n_slots, opt_.prefill_chunk}));
   for (int32_t i = 0; i < opt_.n_slots; ++i) {
@@ -168,6 +171,7 @@ EngineStats BatchEngine::stats() const {
   s.kv_pages_total = kv_pool_.n_pages();
   s.kv_pages_used = kv_pool_.n_pages() - kv_pool_.n_free();
   s.kv_page_size = kv_pool_.page_size();
+  s.bit_exact_decode_rows = bit_exact_decode_rows_;
   return s;
 }
 

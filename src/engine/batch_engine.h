@@ -98,6 +98,9 @@ struct EngineStats {
   int64_t requests_finished = 0, requests_cancelled = 0, requests_failed = 0;
   int32_t running = 0, queued = 0;
   int32_t kv_pages_used = 0, kv_pages_total = 0, kv_page_size = 0;
+  // Decode batches of up to this many sequences give each one exactly the bits of its lone run (the linear
+  // layers' kernels keep their summation order up to this many rows; see cpu::f32act_batch_invariant_tokens).
+  int32_t bit_exact_decode_rows = 1;
 };
 
 class BatchEngine {
@@ -155,6 +158,7 @@ class BatchEngine {
   std::atomic<int64_t> prompt_us_{0}, decode_us_{0};
   std::atomic<int64_t> finished_{0}, cancelled_{0}, failed_{0};
   std::atomic<int32_t> running_{0};
+  int32_t bit_exact_decode_rows_ = 1;
 };
 
 }  // namespace hs

@@ -64,8 +64,14 @@ TEST(BatchEngine, ConcurrentSequencesMatchTheirLoneRuns) {
   BatchEngine engine(m, pool, eo);
   engine.start();
   for (const auto& r : reqs) ASSERT_EQ(engine.submit(r).status, BatchEngine::Admit::Ok);
+  // Exact only where the kernels keep each row's summation order in batches of n_slots rows (AVX-512: up to
+  // 4); elsewhere (AVX2) batched logits differ from lone ones in the last bits and a near-tie may flip a token.
+  const bool exact = engine.stats().bit_exact_decode_rows >= eo.n_slots;
   for (size_t i = 0; i < reqs.size(); ++i) {
-    EXPECT_EQ(drain(*reqs[i]), lone[i]) << "request " << i << " (" << prompts[i] << ")";
+    const std::string text = drain(*reqs[i]);
+    if (exact) {
+      EXPECT_EQ(text, lone[i]) << "request " << i << " (" << prompts[i] << ")";
+    }
     EXPECT_TRUE(reqs[i]->error.empty());
     EXPECT_EQ(reqs[i]->n_prompt, int32_t(reqs[i]->prompt.size()));
   }
@@ -74,6 +80,9 @@ TEST(BatchEngine, ConcurrentSequencesMatchTheirLoneRuns) {
   EXPECT_EQ(st.requests_finished, 6);
   EXPECT_EQ(st.kv_pages_used, 0);  // every page came back
   engine.stop();
+  if (!exact)
+    GTEST_SKIP() << "batched == lone bit-for-bit not checked: this CPU path keeps lone-run bits only up to "
+                 << st.bit_exact_decode_rows << " decode rows";
 }
 
 TEST(BatchEngine, AdmissionRefusesWhatCanNeverFit) {

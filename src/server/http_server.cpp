@@ -206,7 +206,7 @@ void handle_completion(State& st, const httplib::Request& req, httplib::Response
     State* st;
     std::shared_ptr<GenRequest> g;
     std::string id, model;
-    bool chat, include_usage, started = false;
+    bool chat, include_usage, started = false, finished = false;
     Stream(State* s) : st(s) { st->active_streams++; }
     ~Stream() { st->active_streams--; }
   };
@@ -262,11 +262,13 @@ void handle_completion(State& st, const httplib::Request& req, httplib::Response
         static const char kDone[] = "data: [DONE]\n\n";
         if (ok) ok = sink.write(kDone, sizeof kDone - 1);
         log_done(s->id, g, ok ? "done (stream)" : "done (stream; client gone before the end)");
+        s->finished = true;
         if (ok) sink.done();
         return ok;
       },
       [s](bool success) {
-        if (!success && !s->g->cancelled()) logf("%s client disconnected; cancelling", s->id.c_str());
+        if (!success && !s->finished && !s->g->cancelled())
+          logf("%s client disconnected; cancelling", s->id.c_str());
         s->g->cancel();  // no-op when finished
       });
 }
@@ -303,6 +305,9 @@ std::string metrics_text(const State& st) {
   metric("hipserve_kv_cache_pages_used", "gauge", "KV cache pages held by sequences", s.kv_pages_used);
   metric("hipserve_kv_cache_pages_total", "gauge", "KV cache pages in the pool", s.kv_pages_total);
   metric("hipserve_kv_cache_page_tokens", "gauge", "Token positions per KV page", s.kv_page_size);
+  metric("hipserve_decode_bit_exact_rows", "gauge",
+         "Decode batches up to this many sequences give each its lone-run bits (a property of the CPU kernels)",
+         s.bit_exact_decode_rows);
   metric("hipserve_kv_cache_usage_ratio", "gauge", "Fraction of the KV pool in use",
          s.kv_pages_total ? double(s.kv_pages_used) / s.kv_pages_total : 0.0);
   return out;
@@ -449,7 +454,11 @@ int run_server(const ServerOptions& options, const std::function<LoadedForServe(
   }
   logf("server is listening on http://%s:%d (loading the model; /health answers 503 until it is ready)",
        options.host.c_str(), port);
-  std::thread listener([&svr] { svr.listen_after_bind(); });
+  std::atomic<bool> listener_done{false};
+  std::thread listener([&svr, &listener_done] {
+    svr.listen_after_bind();
+    listener_done = true;
+  });
 
   std::atomic<bool> load_failed{false};
   std::thread loader([&] {
@@ -466,11 +475,12 @@ int run_server(const ServerOptions& options, const std::function<LoadedForServe(
       st.engine_for_metrics = st.engine.get();
       const EngineOptions& eo = st.engine->options();
       logf("model '%s' ready: %d slots, context %d tokens per sequence, KV pool %d pages x %d tokens (%.1f MiB "
-           "reserved), prefill chunk %d, chat template %s",
+           "reserved), prefill chunk %d, chat template %s; decode batches of <= %d sequences are bit-identical "
+           "to lone runs",
            st.loaded.model_name.c_str(), eo.n_slots, eo.n_ctx, eo.n_pages, eo.page_size,
            double(st.engine->stats().kv_pages_total) * eo.page_size * 2 * 2 * st.loaded.model->config().n_layer *
                st.loaded.model->config().kv_dim() / double(1 << 20),
-           eo.prefill_chunk, chat_template_name(st.tmpl.kind));
+           eo.prefill_chunk, chat_template_name(st.tmpl.kind), st.engine->stats().bit_exact_decode_rows);
       Phase expected = Phase::Loading;
       st.phase.compare_exchange_strong(expected, Phase::Ready);
     } catch (const std::exception& e) {
@@ -490,6 +500,9 @@ int run_server(const ServerOptions& options, const std::function<LoadedForServe(
   if (st.engine) st.engine->stop(std::chrono::seconds(options.shutdown_grace_s));
   // Let the SSE writers send their last chunks before the listener goes (httplib cuts streams on stop()).
   for (int i = 0; i < 200 && st.active_streams.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // stop() only acts on a running listener: if the load failed at once, the listener may not be in its accept
+  // loop yet, and stopping before it gets there would leave it running forever.
+  while (!svr.is_running() && !listener_done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   svr.stop();
   listener.join();
   if (st.engine) {

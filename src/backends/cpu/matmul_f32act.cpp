@@ -384,6 +384,15 @@ void gemv_avx2(const GemvArgs& g) {
   }
 }
 
+}  // namespace f32act_detail
+
+int64_t f32act_batch_invariant_tokens() {
+  // AVX-512: passes of <= 4 tokens share U = 2, A = 4 (gemv_rows_q); AVX2: A = 4 for 1 token, 2 for more.
+  return simd_path() == SimdPath::kAvx512 ? 4 : 1;
+}
+
+namespace f32act_detail {
+
 int64_t gemm_min_tokens() {
   return g_gemm_min_tokens.load(std::memory_order_relaxed);
 }

@@ -35,6 +35,12 @@ namespace hs::cpu {
 void matmul_f32act(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx, float* y,
                    int64_t ldy, ThreadPool& pool);
 
+// How many tokens one matmul_f32act call may carry while every token's outputs keep exactly the bits of a
+// call with that token alone (the row-streaming kernels pick their accumulator layout by the number of tokens
+// in a pass: AVX-512 Q4_0/Q4_1/Q8_0 use the same layout for 1..4 tokens, AVX2 one for 1 token and another for
+// 2..4). The batch engine reports it: decode batches up to this size give every sequence its lone-run bits.
+int64_t f32act_batch_invariant_tokens();
+
 // ---- internals shared by matmul_f32act.cpp and matmul_f32act_avx512.cpp (and the tests) ----------------
 namespace f32act_detail {
 
