@@ -44,6 +44,7 @@ class Server:
         env.update(env_extra or {})
         args = [HIPSERVE, "serve", "--port", "0", "-t", THREADS, "-c", str(CTX), "-np", str(SLOTS), *extra]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.log.close()  # the child has its own descriptor; we read the file by name
         deadline = time.time() + 30 * SLOW
         self.port = None
         while self.port is None:
@@ -465,27 +466,34 @@ class ApiKeyAndShutdownTest(unittest.TestCase):
         finally:
             self.assertEqual(srv.stop(), 0)
 
-    def test_sigterm_finishes_running_streams_and_exits_zero(self):
-        srv = Server()
+    def sigterm_during_stream(self, grace_s):
+        """SIGTERM while a stream runs; returns what the client received until the server closed it."""
+        srv = Server("--shutdown-grace", str(grace_s))
         srv.wait_ready()
         s = open_stream(srv, chat_body("Tell me about the history of Rome.", 48, stream=True, ignore_eos=True))
         srv.proc.send_signal(signal.SIGTERM)
         got = b""
-        while True:
+        while b"data: [DONE]" not in got:
             chunk = s.recv(65536)
             if not chunk:
                 break
             got += chunk
-            if b"data: [DONE]" in got:
-                break
         s.close()
+        self.assertEqual(srv.proc.wait(60 * SLOW), 0)
+        self.assertIn("received SIGTERM", srv.log_text())
+        with self.assertRaises(OSError):  # no longer listening
+            socket.create_connection(("127.0.0.1", srv.port), timeout=5).close()
+        return got
+
+    def test_sigterm_finishes_running_streams_and_exits_zero(self):
+        got = self.sigterm_during_stream(grace_s=600)
         self.assertIn(b"data: [DONE]", got)  # the running stream was finished, not cut
         self.assertIn(b'"finish_reason":"length"', got)
-        self.assertEqual(srv.proc.wait(60 * SLOW), 0)
-        log = srv.log_text()
-        self.assertIn("received SIGTERM", log)
-        with self.assertRaises(OSError):
-            socket.create_connection(("127.0.0.1", srv.port), timeout=5).close()
+
+    def test_sigterm_without_grace_cancels_streams_cleanly(self):
+        got = self.sigterm_during_stream(grace_s=0)
+        self.assertIn(b'"code":"cancelled"', got)  # an error event, then the end of the stream
+        self.assertIn(b"data: [DONE]", got)
 
 
 if __name__ == "__main__":
