@@ -144,7 +144,7 @@ int main(int argc, char** argv) {
     Problem pr(T);
     const AttnParams p = pr.params(false);
     const int big = T >= 131072;
-    for (int variant = 0; variant < 3; ++variant) {
+    for (int variant = 0; variant < 4; ++variant) {
       if (T > 131072 && variant > 0) continue;
       const auto [med, mn] = time_ms([&] { CHECK(attention_prefill_dense(p, s, variant)); }, 1, big ? (T > 131072 ? 3 : 5) : 20, s);
       const std::string name = "dense_prefill_v" + std::to_string(variant);

@@ -137,20 +137,23 @@ struct HipKeys {
   }
 };
 
-template <int D, int NW, int BC>
+template <int D, int NW, int BC, int MT = 1>
 struct PrefillShape {
-  static constexpr int BR = 16 * NW, NT = 32 * NW;
+  static constexpr int BR = 16 * MT * NW, NT = 32 * NW;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   static constexpr int smem_bytes = (BR * D + 4 * BC * D) * 2 + BC * 4 * 2;  // Q, 2 x (K, V), 2 x positions
 };
 
-template <int D, int NW, int BC, class Keys>
+// MT: m16 row tiles per warp. MT = 1 keeps the warp's Q fragments in registers; MT = 2 (FlashAttention-2's
+// choice for d = 128) re-reads them from shared memory once per key tile but reuses every K/V fragment for
+// two row tiles, halving the shared-memory traffic per tensor-core instruction.
+template <int D, int NW, int BC, int MT, class Keys>
 __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& keys, int head, int row0,
                                              uint16_t* smem) {
-  using S = PrefillShape<D, NW, BC>;
+  using S = PrefillShape<D, NW, BC, MT>;
   constexpr int BR = S::BR, NT = S::NT, CH = S::kChunks;
   uint16_t* sQ = smem;
-  uint16_t* sK = sQ + BR * D;   // [2][BC][D]
+  uint16_t* sK = sQ + BR * D;      // [2][BC][D]
   uint16_t* sV = sK + 2 * BC * D;  // [2][BC][D]
   int* sPos = reinterpret_cast<int*>(sV + 2 * BC * D);  // [2][BC] key positions of the staged tiles
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -181,17 +184,31 @@ __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& ke
   if (n_tiles > 0) load_tile(0, 0);
   cp_async_commit();
 
-  // Per thread: rows g and g + 8 of the warp's 16.
+  // Per thread and row tile mt: rows g and g + 8 (index 0 and 1 below) of the tile's 16.
   const int g = lane >> 2, c4 = lane & 3;
-  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
-  const int t_lo = p.q_pos0 + row0 + r_lo, t_hi = p.q_pos0 + row0 + r_hi;
+  const int wrow0 = warp * 16 * MT;  // the warp's first row in the CTA
+  int t_row[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    t_row[mt][0] = p.q_pos0 + row0 + wrow0 + 16 * mt + g;
+    t_row[mt][1] = t_row[mt][0] + 8;
+  }
   const float sl2 = p.scale * kLog2e;
 
-  float o[D / 8][4];
+  float o[MT][D / 8][4];
+  float m_run[MT][2], l_run[MT][2];
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
-  uint32_t qf[D / 16][4];
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+    m_run[mt][0] = m_run[mt][1] = -INFINITY;
+    l_run[mt][0] = l_run[mt][1] = 0.f;
+  }
+  uint32_t qf_keep[MT == 1 ? D / 16 : 1][4];  // MT == 1: the warp's Q fragments, loaded once
+  auto q_frag = [&](uint32_t(&r)[4], int mt, int kk) {
+    const int row = wrow0 + 16 * mt + (lane & 7) + 8 * ((lane >> 3) & 1);
+    ldmatrix_x4(r, sQ + swz<D>(row, 2 * kk + (lane >> 4)));
+  };
 
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int stage = tile & 1;
@@ -199,97 +216,120 @@ __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& ke
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    if (tile == 0) {
+    if constexpr (MT == 1) {
+      if (tile == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const int r = warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-        ldmatrix_x4(qf[kk], sQ + swz<D>(r, 2 * kk + (lane >> 4)));
+        for (int kk = 0; kk < D / 16; ++kk) q_frag(qf_keep[kk], 0, kk);
       }
     }
     const uint16_t* tK = sK + stage * BC * D;
     const uint16_t* tV = sV + stage * BC * D;
 
-    // S = Q K^T: 16 x BC per warp.
-    float s[BC / 8][4];
+    // S = Q K^T: (16 MT) x BC per warp. K fragments for two k-steps per ldmatrix.x4.
+    float s[MT][BC / 8][4];
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j) {
+      for (int j = 0; j < BC / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; kk += 2) {
+    for (int kk = 0; kk < D / 16; kk += 2) {
+      uint32_t qa[MT][2][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if constexpr (MT == 1) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) qa[mt][0][e] = qf_keep[kk][e], qa[mt][1][e] = qf_keep[kk + 1][e];
+        } else {
+          q_frag(qa[mt][0], mt, kk);
+          q_frag(qa[mt][1], mt, kk + 1);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < BC / 8; ++j) {
         uint32_t b[4];
         ldmatrix_x4(b, tK + swz<D>(8 * j + (lane & 7), 2 * kk + (lane >> 3)));
-        mma_bf16(s[j], qf[kk], b[0], b[1]);
-        mma_bf16(s[j], qf[kk + 1], b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(s[mt][j], qa[mt][0], b[0], b[1]);
+          mma_bf16(s[mt][j], qa[mt][1], b[2], b[3]);
+        }
       }
     }
-    // Scale to the log2 domain and mask.
     const bool need_mask = keys.tile_needs_mask(tile, BC);
     const int* pos = sPos + stage * BC;
+    uint32_t pa[MT][BC / 16][4];  // P as bf16 A fragments
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j) {
+    for (int mt = 0; mt < MT; ++mt) {
+      // Scale to the log2 domain and mask.
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[j][e] * sl2;
-        if (need_mask) {
-          const int i = 8 * j + 2 * c4 + (e & 1);
-          const int t = e < 2 ? t_lo : t_hi;
-          if (!keys.allowed(tile, BC, i, pos[i], t)) x = -INFINITY;
+      for (int j = 0; j < BC / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mt][j][e] * sl2;
+          if (need_mask) {
+            const int i = 8 * j + 2 * c4 + (e & 1);
+            if (!keys.allowed(tile, BC, i, pos[i], t_row[mt][e >> 1])) x = -INFINITY;
+          }
+          s[mt][j][e] = x;
         }
-        s[j][e] = x;
+      }
+      // Online softmax per row; a row's 4 threads (same g) reduce by shuffles.
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int j = 0; j < BC / 8; ++j) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[mt][j][0], s[mt][j][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[mt][j][2], s[mt][j][3]));
+      }
+      float base[2], alpha[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float mn = fmaxf(m_run[mt][h], mx[h]);
+        // A row that has seen no key yet keeps m = -inf; subtracting 0 keeps exp2(-inf) = 0, never NaN.
+        base[h] = mn == -INFINITY ? 0.f : mn;
+        alpha[h] = fast_exp2(m_run[mt][h] - base[h]);
+        m_run[mt][h] = mn;
+      }
+      float sum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < BC / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[mt][j][e] = fast_exp2(s[mt][j][e] - base[e >> 1]);
+          sum[e >> 1] += s[mt][j][e];
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) l_run[mt][h] = l_run[mt][h] * alpha[h] + sum[h];  // own columns only
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        o[mt][j][0] *= alpha[0];
+        o[mt][j][1] *= alpha[0];
+        o[mt][j][2] *= alpha[1];
+        o[mt][j][3] *= alpha[1];
+      }
+      // P's C fragments become A fragments (keys 16kk .. 16kk + 15 = S tiles 2kk, 2kk + 1).
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; ++kk) {
+        pa[mt][kk][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][kk][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][kk][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][kk][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
       }
     }
-    // Online softmax, rows lo (e = 0, 1) and hi (e = 2, 3); a row's 4 threads (same g) reduce by shuffles.
-    float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < BC / 8; ++j) {
-      mx_lo = fmaxf(mx_lo, fmaxf(s[j][0], s[j][1]));
-      mx_hi = fmaxf(mx_hi, fmaxf(s[j][2], s[j][3]));
-    }
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
-    }
-    const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-    // A row that has seen no key yet keeps m = -inf; subtracting 0 then keeps exp2(-inf) = 0, never NaN.
-    const float base_lo = mn_lo == -INFINITY ? 0.f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
-    const float alpha_lo = fast_exp2(m_lo - base_lo), alpha_hi = fast_exp2(m_hi - base_hi);
-    m_lo = mn_lo;
-    m_hi = mn_hi;
-    float sum_lo = 0.f, sum_hi = 0.f;
-#pragma unroll
-    for (int j = 0; j < BC / 8; ++j) {
-      s[j][0] = fast_exp2(s[j][0] - base_lo);
-      s[j][1] = fast_exp2(s[j][1] - base_lo);
-      s[j][2] = fast_exp2(s[j][2] - base_hi);
-      s[j][3] = fast_exp2(s[j][3] - base_hi);
-      sum_lo += s[j][0] + s[j][1];
-      sum_hi += s[j][2] + s[j][3];
-    }
-    l_lo = l_lo * alpha_lo + sum_lo;  // this thread's columns only; the row's 4 threads add up at the end
-    l_hi = l_hi * alpha_hi + sum_hi;
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      o[j][0] *= alpha_lo;
-      o[j][1] *= alpha_lo;
-      o[j][2] *= alpha_hi;
-      o[j][3] *= alpha_hi;
-    }
-    // O += P V: P's C fragments become A fragments (keys 16kk .. 16kk + 15 = S tiles 2kk, 2kk + 1).
+    // O += P V; each V fragment pair serves all MT row tiles.
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
-      uint32_t a[4];
-      a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-      a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-      a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
       for (int jp = 0; jp < D / 16; ++jp) {
         uint32_t b[4];
         ldmatrix_x4_trans(b, tV + swz<D>(16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1), 2 * jp + (lane >> 4)));
-        mma_bf16(o[2 * jp], a, b[0], b[1]);
-        mma_bf16(o[2 * jp + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(o[mt][2 * jp], pa[mt][kk], b[0], b[1]);
+          mma_bf16(o[mt][2 * jp + 1], pa[mt][kk], b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // the next iteration overwrites this stage
@@ -297,33 +337,34 @@ __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& ke
   cp_async_wait<0>();
 
 #pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, off);
-  }
-  const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
-  const bool w_lo = row0 + r_lo < p.n_q, w_hi = row0 + r_hi < p.n_q;
-  uint16_t* out_lo = p.out + int64_t(row0 + r_lo) * p.out_stride + int64_t(head) * D;
-  uint16_t* out_hi = p.out + int64_t(row0 + r_hi) * p.out_stride + int64_t(head) * D;
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    const int d = 8 * j + 2 * c4;
-    if (w_lo) *reinterpret_cast<uint32_t*>(out_lo + d) = pack_bf16(o[j][0] * inv_lo, o[j][1] * inv_lo);
-    if (w_hi) *reinterpret_cast<uint32_t*>(out_hi + d) = pack_bf16(o[j][2] * inv_hi, o[j][3] * inv_hi);
+    for (int h = 0; h < 2; ++h) {
+      float l = l_run[mt][h];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int r = wrow0 + 16 * mt + g + 8 * h;
+      if (row0 + r >= p.n_q) continue;
+      uint16_t* dst = p.out + int64_t(row0 + r) * p.out_stride + int64_t(head) * D;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        *reinterpret_cast<uint32_t*>(dst + 8 * j + 2 * c4) = pack_bf16(o[mt][j][2 * h] * inv, o[mt][j][2 * h + 1] * inv);
+    }
   }
 }
 
 // Grid: (n_head, query tiles); the heaviest (last) query tiles start first so the causal tail is not last.
-template <int D, int NW, int BC>
+template <int D, int NW, int BC, int MT>
 __global__ void __launch_bounds__(32 * NW) dense_prefill_kernel(const AttnParams p) {
   extern __shared__ __align__(128) uint16_t smem[];
-  constexpr int BR = 16 * NW;
+  constexpr int BR = 16 * NW * MT;
   const int head = blockIdx.x, qtile = gridDim.y - 1 - blockIdx.y, row0 = qtile * BR;
   DenseKeys keys;
   keys.q_first = p.q_pos0 + row0;
   keys.q_last = p.q_pos0 + min(row0 + BR, p.n_q) - 1;
   keys.n_kv = p.n_kv;
-  prefill_body<D, NW, BC>(p, keys, head, row0, smem);
+  prefill_body<D, NW, BC, MT>(p, keys, head, row0, smem);
 }
 
 // Grid: (n_head, query blocks); block_q == 32 == 16 * NW rows.
@@ -346,7 +387,7 @@ __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs 
   keys.n_a = keys.n_sink_eff + keys.n_sel * a.hip.block_k;
   keys.win_lo = max(0, t_min - w + 1);
   keys.n_list = keys.n_a + (w > 0 ? t_max + 1 - keys.win_lo : 0);
-  prefill_body<D, NW, BC>(p, keys, head, row0, smem);
+  prefill_body<D, NW, BC, 1>(p, keys, head, row0, smem);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -573,8 +614,12 @@ __global__ void __launch_bounds__(D) decode_merge_kernel(const float* partial, i
 // c*D/4 + 4kk + 2h + e. Masked (row, key) pairs score -32000, padding rows -inf; the max over rows is a
 // shuffle reduction over g.
 
-constexpr int kEstThreads = 256;
-constexpr int kEstWarps = kEstThreads / 32;
+// Threads per estimation CTA: prefill has thousands of CTAs, and small CTAs let several share an SM (the
+// per-iteration work is a chain of barriers and dependent gathers: latency, not throughput); decode (n_q = 1)
+// has one CTA per head, so each CTA gets many warps to have more key loads in flight.
+constexpr int kEstThreadsPrefill = 128;
+constexpr int kEstThreadsDecode = 512;
+constexpr int kEstMaxWarps = kEstThreadsDecode / 32;
 constexpr float kMaskedScore = -32000.0f;
 
 struct EstArgs {
@@ -608,7 +653,9 @@ struct EstSmem {
 };
 
 // Exclusive prefix sum of scan[0, n) in place (n <= 2 K_b); returns the total. All threads call it.
+template <int NT>
 __device__ int block_exclusive_scan(int* data, int n, int* warp_tot) {
+  constexpr int kEstThreads = NT, kEstWarps = NT / 32;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int per = (n + kEstThreads - 1) / kEstThreads;
   const int b = tid * per, e = min(n, b + per);
@@ -639,8 +686,9 @@ __device__ int block_exclusive_scan(int* data, int n, int* warp_tot) {
   return total;
 }
 
-template <int D>
-__global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstArgs a) {
+template <int D, int NT>
+__global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(const EstArgs a) {
+  constexpr int kEstThreads = NT, kEstWarps = NT / 32;
   extern __shared__ __align__(16) unsigned char est_smem[];
   const AttnParams& p = a.p;
   const HipParams& cfg = a.hip;
@@ -685,7 +733,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
     sm.kmax = reinterpret_cast<float*>(take(2 * Kb * nks * 4));
     sm.lim = reinterpret_cast<int*>(take(16 * 4));
     sm.hist = reinterpret_cast<int*>(take(256 * 4));
-    sm.misc = reinterpret_cast<int*>(take(kEstWarps * 4 + 8 * 4));
+    sm.misc = reinterpret_cast<int*>(take(kEstMaxWarps * 4 + 8 * 4));
   }
   int* warp_tot = sm.misc;
   int* shared_vals = sm.misc + kEstWarps;  // [0] max size, [1] threshold prefix, [2] need
@@ -717,7 +765,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
   }
   if (tid == 0) shared_vals[0] = 0;
   __syncthreads();
-  int n_nodes = block_exclusive_scan(sm.scan, Kb, warp_tot);
+  int n_nodes = block_exclusive_scan<NT>(sm.scan, Kb, warp_tot);
   for (int j = tid; j < Kb; j += kEstThreads) {
     if (sm.cand_size[j] > 0) {
       const int at = sm.scan[j];
@@ -754,7 +802,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
     // Halve: node i yields 1 (size 1: itself, keeping its score) or 2 children.
     for (int i = tid; i < n_nodes; i += kEstThreads) sm.scan[i] = sm.node_size[i] == 1 ? 1 : 2;
     __syncthreads();
-    const int n_cand = block_exclusive_scan(sm.scan, n_nodes, warp_tot);
+    const int n_cand = block_exclusive_scan<NT>(sm.scan, n_nodes, warp_tot);
     for (int i = tid; i < n_nodes; i += kEstThreads) {
       const int at = sm.scan[i], s = sm.node_start[i], h = sm.node_size[i];
       if (h == 1) {
@@ -775,7 +823,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
     // The children without a score, compacted.
     for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = isnan(sm.cand_score[i]) ? 1 : 0;
     __syncthreads();
-    const int n_todo = block_exclusive_scan(sm.scan, n_cand, warp_tot);
+    const int n_todo = block_exclusive_scan<NT>(sm.scan, n_cand, warp_tot);
     for (int i = tid; i < n_cand; i += kEstThreads)
       if (isnan(sm.cand_score[i])) sm.todo[sm.scan[i]] = i;
     __syncthreads();
@@ -885,7 +933,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
       const int need_eq = shared_vals[2];  // how many of those equal to the threshold are kept
       for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = desc_order(sm.cand_score[i]) == thresh;
       __syncthreads();
-      block_exclusive_scan(sm.scan, n_cand, warp_tot);
+      block_exclusive_scan<NT>(sm.scan, n_cand, warp_tot);
       for (int i = tid; i < n_cand; i += kEstThreads) {
         const uint32_t key = desc_order(sm.cand_score[i]);
         sm.todo[i] = key < thresh || (key == thresh && sm.scan[i] < need_eq);
@@ -893,7 +941,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
       __syncthreads();
       for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = sm.todo[i];
       __syncthreads();
-      n_keep = block_exclusive_scan(sm.scan, n_cand, warp_tot);
+      n_keep = block_exclusive_scan<NT>(sm.scan, n_cand, warp_tot);
     } else {
       for (int i = tid; i < n_cand; i += kEstThreads) {
         sm.todo[i] = 1;
@@ -939,11 +987,11 @@ cudaError_t launch_with_smem(Kernel kernel, dim3 grid, dim3 block, int smem, cud
   return last_launch_error();
 }
 
-template <int D, int NW, int BC>
+template <int D, int NW, int BC, int MT>
 cudaError_t dense_prefill_launch(const AttnParams& p, cudaStream_t stream) {
-  using S = PrefillShape<D, NW, BC>;
+  using S = PrefillShape<D, NW, BC, MT>;
   const dim3 grid(p.n_head, (p.n_q + S::BR - 1) / S::BR);
-  return launch_with_smem(dense_prefill_kernel<D, NW, BC>, grid, dim3(S::NT), S::smem_bytes, stream, p);
+  return launch_with_smem(dense_prefill_kernel<D, NW, BC, MT>, grid, dim3(S::NT), S::smem_bytes, stream, p);
 }
 
 int decode_splits(int n_keys, int ctas_per_split_unit, int target_ctas, int min_keys) {
@@ -971,21 +1019,25 @@ int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim) {
   const int64_t Kb = cfg.k / cfg.block_k, nks = cfg.block_k / cfg.stride_k;
   auto r16 = [](int64_t b) { return (b + 15) / 16 * 16; };
   return r16(16 * head_dim * 2) + 3 * r16(Kb * 4) + 3 * r16(2 * Kb * 4) + r16((2 * Kb + 1) * 4) +
-         r16(2 * Kb * 4) + r16(2 * Kb * nks * 4) + r16(16 * 4) + r16(256 * 4) + r16(kEstWarps * 4 + 32);
+         r16(2 * Kb * 4) + r16(2 * Kb * nks * 4) + r16(16 * 4) + r16(256 * 4) + r16(kEstMaxWarps * 4 + 32);
 }
 
 cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream, int variant) {
   if (!head_dim_ok(p.head_dim) || p.n_q <= 0) return p.n_q == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  // Variants (head dim 128; timings in docs/GPU.md): 0 = 4 warps x 2 row tiles, BC 64 (FA2's shape);
+  // 1 = 8 warps x 1 row tile, BC 64; 2 = 4 warps x 2 row tiles, BC 32; 3 = 4 warps x 1 row tile, BC 64.
   if (p.head_dim == 64) {
     switch (variant) {
-      case 1: return dense_prefill_launch<64, 8, 64>(p, stream);
-      default: return dense_prefill_launch<64, 4, 64>(p, stream);
+      case 1: return dense_prefill_launch<64, 8, 64, 1>(p, stream);
+      case 2: return dense_prefill_launch<64, 4, 64, 1>(p, stream);
+      default: return dense_prefill_launch<64, 4, 64, 2>(p, stream);
     }
   }
   switch (variant) {
-    case 1: return dense_prefill_launch<128, 8, 64>(p, stream);
-    case 2: return dense_prefill_launch<128, 4, 32>(p, stream);
-    default: return dense_prefill_launch<128, 4, 64>(p, stream);
+    case 1: return dense_prefill_launch<128, 8, 64, 1>(p, stream);
+    case 2: return dense_prefill_launch<128, 4, 32, 2>(p, stream);
+    case 3: return dense_prefill_launch<128, 4, 64, 1>(p, stream);
+    default: return dense_prefill_launch<128, 4, 64, 2>(p, stream);
   }
 }
 
@@ -1023,8 +1075,13 @@ cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const H
   EstArgs a{p, cfg, mask};
   const int smem = int(hip_estimate_smem_bytes(cfg, p.head_dim));
   const dim3 grid(p.n_head, mask.n_qblocks);
-  if (p.head_dim == 128) return launch_with_smem(hip_estimate_kernel<128>, grid, dim3(kEstThreads), smem, stream, a);
-  return launch_with_smem(hip_estimate_kernel<64>, grid, dim3(kEstThreads), smem, stream, a);
+  const bool decode = p.n_q == 1;
+  constexpr int P = kEstThreadsPrefill, Q = kEstThreadsDecode;
+  if (p.head_dim == 128)
+    return decode ? launch_with_smem(hip_estimate_kernel<128, Q>, grid, dim3(Q), smem, stream, a)
+                  : launch_with_smem(hip_estimate_kernel<128, P>, grid, dim3(P), smem, stream, a);
+  return decode ? launch_with_smem(hip_estimate_kernel<64, Q>, grid, dim3(Q), smem, stream, a)
+                : launch_with_smem(hip_estimate_kernel<64, P>, grid, dim3(P), smem, stream, a);
 }
 
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,

@@ -202,13 +202,14 @@ void check_dense_prefill(const Problem& pr, int variant) {
 TEST(CudaAttention, DensePrefillMatchesCpu) {
   SKIP_WITHOUT_GPU();
   uint32_t seed = std::random_device{}();
-  for (int variant : {0, 1, 2}) {
+  for (int variant : {0, 1, 2, 3}) {
     check_dense_prefill(Problem(300, 300, 0, 8, 2, 128, seed++), variant);
     check_dense_prefill(Problem(77, 400, 323, 8, 2, 128, seed++), variant);  // a chunk after a cached prefix
     check_dense_prefill(Problem(1, 513, 512, 4, 4, 128, seed++), variant);   // one row
   }
   check_dense_prefill(Problem(300, 300, 0, 9, 3, 64, seed++), 0);
   check_dense_prefill(Problem(150, 350, 200, 9, 3, 64, seed++), 1);
+  check_dense_prefill(Problem(150, 350, 200, 9, 3, 64, seed++), 2);
   check_dense_prefill(Problem(2000, 2000, 0, 4, 1, 128, seed++), 0);  // long rows: many rescales
 }
 
