@@ -1,7 +1,7 @@
 // CUDA attention kernels: see attention_cuda.h for the contract. Layout of this file:
 //   1. device helpers: cp.async, ldmatrix, mma.sync m16n8k16 bf16 (fp32 accumulate), exp2, swizzled tiles;
 //   2. prefill_kernel: FlashAttention-2 style causal prefill, dense or HiP block-sparse (KeySource policy);
-//   3. decode_split_kernel + decode_merge_kernel: split-K decode, dense (per KV group) or HiP (per head);
+//   3. dense_decode_kernel, hip_decode_kernel: split-K decode, dense (per KV group) or HiP (per head);
 //   4. hip_estimate_kernel: the whole hierarchical top-k search of one (head, query block) in one CTA;
 //   5. host wrappers.
 //
@@ -367,7 +367,7 @@ __global__ void __launch_bounds__(32 * NW) dense_prefill_kernel(const AttnParams
   prefill_body<D, NW, BC, MT>(p, keys, head, row0, smem);
 }
 
-// Grid: (n_head, query blocks); block_q == 32 == 16 * NW rows.
+// Grid: (n_head, query blocks); block_q == 16 * NW rows.
 template <int D, int NW, int BC>
 __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs a) {
   extern __shared__ __align__(128) uint16_t smem[];
@@ -395,7 +395,7 @@ __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs 
 // whose masks are per head) and a contiguous range of a key list. Lanes hold 8 dims (16 bytes) of a key, so a
 // warp covers 32 / (D/8) keys per step; each lane group takes U keys per step (all loads issued before use),
 // updates its own online-softmax state, and the CTA merges its groups in shared memory into one partial
-// (o, m, l) per head, written to the workspace; decode_merge_kernel combines the splits.
+// (o, m, l) per head, written to the workspace; the last CTA of a head group merges the splits.
 
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeUnroll = 4;
@@ -405,6 +405,7 @@ struct DecodeArgs {
   HipParams hip;
   HipMaskDev mask;  // HiP only
   float* partial;   // [n_head][n_splits][D + 2]: o (unnormalized), m (log2 domain), l
+  int* arrived;     // [gridDim.x] CTAs of each head group done so far (0 between calls)
   int n_splits;
   int keys_per_split;
 };
@@ -552,6 +553,32 @@ __device__ void decode_split_body(const DecodeArgs& a, const Keys& keys, int hea
       dst[D + 1] = L;
     }
   }
+  // The last CTA of the head group to finish merges all splits (one launch less per step than a separate
+  // merge kernel): publish this CTA's partial, count it, and let the last one read everything back.
+  __threadfence();
+  __syncthreads();
+  __shared__ int s_is_last;
+  if (tid == 0) s_is_last = atomicAdd(&a.arrived[blockIdx.x], 1) == a.n_splits - 1;
+  __syncthreads();
+  if (!s_is_last) return;
+  __threadfence();
+  for (int i = tid; i < GH * D; i += kDecodeThreads) {
+    const int h = i / D, d = i % D;
+    const float* src = a.partial + int64_t(head0 + h) * a.n_splits * (D + 2);
+    float M = -INFINITY;
+    for (int sp = 0; sp < a.n_splits; ++sp) M = fmaxf(M, __ldcg(src + sp * (D + 2) + D));
+    float L = 0.f, O = 0.f;
+    if (M != -INFINITY) {
+      for (int sp = 0; sp < a.n_splits; ++sp) {
+        const float f = fast_exp2(__ldcg(src + sp * (D + 2) + D) - M);
+        L += __ldcg(src + sp * (D + 2) + D + 1) * f;
+        O += __ldcg(src + sp * (D + 2) + d) * f;
+      }
+    }
+    __nv_bfloat16 b = __float2bfloat16_rn(L > 0.f ? O / L : 0.f);
+    a.p.out[int64_t(head0 + h) * D + d] = *reinterpret_cast<uint16_t*>(&b);
+  }
+  if (tid == 0) a.arrived[blockIdx.x] = 0;  // ready for the next call (graph replays included)
 }
 
 // Grid: (n_kv_head, n_splits); the G = n_head / n_kv_head heads of the group (GH == G).
@@ -575,26 +602,6 @@ __global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const Decode
   keys.win_lo = max(0, t - w + 1);
   keys.n = keys.n_a + (w > 0 ? t + 1 - keys.win_lo : 0);
   decode_split_body<D, 1>(a, keys, head, blockIdx.y);
-}
-
-// Grid: n_head CTAs of D threads: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
-template <int D>
-__global__ void __launch_bounds__(D) decode_merge_kernel(const float* partial, int n_splits, uint16_t* out) {
-  const int h = blockIdx.x, d = threadIdx.x;
-  const float* src = partial + int64_t(h) * n_splits * (D + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < n_splits; ++s) M = fmaxf(M, src[s * (D + 2) + D]);
-  float L = 0.f, O = 0.f;
-  if (M != -INFINITY) {
-    for (int s = 0; s < n_splits; ++s) {
-      const float f = fast_exp2(src[s * (D + 2) + D] - M);
-      L += src[s * (D + 2) + D + 1] * f;
-      O += src[s * (D + 2) + d] * f;
-    }
-  }
-  const float r = L > 0.f ? O / L : 0.f;
-  __nv_bfloat16 b = __float2bfloat16_rn(r);
-  out[int64_t(h) * D + d] = *reinterpret_cast<uint16_t*>(&b);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -830,11 +837,13 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
 
     // Score: keys (todo child t, sampled key j) -> key index t * nks + j, 8 per warp pass.
     const int n_keys = n_todo * nks;
-    for (int pass0 = warp * 8; pass0 < n_keys; pass0 += kEstWarps * 8 * 2) {
-      uint4 kr[2][D / 32];
-      int kpos[2];
+    // UNR passes of 8 keys per warp have their loads in flight together (decode: 3, its CTAs are few; 4 spills at 128 registers).
+    constexpr int UNR = NT <= 128 ? 2 : 3;
+    for (int pass0 = warp * 8; pass0 < n_keys; pass0 += kEstWarps * 8 * UNR) {
+      uint4 kr[UNR][D / 32];
+      int kpos[UNR];
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int u = 0; u < UNR; ++u) {
         const int ki = pass0 + u * kEstWarps * 8 + g;
         int kp = INT_MAX;
         if (ki < n_keys) {
@@ -849,7 +858,7 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
         for (int v = 0; v < D / 32; ++v) kr[u][v] = load ? __ldg(src + v) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int u = 0; u < UNR; ++u) {
         const int pbase = pass0 + u * kEstWarps * 8;
         if (pbase >= n_keys) break;  // warp-uniform
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -1012,7 +1021,7 @@ int sm_count() {
 }  // namespace
 
 int64_t decode_workspace_floats(int32_t n_head, int32_t head_dim, int32_t max_splits) {
-  return int64_t(n_head) * max_splits * (head_dim + 2);
+  return int64_t(n_head) * max_splits * (head_dim + 2) + n_head;  // partials, then one counter per head
 }
 
 int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim) {
@@ -1025,7 +1034,8 @@ int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim) {
 cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream, int variant) {
   if (!head_dim_ok(p.head_dim) || p.n_q <= 0) return p.n_q == 0 ? cudaSuccess : cudaErrorInvalidValue;
   // Variants (head dim 128; timings in docs/GPU.md): 0 = 4 warps x 2 row tiles, BC 64 (FA2's shape);
-  // 1 = 8 warps x 1 row tile, BC 64; 2 = 4 warps x 2 row tiles, BC 32; 3 = 4 warps x 1 row tile, BC 64.
+  // 1 = 8 warps x 1 row tile, BC 64; 2 = 4 warps x 2 row tiles, BC 32; 3 = 4 warps x 1 row tile, BC 64;
+  // 4 = 4 warps x 2 row tiles, BC 48 (fewer S registers than 0, which spills a little).
   if (p.head_dim == 64) {
     switch (variant) {
       case 1: return dense_prefill_launch<64, 8, 64, 1>(p, stream);
@@ -1037,6 +1047,7 @@ cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream, in
     case 1: return dense_prefill_launch<128, 8, 64, 1>(p, stream);
     case 2: return dense_prefill_launch<128, 4, 32, 2>(p, stream);
     case 3: return dense_prefill_launch<128, 4, 64, 1>(p, stream);
+    case 4: return dense_prefill_launch<128, 4, 48, 2>(p, stream);
     default: return dense_prefill_launch<128, 4, 64, 2>(p, stream);
   }
 }
@@ -1047,6 +1058,7 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
   DecodeArgs a{};
   a.p = p;
   a.partial = ws.partial;
+  a.arrived = reinterpret_cast<int*>(ws.partial + ws.n_floats - p.n_head);
   a.n_splits = decode_splits(p.n_kv, p.n_kv_head, 4 * sm_count(), 256);
   a.keys_per_split = (p.n_kv + a.n_splits - 1) / a.n_splits;
   if (ws.n_floats < decode_workspace_floats(p.n_head, p.head_dim, a.n_splits)) return cudaErrorInvalidValue;
@@ -1058,12 +1070,7 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
   HS_DENSE_DECODE(128, 2) HS_DENSE_DECODE(64, 2) HS_DENSE_DECODE(128, 8) HS_DENSE_DECODE(64, 4)
   return cudaErrorInvalidValue;
 #undef HS_DENSE_DECODE
-  if (e != cudaSuccess) return e;
-  if (p.head_dim == 128)
-    decode_merge_kernel<128><<<p.n_head, 128, 0, stream>>>(a.partial, a.n_splits, p.out);
-  else
-    decode_merge_kernel<64><<<p.n_head, 64, 0, stream>>>(a.partial, a.n_splits, p.out);
-  return last_launch_error();
+  return e;
 }
 
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
@@ -1084,18 +1091,30 @@ cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const H
                 : launch_with_smem(hip_estimate_kernel<64, P>, grid, dim3(P), smem, stream, a);
 }
 
+namespace {
+template <int D, int NW, int BC>
+cudaError_t hip_prefill_launch(const PrefillArgs& a, dim3 grid, cudaStream_t stream) {
+  using S = PrefillShape<D, NW, BC, 1>;
+  return launch_with_smem(hip_prefill_kernel<D, NW, BC>, grid, dim3(S::NT), S::smem_bytes, stream, a);
+}
+
+}  // namespace
+
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                                  cudaStream_t stream) {
-  if (!head_dim_ok(p.head_dim) || cfg.block_q != 32) return cudaErrorInvalidValue;
+                                  cudaStream_t stream, int variant) {
+  if (!head_dim_ok(p.head_dim) || (cfg.block_q != 32 && cfg.block_q != 64)) return cudaErrorInvalidValue;
   if (p.n_q == 0) return cudaSuccess;
   PrefillArgs a{p, cfg, mask};
   const dim3 grid(p.n_head, mask.n_qblocks);
-  if (p.head_dim == 128) {
-    using S = PrefillShape<128, 2, 32>;
-    return launch_with_smem(hip_prefill_kernel<128, 2, 32>, grid, dim3(S::NT), S::smem_bytes, stream, a);
+  const bool wide = variant == 1;
+  if (cfg.block_q == 32) {
+    if (p.head_dim == 128)
+      return wide ? hip_prefill_launch<128, 2, 64>(a, grid, stream) : hip_prefill_launch<128, 2, 32>(a, grid, stream);
+    return hip_prefill_launch<64, 2, 64>(a, grid, stream);
   }
-  using S = PrefillShape<64, 2, 64>;
-  return launch_with_smem(hip_prefill_kernel<64, 2, 64>, grid, dim3(S::NT), S::smem_bytes, stream, a);
+  if (p.head_dim == 128)
+    return wide ? hip_prefill_launch<128, 4, 64>(a, grid, stream) : hip_prefill_launch<128, 4, 32>(a, grid, stream);
+  return hip_prefill_launch<64, 4, 64>(a, grid, stream);
 }
 
 cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
@@ -1106,6 +1125,7 @@ cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, cons
   a.hip = cfg;
   a.mask = mask;
   a.partial = ws.partial;
+  a.arrived = reinterpret_cast<int*>(ws.partial + ws.n_floats - p.n_head);
   // Upper bound of the list length (sink + k selected keys + window); CTAs past a head's list end are idle.
   const int max_keys = cfg.n_sink + cfg.k + cfg.window;
   a.n_splits = std::max(1, std::min(kMaxDecodeSplits, (max_keys + 127) / 128));
@@ -1117,12 +1137,7 @@ cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, cons
   else
     hip_decode_kernel<64><<<grid, kDecodeThreads, 0, stream>>>(a);
   cudaError_t e = last_launch_error();
-  if (e != cudaSuccess) return e;
-  if (p.head_dim == 128)
-    decode_merge_kernel<128><<<p.n_head, 128, 0, stream>>>(a.partial, a.n_splits, p.out);
-  else
-    decode_merge_kernel<64><<<p.n_head, 64, 0, stream>>>(a.partial, a.n_splits, p.out);
-  return last_launch_error();
+  return e;
 }
 
 }  // namespace hs::cuda
