@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
       const int reps = big ? 10 : 30;
       const auto est = time_ms([&] { CHECK(hip_estimate_mask(h, p, mask, s)); }, 2, reps, s);
       js.row((pre + "_estimate").c_str(), T, est.first, est.second, reps, 0);
-      for (int v = 0; v < 2; ++v) {
+      for (int v = 0; v < 3; ++v) {
         const auto att = time_ms([&] { CHECK(hip_attention_prefill(h, p, mask, s, v)); }, 2, reps, s);
         js.row((pre + "_attention_v" + std::to_string(v)).c_str(), T, att.first, att.second, reps, 0);
       }

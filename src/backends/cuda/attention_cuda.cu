@@ -137,25 +137,27 @@ struct HipKeys {
   }
 };
 
-template <int D, int NW, int BC, int MT = 1>
+template <int D, int NW, int BC, int MT = 1, int STAGES = 2>
 struct PrefillShape {
   static constexpr int BR = 16 * MT * NW, NT = 32 * NW;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  static constexpr int smem_bytes = (BR * D + 4 * BC * D) * 2 + BC * 4 * 2;  // Q, 2 x (K, V), 2 x positions
+  // Q, STAGES x (K, V), STAGES x key positions
+  static constexpr int smem_bytes = (BR * D + 2 * STAGES * BC * D) * 2 + STAGES * BC * 4;
 };
 
 // MT: m16 row tiles per warp. MT = 1 keeps the warp's Q fragments in registers; MT = 2 (FlashAttention-2's
 // choice for d = 128) re-reads them from shared memory once per key tile but reuses every K/V fragment for
 // two row tiles, halving the shared-memory traffic per tensor-core instruction.
-template <int D, int NW, int BC, int MT, class Keys>
+// STAGES: key tiles in shared memory; STAGES - 1 loads are in flight while a tile is computed on.
+template <int D, int NW, int BC, int MT, int STAGES, class Keys>
 __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& keys, int head, int row0,
                                              uint16_t* smem) {
-  using S = PrefillShape<D, NW, BC, MT>;
+  using S = PrefillShape<D, NW, BC, MT, STAGES>;
   constexpr int BR = S::BR, NT = S::NT, CH = S::kChunks;
   uint16_t* sQ = smem;
-  uint16_t* sK = sQ + BR * D;      // [2][BC][D]
-  uint16_t* sV = sK + 2 * BC * D;  // [2][BC][D]
-  int* sPos = reinterpret_cast<int*>(sV + 2 * BC * D);  // [2][BC] key positions of the staged tiles
+  uint16_t* sK = sQ + BR * D;           // [STAGES][BC][D]
+  uint16_t* sV = sK + STAGES * BC * D;  // [STAGES][BC][D]
+  int* sPos = reinterpret_cast<int*>(sV + STAGES * BC * D);  // [STAGES][BC] key positions of the staged tiles
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int kvh = head / (p.n_head / p.n_kv_head);
   const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride;
@@ -181,8 +183,12 @@ __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& ke
     }
     for (int i = tid; i < BC; i += NT) sPos[stage * BC + i] = keys.pos(tile, BC, i);
   };
-  if (n_tiles > 0) load_tile(0, 0);
-  cp_async_commit();
+  // Prologue: tiles 0 .. STAGES - 2, one commit group each (Q rides with tile 0).
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < n_tiles) load_tile(st, st);
+    cp_async_commit();
+  }
 
   // Per thread and row tile mt: rows g and g + 8 (index 0 and 1 below) of the tile's 16.
   const int g = lane >> 2, c4 = lane & 3;
@@ -211,11 +217,14 @@ __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& ke
   };
 
   for (int tile = 0; tile < n_tiles; ++tile) {
-    const int stage = tile & 1;
-    if (tile + 1 < n_tiles) load_tile(tile + 1, stage ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
+    const int stage = tile % STAGES;
+    cp_async_wait<STAGES - 2>();  // this tile's group has landed (for this thread) ...
+    __syncthreads();              // ... for all threads; and every warp is done with tile - 1's stage
+    {
+      const int ahead = tile + STAGES - 1;
+      if (ahead < n_tiles) load_tile(ahead, ahead % STAGES);  // into the stage tile - 1 used
+      cp_async_commit();
+    }
     if constexpr (MT == 1) {
       if (tile == 0) {
 #pragma unroll
@@ -332,7 +341,6 @@ __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& ke
         }
       }
     }
-    __syncthreads();  // the next iteration overwrites this stage
   }
   cp_async_wait<0>();
 
@@ -364,11 +372,11 @@ __global__ void __launch_bounds__(32 * NW) dense_prefill_kernel(const AttnParams
   keys.q_first = p.q_pos0 + row0;
   keys.q_last = p.q_pos0 + min(row0 + BR, p.n_q) - 1;
   keys.n_kv = p.n_kv;
-  prefill_body<D, NW, BC, MT>(p, keys, head, row0, smem);
+  prefill_body<D, NW, BC, MT, 2>(p, keys, head, row0, smem);
 }
 
 // Grid: (n_head, query blocks); block_q == 16 * NW rows.
-template <int D, int NW, int BC>
+template <int D, int NW, int BC, int STAGES>
 __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs a) {
   extern __shared__ __align__(128) uint16_t smem[];
   const AttnParams& p = a.p;
@@ -387,7 +395,7 @@ __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs 
   keys.n_a = keys.n_sink_eff + keys.n_sel * a.hip.block_k;
   keys.win_lo = max(0, t_min - w + 1);
   keys.n_list = keys.n_a + (w > 0 ? t_max + 1 - keys.win_lo : 0);
-  prefill_body<D, NW, BC, 1>(p, keys, head, row0, smem);
+  prefill_body<D, NW, BC, 1, STAGES>(p, keys, head, row0, smem);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -616,10 +624,12 @@ __global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const Decode
 //
 // Scores: the R <= 16 sampled query rows are the A operand (16 x D, rows past R are padding), 8 keys at a time
 // the B operand. A dot product does not care in which order the dims are summed, so the dims are permuted
-// (the same way in A and B) such that each lane loads D/4 contiguous dims of its key with 16-byte loads: lane
-// (g, c) reads key g, dims [c*D/4, (c+1)*D/4), and logical k index (k-step kk, 2c + e + 8h) is physical dim
-// c*D/4 + 4kk + 2h + e. Masked (row, key) pairs score -32000, padding rows -inf; the max over rows is a
-// shuffle reduction over g.
+// (the same way in A and B) such that the B fragments come straight from 16-byte loads that are coalesced per
+// instruction: load v of lane (g, c) reads key g, dims [32v + 8c, 32v + 8c + 8) (the 4 lanes of a key cover 64
+// contiguous bytes per instruction), and logical k index (k-step kk, 2c + e + 8h) is physical dim
+// 32 (kk / 2) + 8c + 4 (kk % 2) + 2h + e. (A first version gave each lane D/4 contiguous dims: every load
+// instruction then touched twice the sectors it used; ncu counted 50% excessive sectors.) Masked (row, key)
+// pairs score -32000, padding rows -inf; the max over rows is a shuffle reduction over g.
 
 // Threads per estimation CTA: prefill has thousands of CTAs, and small CTAs let several share an SM (the
 // per-iteration work is a chain of barriers and dependent gathers: latency, not throughput); decode (n_q = 1)
@@ -790,7 +800,7 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
   uint32_t af[KS][4];
 #pragma unroll
   for (int kk = 0; kk < KS; ++kk) {
-    const int d = c4 * (D / 4) + 4 * kk;
+    const int d = (kk >> 1) * 32 + c4 * 8 + (kk & 1) * 4;  // see the dim permutation above
     af[kk][0] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d);
     af[kk][1] = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d);
     af[kk][2] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d + 2);
@@ -800,7 +810,7 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
   int lim_max = INT_MIN;
   for (int r = 0; r < 16; ++r) lim_max = max(lim_max, sm.lim[r]);
   const int kvh = head / (p.n_head / p.n_kv_head);
-  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + c4 * (D / 4);
+  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + c4 * 8;
 
   int max_size = shared_vals[0];
   // Node sizes at least halve per iteration (a size-1 node stays), so 32 iterations bound any int range; the
@@ -855,7 +865,7 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
         const bool load = kp <= lim_max;  // keys no sampled row may score are not read
         const uint4* src = reinterpret_cast<const uint4*>(kbase + int64_t(load ? kp : 0) * p.kv_pos_stride);
 #pragma unroll
-        for (int v = 0; v < D / 32; ++v) kr[u][v] = load ? __ldg(src + v) : make_uint4(0, 0, 0, 0);
+        for (int v = 0; v < D / 32; ++v) kr[u][v] = load ? __ldg(src + 4 * v) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
       for (int u = 0; u < UNR; ++u) {
@@ -1092,10 +1102,10 @@ cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const H
 }
 
 namespace {
-template <int D, int NW, int BC>
+template <int D, int NW, int BC, int STAGES>
 cudaError_t hip_prefill_launch(const PrefillArgs& a, dim3 grid, cudaStream_t stream) {
-  using S = PrefillShape<D, NW, BC, 1>;
-  return launch_with_smem(hip_prefill_kernel<D, NW, BC>, grid, dim3(S::NT), S::smem_bytes, stream, a);
+  using S = PrefillShape<D, NW, BC, 1, STAGES>;
+  return launch_with_smem(hip_prefill_kernel<D, NW, BC, STAGES>, grid, dim3(S::NT), S::smem_bytes, stream, a);
 }
 
 }  // namespace
@@ -1106,15 +1116,27 @@ cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, con
   if (p.n_q == 0) return cudaSuccess;
   PrefillArgs a{p, cfg, mask};
   const dim3 grid(p.n_head, mask.n_qblocks);
-  const bool wide = variant == 1;
+  // Variants (head dim 128): 0 = key tiles of 32, 3 stages; 1 = tiles of 16, 4 stages; 2 = tiles of 32,
+  // 2 stages (the first version). Each CTA is short (~800 keys) and gathers scattered blocks, so what counts
+  // is loads in flight per SM, against shared memory per CTA.
   if (cfg.block_q == 32) {
-    if (p.head_dim == 128)
-      return wide ? hip_prefill_launch<128, 2, 64>(a, grid, stream) : hip_prefill_launch<128, 2, 32>(a, grid, stream);
-    return hip_prefill_launch<64, 2, 64>(a, grid, stream);
+    if (p.head_dim == 128) {
+      switch (variant) {
+        case 1: return hip_prefill_launch<128, 2, 16, 4>(a, grid, stream);
+        case 2: return hip_prefill_launch<128, 2, 32, 2>(a, grid, stream);
+        default: return hip_prefill_launch<128, 2, 32, 3>(a, grid, stream);
+      }
+    }
+    return hip_prefill_launch<64, 2, 32, 3>(a, grid, stream);
   }
-  if (p.head_dim == 128)
-    return wide ? hip_prefill_launch<128, 4, 64>(a, grid, stream) : hip_prefill_launch<128, 4, 32>(a, grid, stream);
-  return hip_prefill_launch<64, 4, 64>(a, grid, stream);
+  if (p.head_dim == 128) {
+    switch (variant) {
+      case 1: return hip_prefill_launch<128, 4, 16, 4>(a, grid, stream);
+      case 2: return hip_prefill_launch<128, 4, 32, 2>(a, grid, stream);
+      default: return hip_prefill_launch<128, 4, 32, 3>(a, grid, stream);
+    }
+  }
+  return hip_prefill_launch<64, 4, 32, 3>(a, grid, stream);
 }
 
 cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
@@ -1128,7 +1150,9 @@ cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, cons
   a.arrived = reinterpret_cast<int*>(ws.partial + ws.n_floats - p.n_head);
   // Upper bound of the list length (sink + k selected keys + window); CTAs past a head's list end are idle.
   const int max_keys = cfg.n_sink + cfg.k + cfg.window;
-  a.n_splits = std::max(1, std::min(kMaxDecodeSplits, (max_keys + 127) / 128));
+  // ~64 keys per CTA: with 8 lane groups x 4 keys in flight that is two rounds of loads per CTA (the step is a
+  // chain of dependent round trips, so short chains beat fewer CTAs).
+  a.n_splits = std::max(1, std::min(kMaxDecodeSplits, (max_keys + 63) / 64));
   a.keys_per_split = (max_keys + a.n_splits - 1) / a.n_splits;
   if (ws.n_floats < decode_workspace_floats(p.n_head, p.head_dim, a.n_splits)) return cudaErrorInvalidValue;
   const dim3 grid(p.n_head, a.n_splits);

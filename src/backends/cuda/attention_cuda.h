@@ -75,7 +75,7 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                               cudaStream_t stream);
 // HiP block-sparse prefill attention over mask's blocks U sink U window (CPU: hip_attention's attend_block).
-// variant: 0 = default, 1 = key tiles of 64 (benchmark alternative).
+// variant: 0 = default, 1 and 2 = alternatives kept for the benchmark (attention_cuda.cu).
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                                   cudaStream_t stream, int variant = 0);
 // HiP decode (n_q == 1) over a cached mask of one query block per head: split-K over sink, selected blocks

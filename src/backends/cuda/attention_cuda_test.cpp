@@ -400,11 +400,15 @@ TEST(CudaHip, PrefillAttentionMatchesCpu) {
   check_hip_prefill(cfg, Problem(4096, 4096, 0, 8, 2, 128, seed++, Fill::kSmooth), true);  // whole GPU pipeline
   check_hip_prefill(cfg, Problem(3000, 3000, 0, 8, 2, 128, seed++), false, 1);
   check_hip_prefill(cfg, Problem(1000, 4000, 3000, 8, 2, 128, seed++), false, 1);
+  check_hip_prefill(cfg, Problem(3000, 3000, 0, 8, 2, 128, seed++), false, 2);
+  check_hip_prefill(cfg, Problem(1000, 4000, 3000, 8, 2, 128, seed++, Fill::kSmooth), true, 2);
   HipConfig bq64;  // b_q 64 with 16 sampled rows (stride 4)
   bq64.block_q = 64, bq64.stride_q = 4;
   check_hip_prefill(bq64, Problem(3000, 3000, 0, 8, 2, 128, seed++), false);
   check_hip_prefill(bq64, Problem(1000, 4000, 3000, 8, 2, 128, seed++, Fill::kSmooth), true);
   check_hip_prefill(bq64, Problem(2500, 2500, 0, 9, 3, 64, seed++), false);
+  check_hip_prefill(bq64, Problem(2000, 2000, 0, 8, 2, 128, seed++), false, 1);
+  check_hip_prefill(bq64, Problem(2000, 2000, 0, 8, 2, 128, seed++), false, 2);
   HipConfig dense_equiv;  // k >= T: HiP is dense attention
   dense_equiv.k = 8192;
   check_hip_prefill(dense_equiv, Problem(2000, 2000, 0, 4, 2, 128, seed++), false);
