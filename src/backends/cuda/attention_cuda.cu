@@ -74,6 +74,20 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
+// q = x / d and r = x % d for x >= 0, by a shift when d is a power of two (HiP's block_k and sampled keys per
+// block always are in practice): a run-time integer division costs ~20 instructions in the per-key loops.
+struct DivPow2OrNot {
+  int d, shift;  // shift < 0: d is not a power of two
+  __host__ __device__ explicit DivPow2OrNot(int d_) : d(d_), shift(-1) {
+    if (d_ > 0 && (d_ & (d_ - 1)) == 0) {
+      shift = 0;
+      while ((1 << shift) < d_) ++shift;
+    }
+  }
+  __device__ __forceinline__ int div(int x) const { return shift >= 0 ? x >> shift : x / d; }
+  __device__ __forceinline__ int mod(int x) const { return shift >= 0 ? x & (d - 1) : x % d; }
+};
+
 // A tile of rows x D bf16 in shared memory, rows of D/8 16-byte chunks; chunk c of row r is stored at chunk
 // c ^ (r % 8), so that the 8 rows an ldmatrix reads at one logical chunk hit 8 different bank groups.
 template <int D>
@@ -115,6 +129,7 @@ struct HipKeys {
   const int32_t* blocks;  // this (head, query block)'s selected blocks, ascending
   int n_sel;              // their number
   int block_k, window;
+  DivPow2OrNot bk_div{1};
   int n_sink_eff;  // sink keys <= far
   int far;         // t_max - window: the last key part A may hold
   int win_lo;      // first key of the window range
@@ -124,7 +139,7 @@ struct HipKeys {
     if (i < n_sink_eff) return i;
     if (i < n_a) {
       const int j = i - n_sink_eff;
-      const int kp = blocks[j / block_k] * block_k + j % block_k;
+      const int kp = blocks[bk_div.div(j)] * block_k + bk_div.mod(j);
       return kp <= far ? kp : -1;
     }
     return i < n_list ? win_lo + (i - n_a) : -1;
@@ -389,6 +404,7 @@ __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs 
   keys.blocks = a.mask.blocks + mrow * a.mask.kb_stride;
   keys.n_sel = a.mask.counts[mrow];
   keys.block_k = a.hip.block_k;
+  keys.bk_div = DivPow2OrNot(a.hip.block_k);
   keys.window = w;
   keys.far = t_max - w;
   keys.n_sink_eff = max(0, min(a.hip.n_sink, keys.far + 1));
@@ -428,12 +444,13 @@ struct DenseDecodeKeys {
 struct HipDecodeKeys {
   const int32_t* blocks;
   int block_k, n_sink_eff, n_a, far, win_lo, n;
+  DivPow2OrNot bk_div{1};
   __device__ int count() const { return n; }
   __device__ int pos(int i) const {
     if (i < n_sink_eff) return i;
     if (i < n_a) {
       const int j = i - n_sink_eff;
-      const int kp = blocks[j / block_k] * block_k + j % block_k;
+      const int kp = blocks[bk_div.div(j)] * block_k + bk_div.mod(j);
       return kp <= far ? kp : -1;
     }
     return win_lo + (i - n_a);
@@ -604,6 +621,7 @@ __global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const Decode
   HipDecodeKeys keys;
   keys.blocks = a.mask.blocks + int64_t(head) * a.mask.n_qblocks * a.mask.kb_stride;
   keys.block_k = a.hip.block_k;
+  keys.bk_div = DivPow2OrNot(a.hip.block_k);
   keys.far = t - w;
   keys.n_sink_eff = max(0, min(a.hip.n_sink, keys.far + 1));
   keys.n_a = keys.n_sink_eff + a.mask.counts[int64_t(head) * a.mask.n_qblocks] * a.hip.block_k;
@@ -704,7 +722,7 @@ __device__ int block_exclusive_scan(int* data, int n, int* warp_tot) {
 }
 
 template <int D, int NT>
-__global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(const EstArgs a) {
+__global__ void __launch_bounds__(NT, NT <= 128 ? 5 : 1) hip_estimate_kernel(const EstArgs a) {
   constexpr int kEstThreads = NT, kEstWarps = NT / 32;
   extern __shared__ __align__(16) unsigned char est_smem[];
   const AttnParams& p = a.p;
@@ -846,6 +864,7 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
     __syncthreads();
 
     // Score: keys (todo child t, sampled key j) -> key index t * nks + j, 8 per warp pass.
+    const DivPow2OrNot nks_div(nks);
     const int n_keys = n_todo * nks;
     // UNR passes of 8 keys per warp have their loads in flight together (decode: 3, its CTAs are few; 4 spills at 128 registers).
     constexpr int UNR = NT <= 128 ? 2 : 3;
@@ -857,7 +876,7 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
         const int ki = pass0 + u * kEstWarps * 8 + g;
         int kp = INT_MAX;
         if (ki < n_keys) {
-          const int ci = sm.todo[ki / nks], j = ki % nks;
+          const int ci = sm.todo[nks_div.div(ki)], j = nks_div.mod(ki);
           const int r = sm.cand_start[ci] + sm.cand_size[ci] / 2;  // center block
           kp = lo + r * bk + j * cfg.stride_k + cfg.stride_k - 1;
         }
@@ -918,9 +937,17 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
         for (int i = tid; i < 256; i += kEstThreads) sm.hist[i] = 0;
         __syncthreads();
         const uint32_t prefix = uint32_t(shared_vals[1]);
-        for (int i = tid; i < n_cand; i += kEstThreads) {
-          const uint32_t key = desc_order(sm.cand_score[i]);
-          if ((key & prefix_mask) == prefix) atomicAdd(&sm.hist[(key >> shift) & 255], 1);
+        // Most candidates share the high digits, so lanes with equal digits add once, together (an atomic to
+        // one address from a whole warp would serialize 32 ways). The loop bound is warp-uniform.
+        for (int i0 = 0; i0 < n_cand; i0 += kEstThreads) {
+          const int i = i0 + tid;
+          int digit = 256;  // not counted
+          if (i < n_cand) {
+            const uint32_t key = desc_order(sm.cand_score[i]);
+            if ((key & prefix_mask) == prefix) digit = int((key >> shift) & 255);
+          }
+          const unsigned peers = __match_any_sync(0xffffffffu, digit);
+          if (digit < 256 && lane == __ffs(peers) - 1) atomicAdd(&sm.hist[digit], __popc(peers));
         }
         __syncthreads();
         if (warp == 0) {  // the digit where the running count reaches `need`
@@ -1116,27 +1143,28 @@ cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, con
   if (p.n_q == 0) return cudaSuccess;
   PrefillArgs a{p, cfg, mask};
   const dim3 grid(p.n_head, mask.n_qblocks);
-  // Variants (head dim 128): 0 = key tiles of 32, 3 stages; 1 = tiles of 16, 4 stages; 2 = tiles of 32,
-  // 2 stages (the first version). Each CTA is short (~800 keys) and gathers scattered blocks, so what counts
-  // is loads in flight per SM, against shared memory per CTA.
+  // Variants (head dim 128), measured on an H100 (docs/GPU.md): b_q 32: 0 = key tiles of 32, 2 stages (best);
+  // 1 = tiles of 16, 4 stages; 2 = tiles of 32, 3 stages. b_q 64: 0 = tiles of 16, 4 stages (best); 1 = 32/2;
+  // 2 = 32/3. Each CTA is short (~800 keys) and gathers scattered blocks: what counts is loads in flight per
+  // SM against shared memory (CTAs) per SM; deeper pipelines lost CTAs and time at b_q 32.
   if (cfg.block_q == 32) {
     if (p.head_dim == 128) {
       switch (variant) {
         case 1: return hip_prefill_launch<128, 2, 16, 4>(a, grid, stream);
-        case 2: return hip_prefill_launch<128, 2, 32, 2>(a, grid, stream);
-        default: return hip_prefill_launch<128, 2, 32, 3>(a, grid, stream);
+        case 2: return hip_prefill_launch<128, 2, 32, 3>(a, grid, stream);
+        default: return hip_prefill_launch<128, 2, 32, 2>(a, grid, stream);
       }
     }
-    return hip_prefill_launch<64, 2, 32, 3>(a, grid, stream);
+    return hip_prefill_launch<64, 2, 64, 2>(a, grid, stream);
   }
   if (p.head_dim == 128) {
     switch (variant) {
-      case 1: return hip_prefill_launch<128, 4, 16, 4>(a, grid, stream);
-      case 2: return hip_prefill_launch<128, 4, 32, 2>(a, grid, stream);
-      default: return hip_prefill_launch<128, 4, 32, 3>(a, grid, stream);
+      case 1: return hip_prefill_launch<128, 4, 32, 2>(a, grid, stream);
+      case 2: return hip_prefill_launch<128, 4, 32, 3>(a, grid, stream);
+      default: return hip_prefill_launch<128, 4, 16, 4>(a, grid, stream);
     }
   }
-  return hip_prefill_launch<64, 4, 32, 3>(a, grid, stream);
+  return hip_prefill_launch<64, 4, 32, 2>(a, grid, stream);
 }
 
 cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
