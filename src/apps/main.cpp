@@ -19,6 +19,7 @@ const char* kUsage =
     "  inspect  print a GGUF file's metadata and tensor table\n"
     "  bench    measure prefill and decode speed (llama-bench style)\n"
     "  eval     quality of the attention: perplexity, passkey retrieval, HiP mask recall\n"
+    "  shrink   write a copy of a GGUF model that keeps only its first N layers\n"
     "\n"
     "`hipserve COMMAND --help` lists the options of a command.\n";
 
@@ -37,7 +38,8 @@ int main(int argc, char** argv) {
     if (cmd == "inspect") return hs::cli::cmd_inspect(args);
     if (cmd == "bench") return hs::cli::cmd_bench(args);
     if (cmd == "eval") return hs::cli::cmd_eval(args);
-    std::fprintf(stderr, "hipserve: error: unknown command '%s' (commands: run, chat, inspect, bench, eval; see --help)\n",
+    if (cmd == "shrink") return hs::cli::cmd_shrink(args);
+    std::fprintf(stderr, "hipserve: error: unknown command '%s' (commands: run, chat, inspect, bench, eval, shrink; see --help)\n",
                  cmd.c_str());
     return 1;
   } catch (const hs::Error& e) {
