@@ -43,7 +43,7 @@ timeout 120 "$HS" bench -p 512,4096 -n 128 -r 3 2>&1 | tail -8
 if [ "${E2E:-full}" = full ]; then
   log "bench: random llama3.1-8b, HiP vs dense"
   for attn in hip dense; do
-    timeout 300 "$HS" bench --random-weights llama3.1-8b --attn $attn -p 8192 -n 32 -d 0,32768,131072 -r 2 --json \
+    timeout 300 "$HS" bench --random-weights llama3.1-8b --attn $attn -p 8192 -n ${E2E_N:-32} -d ${E2E_D:-0,32768,131072} -r ${E2E_R:-2} --json \
       > "$OUT/e2e_8b_$attn.json" 2> "$OUT/e2e_8b_$attn.err"
     echo "[$attn] rc=$?"; tail -3 "$OUT/e2e_8b_$attn.err"
     python3 - "$OUT/e2e_8b_$attn.json" <<'PY'
