@@ -43,7 +43,7 @@ timeout 120 "$HS" bench -p 512,4096 -n 128 -r 3 2>&1 | tail -8
 if [ "${E2E:-full}" = full ]; then
   log "bench: random llama3.1-8b, HiP vs dense"
   for attn in hip dense; do
-    timeout 300 "$HS" bench --random-weights llama3.1-8b --attn $attn -p 8192 -n ${E2E_N:-32} -d ${E2E_D:-0,32768,131072} -r ${E2E_R:-2} --json \
+    timeout 300 "$HS" bench --random-weights llama3.1-8b --attn $attn -p ${E2E_P:-8192,32768} -n ${E2E_N:-32} -d ${E2E_D:-0,32768,131072} -r ${E2E_R:-2} --json \
       > "$OUT/e2e_8b_$attn.json" 2> "$OUT/e2e_8b_$attn.err"
     echo "[$attn] rc=$?"; tail -3 "$OUT/e2e_8b_$attn.err"
     python3 - "$OUT/e2e_8b_$attn.json" <<'PY'
@@ -58,5 +58,11 @@ for r in json.load(open(sys.argv[1])):
     print("%-14s %10.2f ± %6.2f t/s%s" % (r["test"], r["avg_ts"], r["stddev_ts"], extra))
 PY
   done
+  log "decode GEMVs: ours vs cuBLAS (HiP, depth 0)"
+  for v in 0 1; do
+    if [ $v = 1 ]; then export HIPSERVE_CUDA_NO_GEMV=1; fi
+    echo "[no_gemv=$v] $(timeout 120 "$HS" bench --random-weights llama3.1-8b -p 0 -n 32 -r 3 2>&1 | grep -E 'tg32|of that bound')"
+  done
+  unset HIPSERVE_CUDA_NO_GEMV
 fi
 exit $rc

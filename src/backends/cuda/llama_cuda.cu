@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <vector>
@@ -240,6 +241,71 @@ __global__ void fill_kernel(float* p, int64_t n, float v) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) p[i] = v;
 }
 
+// Decode's matrix-vector products: y[r] (+)= sum_c W[r][c] x[c], W [rows][cols] bf16 row-major, x bf16, y fp32.
+// Bound by reading W once: each warp owns kGemvRowsPerWarp rows and streams them with 16-byte loads, 8 loads
+// in flight per lane before the first use; x (at most a few tens of KB) comes through the read-only cache.
+// cols must be a multiple of 8 (16-byte rows). One token only: the GEMMs of prefill stay with cuBLAS.
+constexpr int kGemvRowsPerWarp = 2;
+constexpr int kGemvWarps = 8;
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const bf16* __restrict__ w, int64_t rows, int cols,
+                                                                    const bf16* __restrict__ x, float* __restrict__ y,
+                                                                    bool accumulate) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t r0 = (int64_t(blockIdx.x) * kGemvWarps + warp) * kGemvRowsPerWarp;
+  if (r0 >= rows) return;
+  const int nvec = cols / 8;  // 16-byte vectors per row
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  float acc[kGemvRowsPerWarp] = {};
+  const uint4* wv[kGemvRowsPerWarp];
+#pragma unroll
+  for (int j = 0; j < kGemvRowsPerWarp; ++j)
+    wv[j] = reinterpret_cast<const uint4*>(w + (r0 + j < rows ? r0 + j : rows - 1) * cols);
+  constexpr int kUnroll = 4;
+  int v = lane;
+  for (; v + 32 * (kUnroll - 1) < nvec; v += 32 * kUnroll) {
+    uint4 wa[kGemvRowsPerWarp][kUnroll], xa[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      xa[u] = __ldg(xv + v + 32 * u);
+#pragma unroll
+      for (int j = 0; j < kGemvRowsPerWarp; ++j) wa[j][u] = __ldcs(wv[j] + v + 32 * u);  // streamed once
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xa[u]);
+#pragma unroll
+      for (int j = 0; j < kGemvRowsPerWarp; ++j) {
+        const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&wa[j][u]);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 a = __bfloat1622float2(wp[k]), b = __bfloat1622float2(xp[k]);
+          acc[j] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[j]));
+        }
+      }
+    }
+  }
+  for (; v < nvec; v += 32) {
+    const uint4 xa = __ldg(xv + v);
+    const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xa);
+#pragma unroll
+    for (int j = 0; j < kGemvRowsPerWarp; ++j) {
+      const uint4 wa = __ldcs(wv[j] + v);
+      const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&wa);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 a = __bfloat1622float2(wp[k]), b = __bfloat1622float2(xp[k]);
+        acc[j] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[j]));
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kGemvRowsPerWarp; ++j) {
+    float a = acc[j];
+    for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+    if (lane == 0 && r0 + j < rows) y[r0 + j] = accumulate ? y[r0 + j] + a : a;
+  }
+}
+
 int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -320,9 +386,11 @@ struct GpuModel::Impl {
   int32_t* h_token = nullptr;  // pinned: [0] input token, [1] sampled token
   float* h_logits = nullptr;   // pinned [V]
 
-  // Decode graphs, keyed by the step's shape (refresh or not, HiP on or dense).
+  // Decode graphs, keyed by the step's shape (refresh or not, HiP on or dense, logits copied) and parity.
   std::map<int, cudaGraphExec_t> graphs;
+  cudaStream_t capture_stream = nullptr;
 
+  bool use_gemv = getenv("HIPSERVE_CUDA_NO_GEMV") == nullptr;  // decode GEMVs (env: cuBLAS instead, to compare)
   bool profiling = false;
   GpuProfile prof;
   std::vector<std::pair<int, std::pair<cudaEvent_t, cudaEvent_t>>> marks;  // phase, (start, end)
@@ -330,11 +398,13 @@ struct GpuModel::Impl {
   size_t events_used = 0;
 
   ~Impl() {
-    for (auto& [k, g] : graphs) cudaGraphExecDestroy(g);
+    for (auto& [k, g] : graphs)
+      if (g) cudaGraphExecDestroy(g);
     for (cudaEvent_t e : event_pool) cudaEventDestroy(e);
     if (h_token) cudaFreeHost(h_token);
     if (h_logits) cudaFreeHost(h_logits);
     if (blas) cublasDestroy(blas);
+    if (capture_stream) cudaStreamDestroy(capture_stream);
     if (stream) cudaStreamDestroy(stream);
   }
 
@@ -434,6 +504,13 @@ struct GpuModel::Impl {
 
   // y[n][out] (fp32, ld out) = x[n][in] (bf16) W[out][in]^T (+ y when accumulate).
   void gemm(const bf16* w, int64_t out, int64_t in, const bf16* xin, int64_t n, float* y, bool accumulate) {
+    if (n == 1 && in % 8 == 0 && use_gemv) {
+      const int64_t rows_per_block = int64_t(kGemvWarps) * kGemvRowsPerWarp;
+      gemv_bf16_kernel<<<unsigned((out + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, stream>>>(
+          w, out, int(in), xin, y, accumulate);
+      HS_CUDA_LAUNCH("gemv_bf16_kernel");
+      return;
+    }
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     // Column-major view: Y^T (out x n) = W (row-major [out][in] = col-major in x out, transposed) * X^T.
     check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(n), int(in), &alpha, w, CUDA_R_16BF,
@@ -587,63 +664,106 @@ struct GpuModel::Impl {
     hip_refresh_pos = -1;  // as on the CPU: a prefill invalidates the cached decode masks
   }
 
+  // What a decode step's graph depends on besides the data: positions, which phases run, the sampling.
+  struct StepShape {
+    int32_t n_past = -1;
+    bool estimate = false, hip_dense = false, logits = false;
+    float temperature = 0;
+    uint64_t seed = 0;  // the step's seed (the caller's seed mixed with the position)
+    bool operator==(const StepShape&) const = default;
+    int key() const { return (estimate ? 1 : 0) | (hip_dense ? 2 : 0) | (logits ? 4 : 0); }
+  };
+  StepShape precaptured;  // the step whose graph is ready (captured while the previous step ran)
+  StepShape shape_for(int32_t np, int32_t refresh_pos, bool logits_wanted, float temperature, uint64_t seed) const {
+    StepShape s;
+    s.n_past = np;
+    s.hip_dense = np + 1 <= hip.n_sink + hip.window;
+    s.estimate = refresh_pos < 0 || np - refresh_pos >= hip.refresh;
+    s.logits = logits_wanted;
+    s.temperature = temperature;
+    s.seed = seed ^ (uint64_t(np) * 0x9e3779b97f4a7c15ull);
+    return s;
+  }
+  int32_t refresh_pos_after(const StepShape& s, int32_t refresh_pos) const {
+    if (opt.attn.kind != AttentionKind::Hip) return refresh_pos;
+    return s.hip_dense ? -1 : s.estimate ? s.n_past : refresh_pos;
+  }
+  void enqueue_step(const StepShape& s) {
+    HS_CUDA(cudaMemcpyAsync(tokens.as<int32_t>(), h_token, 4, cudaMemcpyHostToDevice, stream));
+    enqueue_layers(1, s.n_past, s.estimate);
+    enqueue_head(0, s.temperature, s.seed);
+    HS_CUDA(cudaMemcpyAsync(h_token + 1, next_token.as<int32_t>(), 4, cudaMemcpyDeviceToHost, stream));
+    if (s.logits)
+      HS_CUDA(cudaMemcpyAsync(h_logits, logits.as<float>(), size_t(cfg.n_vocab) * 4, cudaMemcpyDeviceToHost, stream));
+  }
+
+  // Records step s on the capture stream and applies it to the executable graph of its shape and parity (two
+  // per shape: one may be running while the other is updated). Only kernel parameters such as positions
+  // differ between steps of one shape, so cudaGraphExecUpdate applies; if not, the graph is instantiated anew.
+  cudaGraphExec_t& exec_slot(const StepShape& s) { return graphs[s.key() * 2 + (s.n_past & 1)]; }
+  void capture(const StepShape& s) {
+    if (!capture_stream) HS_CUDA(cudaStreamCreateWithFlags(&capture_stream, cudaStreamNonBlocking));
+    cudaStream_t main_stream = stream;
+    stream = capture_stream;  // every enqueue_* call uses `stream`
+    check_blas(cublasSetStream(blas, stream), "cublasSetStream");
+    cudaGraph_t graph = nullptr;
+    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+    if (err == cudaSuccess) {
+      try {
+        enqueue_step(s);
+      } catch (...) {
+        cudaStreamEndCapture(stream, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        stream = main_stream;
+        cublasSetStream(blas, stream);
+        throw;
+      }
+      err = cudaStreamEndCapture(stream, &graph);
+    }
+    stream = main_stream;
+    check_blas(cublasSetStream(blas, stream), "cublasSetStream");
+    check_cuda(err, "decode step capture");
+    cudaGraphExec_t& exec = exec_slot(s);
+    bool updated = false;
+    if (exec) {
+      cudaGraphExecUpdateResultInfo info;
+      updated = cudaGraphExecUpdate(exec, graph, &info) == cudaSuccess;
+      if (!updated) {
+        cudaGetLastError();  // clear the update failure
+        cudaGraphExecDestroy(exec);
+        exec = nullptr;
+      }
+    }
+    if (!updated) err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check_cuda(err, "cudaGraphInstantiate");
+  }
+
   int32_t decode(int32_t token, float temperature, uint64_t seed, float* out_logits) {
     check_tokens(std::span<const int32_t>(&token, 1));
     HS_CHECK(n_past + 1 <= opt.n_ctx, "context overflow: %d positions needed but the context size is %d (raise -c)",
              n_past + 1, opt.n_ctx);
-    const bool hip_dense = n_past + 1 <= hip.n_sink + hip.window;
-    const bool estimate = hip_refresh_pos < 0 || n_past - hip_refresh_pos >= hip.refresh;
-    const uint64_t step_seed = seed ^ (uint64_t(n_past) * 0x9e3779b97f4a7c15ull);
+    const StepShape s = shape_for(n_past, hip_refresh_pos, out_logits != nullptr, temperature, seed);
+    const int32_t next_refresh = refresh_pos_after(s, hip_refresh_pos);
     h_token[0] = token;
-    auto enqueue_step = [&] {
-      HS_CUDA(cudaMemcpyAsync(tokens.as<int32_t>(), h_token, 4, cudaMemcpyHostToDevice, stream));
-      enqueue_layers(1, n_past, estimate);
-      enqueue_head(0, temperature, step_seed);
-      HS_CUDA(cudaMemcpyAsync(h_token + 1, next_token.as<int32_t>(), 4, cudaMemcpyDeviceToHost, stream));
-      if (out_logits)
-        HS_CUDA(cudaMemcpyAsync(h_logits, logits.as<float>(), size_t(cfg.n_vocab) * 4, cudaMemcpyDeviceToHost,
-                                stream));
-    };
     if (opt.cuda_graphs && !profiling) {
-      // Capture this step, then apply it to the executable graph of the same shape (only kernel parameters
-      // such as positions differ between steps of one shape): the GPU runs the step without launch gaps.
-      const int key = (estimate ? 1 : 0) | (hip_dense ? 2 : 0) | (out_logits ? 4 : 0);
-      cudaGraph_t graph = nullptr;
-      HS_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-      try {
-        enqueue_step();
-      } catch (...) {
-        cudaStreamEndCapture(stream, &graph);
-        if (graph) cudaGraphDestroy(graph);
-        throw;
+      // The graph of this step was usually captured while the previous step ran (below); the GPU then runs
+      // step after step with only the host's launch and synchronization between them.
+      if (!(precaptured == s)) capture(s);
+      HS_CUDA(cudaGraphLaunch(exec_slot(s), stream));
+      precaptured = StepShape();
+      if (n_past + 2 <= opt.n_ctx) {
+        const StepShape next = shape_for(n_past + 1, next_refresh, s.logits, temperature, seed);
+        capture(next);  // the other parity's graph: idle since the last synchronization
+        precaptured = next;
       }
-      HS_CUDA(cudaStreamEndCapture(stream, &graph));
-      auto it = graphs.find(key);
-      bool ready = false;
-      if (it != graphs.end()) {
-        cudaGraphExecUpdateResultInfo info;
-        ready = cudaGraphExecUpdate(it->second, graph, &info) == cudaSuccess;
-        if (!ready) {
-          cudaGetLastError();  // clear the update failure
-          cudaGraphExecDestroy(it->second);
-          graphs.erase(it);
-        }
-      }
-      if (!ready) {
-        cudaGraphExec_t exec;
-        HS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-        graphs[key] = exec;
-      }
-      cudaGraphDestroy(graph);
-      HS_CUDA(cudaGraphLaunch(graphs[key], stream));
     } else {
-      enqueue_step();
+      enqueue_step(s);
     }
     collect_profile();
     HS_CUDA(cudaStreamSynchronize(stream));
     if (out_logits) std::memcpy(out_logits, h_logits, size_t(cfg.n_vocab) * 4);
-    if (opt.attn.kind == AttentionKind::Hip)
-      hip_refresh_pos = hip_dense ? -1 : estimate ? n_past : hip_refresh_pos;
+    hip_refresh_pos = next_refresh;
     n_past += 1;
     return h_token[1];
   }
