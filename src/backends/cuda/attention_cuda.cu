@@ -682,7 +682,6 @@ struct EstSmem {
   int* todo;       // [2 K_b] candidate index of each child to score
   float* kmax;     // [2 K_b * nks] per sampled key: max over rows
   uint16_t* qs;    // [16][D] sampled rows (bf16)
-  uint4* afrag;    // [D/16][32]: lane l's A fragment of k-step kk at afrag[kk * 32 + l]
   int* lim;        // [16]: last key row r may score (INT_MIN: padding)
   int* hist;       // [256]
   int* misc;       // [8]
@@ -723,7 +722,7 @@ __device__ int block_exclusive_scan(int* data, int n, int* warp_tot) {
 }
 
 template <int D, int NT>
-__global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(const EstArgs a) {
+__global__ void __launch_bounds__(NT, NT <= 128 ? 5 : 1) hip_estimate_kernel(const EstArgs a) {
   constexpr int kEstThreads = NT, kEstWarps = NT / 32;
   extern __shared__ __align__(16) unsigned char est_smem[];
   const AttnParams& p = a.p;
@@ -758,7 +757,6 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
       return r;
     };
     sm.qs = reinterpret_cast<uint16_t*>(take(16 * D * 2));
-    sm.afrag = reinterpret_cast<uint4*>(take(16 * D * 2));
     sm.node_start = reinterpret_cast<int*>(take(Kb * 4));
     sm.node_size = reinterpret_cast<int*>(take(Kb * 4));
     sm.node_score = reinterpret_cast<float*>(take(Kb * 4));
@@ -814,24 +812,18 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
   }
   __syncthreads();
 
-  // A fragments of the sampled rows in the permuted dim order, the same for every warp: built once into shared
-  // memory (one 16-byte load per k-step and lane later) rather than held in 4 D/16 registers, which go to
-  // keeping more key loads in flight instead.
+  // A fragments of the sampled rows in the permuted dim order (identical in every warp).
   const int g = lane >> 2, c4 = lane & 3;
   constexpr int KS = D / 16;  // k-steps
-  if (warp == 0) {
+  uint32_t af[KS][4];
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-      const int d = (kk >> 1) * 32 + c4 * 8 + (kk & 1) * 4;  // see the dim permutation above
-      uint4 f;
-      f.x = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d);
-      f.y = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d);
-      f.z = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d + 2);
-      f.w = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d + 2);
-      sm.afrag[kk * 32 + lane] = f;
-    }
+  for (int kk = 0; kk < KS; ++kk) {
+    const int d = (kk >> 1) * 32 + c4 * 8 + (kk & 1) * 4;  // see the dim permutation above
+    af[kk][0] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d);
+    af[kk][1] = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d);
+    af[kk][2] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d + 2);
+    af[kk][3] = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d + 2);
   }
-  __syncthreads();
   const int lim_lo = sm.lim[g], lim_hi = sm.lim[g + 8];
   int lim_max = INT_MIN;
   for (int r = 0; r < 16; ++r) lim_max = max(lim_max, sm.lim[r]);
@@ -874,8 +866,10 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
     // Score: keys (todo child t, sampled key j) -> key index t * nks + j, 8 per warp pass.
     const DivPow2OrNot nks_div(nks);
     const int n_keys = n_todo * nks;
-    // UNR passes of 8 keys per warp have their loads in flight together (the scoring is a chain of gathers).
-    constexpr int UNR = 4;
+    // UNR passes of 8 keys per warp have their loads in flight together (decode: 3, its CTAs are few; 4 spills at 128 registers).
+    // (Tried: A fragments in shared memory to free 32 registers for 4 passes in flight at 4 CTAs/SM: 50.6 ->
+    // 56.6 ms at 128K on an H100, slower; the scoring rounds are not what limits this kernel.)
+    constexpr int UNR = NT <= 128 ? 2 : 3;
     for (int pass0 = warp * 8; pass0 < n_keys; pass0 += kEstWarps * 8 * UNR) {
       uint4 kr[UNR][D / 32];
       int kpos[UNR];
@@ -901,11 +895,7 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : 1) hip_estimate_kernel(con
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
         const uint32_t* kw = reinterpret_cast<const uint32_t*>(kr[u]);
 #pragma unroll
-        for (int kk = 0; kk < KS; ++kk) {
-          const uint4 f = sm.afrag[kk * 32 + lane];
-          const uint32_t a[4] = {f.x, f.y, f.z, f.w};
-          mma_bf16(acc, a, kw[2 * kk], kw[2 * kk + 1]);
-        }
+        for (int kk = 0; kk < KS; ++kk) mma_bf16(acc, af[kk], kw[2 * kk], kw[2 * kk + 1]);
         // acc[e]: row (e < 2 ? g : g + 8), key column 2c + (e & 1) of this pass.
         float best[2];
 #pragma unroll
@@ -1076,7 +1066,7 @@ int64_t decode_workspace_floats(int32_t n_head, int32_t head_dim, int32_t max_sp
 int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim) {
   const int64_t Kb = cfg.k / cfg.block_k, nks = cfg.block_k / cfg.stride_k;
   auto r16 = [](int64_t b) { return (b + 15) / 16 * 16; };
-  return 2 * r16(16 * head_dim * 2) + 3 * r16(Kb * 4) + 3 * r16(2 * Kb * 4) + r16((2 * Kb + 1) * 4) +
+  return r16(16 * head_dim * 2) + 3 * r16(Kb * 4) + 3 * r16(2 * Kb * 4) + r16((2 * Kb + 1) * 4) +
          r16(2 * Kb * 4) + r16(2 * Kb * nks * 4) + r16(16 * 4) + r16(256 * 4) + r16(kEstMaxWarps * 4 + 32);
 }
 
