@@ -145,7 +145,8 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
   }
 
   // Decode reads every weight once per token (the embedding table only one row): the bound it sets.
-  const double read_bytes = double(gm->weight_bytes()) - double(c.n_vocab) * c.n_embd * 2.0;
+  // (With tied embeddings the table is also the output head, read whole every token.)
+  const double read_bytes = double(gm->weight_bytes()) - (c.tied_embeddings ? 0.0 : double(c.n_vocab) * c.n_embd * 2.0);
   const double bound_tok_s = bw * 1e9 / read_bytes;
   if (plan.json) {
     nlohmann::json out = nlohmann::json::array();
