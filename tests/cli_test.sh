@@ -67,6 +67,13 @@ if [ -f "$model" ]; then
   expect_ok "bench json" "$bin" bench -m "$model" -p 16 -n 4 -r 1 --json
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert [x["test"] for x in r]==["pp16","tg4"], r' "$tmp/out" \
     && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL bench json content"; }
+  # hipserve shrink: a reduced model that still loads, runs, and says what it kept; bad arguments fail cleanly.
+  expect_ok "shrink" "$bin" shrink -m "$model" -o "$tmp/small.gguf" --layers 2
+  grep -q "2 of 30 layers" "$tmp/err" && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL shrink summary: $(cat "$tmp/err")"; }
+  expect_ok "run reduced model" "$bin" run --device cpu -m "$tmp/small.gguf" -p "Hello" -n 4 --temp 0
+  expect_error "shrink too many layers" "exceeds" "$bin" shrink -m "$model" -o "$tmp/x.gguf" --layers 31
+  expect_error "shrink onto itself" "overwrite" "$bin" shrink -m "$model" -o "$model" --layers 2
+  expect_error "eval on the GPU" "CPU" "$bin" eval passkey -m "$model" --device cuda
   printf 'Hello\n/reset\nWhat is 2+2?\n' >"$tmp/chat_in.txt"
   if "$bin" chat -m "$model" -n 8 --temp 0 <"$tmp/chat_in.txt" >"$tmp/out" 2>"$tmp/err"; then
     pass=$((pass + 1)); echo "ok   chat from stdin"
@@ -74,7 +81,14 @@ if [ -f "$model" ]; then
 else
   skip=$((skip + 1)); echo "skip model cases: $model not found (run scripts/fetch_model.sh)"
 fi
-for cmd in run chat inspect bench; do expect_ok "$cmd --help" "$bin" "$cmd" --help; done
+for cmd in run chat inspect bench eval shrink; do expect_ok "$cmd --help" "$bin" "$cmd" --help; done
+expect_error "bad --device" "--device must be" "$bin" bench --device tpu
+expect_error "shrink without arguments" "needs -m" "$bin" shrink
+if ! command -v nvidia-smi >/dev/null 2>&1; then  # machines without a GPU (CI): the GPU flags fail clearly
+  expect_error "--device cuda without a GPU" "device cuda" "$bin" bench --device cuda -p 8 -n 0
+  expect_error "--random-weights without a GPU" "random-weights" "$bin" bench --random-weights llama3.1-8b
+fi
+expect_error "--random-weights on the CPU" "random-weights" "$bin" bench --device cpu --random-weights llama3.1-8b
 
 echo "$pass passed, $fail failed, $skip skipped"
 [ $fail -eq 0 ]

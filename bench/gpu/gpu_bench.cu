@@ -5,8 +5,9 @@
 //   hipserve_gpu_bench [--json FILE] [--quick]
 //
 // Measurements (name, T):
-//   dense_prefill_v{0,1,2}  our FlashAttention-2 style causal prefill, numbered variants (attention_cuda.cu)
-//   hip_estimate / hip_attention / hip_prefill   HiP k=512 prefill: mask estimation, sparse attention, both
+//   dense_prefill_v{0..4}   our FlashAttention-2 style causal prefill, numbered variants (attention_cuda.cu)
+//   hip_estimate / hip_attention_v{0,1} / hip_prefill   HiP k=512 prefill: mask estimation, sparse attention
+//                           (variants), both; hip_bq64_* the same with b_q 64, b_sq 4
 //   dense_decode            split-K decode of the last position, per step (graph of 8 steps)
 //   hip_decode_cached       HiP decode step over a cached mask
 //   hip_decode_refresh      one mask refresh (estimate, n_q = 1)
@@ -45,6 +46,29 @@ __global__ void fill_random_bf16(uint16_t* p, int64_t n, uint32_t seed, float sc
     }
     const float v = s * 1.7320508f * scale;  // var of a sum of 4 U(-1/2,1/2) is 1/3
     p[i] = uint16_t(__float_as_uint(v) >> 16);
+  }
+}
+
+// Keys with attention locality (as real text has, and random keys lack): per (KV head, dim) an AR(1) walk over
+// positions, x_p = 0.98 x_{p-1} + 0.2 n, plus 0.3 n of noise per key. One thread per (head, dim) chain.
+__global__ void fill_smooth_keys(uint16_t* k, int n_kv_head, int T, int D, uint32_t seed) {
+  const int chain = blockIdx.x * blockDim.x + threadIdx.x;
+  if (chain >= n_kv_head * D) return;
+  const int g = chain / D, d = chain % D;
+  uint32_t st = seed ^ (uint32_t(chain) * 0x9E3779B1u);
+  auto normal = [&]() {
+    float s = 0.f;
+    for (int r = 0; r < 4; ++r) {
+      st ^= st << 13, st ^= st >> 17, st ^= st << 5;
+      s += float(st) * (1.0f / 4294967296.0f) - 0.5f;
+    }
+    return s * 1.7320508f;
+  };
+  float x = normal();
+  for (int p = 0; p < T; ++p) {
+    x = 0.98f * x + 0.2f * normal();
+    const float v = x + 0.3f * normal();
+    k[(int64_t(g) * T + p) * D + d] = uint16_t(__float_as_uint(v) >> 16);
   }
 }
 
@@ -144,27 +168,59 @@ int main(int argc, char** argv) {
     Problem pr(T);
     const AttnParams p = pr.params(false);
     const int big = T >= 131072;
-    for (int variant = 0; variant < 3; ++variant) {
+    for (int variant = 0; variant < 5; ++variant) {
       if (T > 131072 && variant > 0) continue;
       const auto [med, mn] = time_ms([&] { CHECK(attention_prefill_dense(p, s, variant)); }, 1, big ? (T > 131072 ? 3 : 5) : 20, s);
       const std::string name = "dense_prefill_v" + std::to_string(variant);
       js.row(name.c_str(), T, med, mn, big ? 5 : 20, causal_flops(T, pr.H, pr.D) / (med * 1e-3) / 1e12);
     }
+    // HiP with the paper defaults (b_q 32, b_sq 2: 16 sampled rows) and, for comparison, b_q 64 with b_sq 4
+    // (also 16 sampled rows; half the query blocks, so about half the estimation work).
+    for (int bq : {32, 64}) {
+      HipParams h = hip;
+      h.block_q = bq;
+      h.stride_q = bq / 16;
+      const std::string pre = bq == 32 ? "hip" : "hip_bq64";
+      const int nqb = (T + h.block_q - 1) / h.block_q;
+      int32_t *blocks, *counts;
+      CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
+      CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
+      const HipMaskDev mask{blocks, counts, nqb, Kb};
+      const int reps = big ? 10 : 30;
+      const auto est = time_ms([&] { CHECK(hip_estimate_mask(h, p, mask, s)); }, 2, reps, s);
+      js.row((pre + "_estimate").c_str(), T, est.first, est.second, reps, 0);
+      for (int v = 0; v < 3; ++v) {
+        const auto att = time_ms([&] { CHECK(hip_attention_prefill(h, p, mask, s, v)); }, 2, reps, s);
+        js.row((pre + "_attention_v" + std::to_string(v)).c_str(), T, att.first, att.second, reps, 0);
+      }
+      const auto tot = time_ms([&] {
+        CHECK(hip_estimate_mask(h, p, mask, s));
+        CHECK(hip_attention_prefill(h, p, mask, s));
+      }, 2, reps, s);
+      js.row((pre + "_prefill").c_str(), T, tot.first, tot.second, reps, 0);
+      CHECK(cudaFree(blocks));
+      CHECK(cudaFree(counts));
+    }
+  }
+
+  // HiP at 128K on keys with locality (fill_smooth_keys): how much of the random-key cost is the scattered
+  // reads that random scores cause.
+  if (!quick) {
+    const int T = 131072;
+    Problem pr(T);
+    fill_smooth_keys<<<(pr.Hkv * pr.D + 127) / 128, 128>>>(pr.k, pr.Hkv, T, pr.D, 77u);
+    CHECK(cudaGetLastError());
+    CHECK(cudaDeviceSynchronize());
+    const AttnParams p = pr.params(false);
     const int nqb = (T + hip.block_q - 1) / hip.block_q;
     int32_t *blocks, *counts;
     CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
     CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
     const HipMaskDev mask{blocks, counts, nqb, Kb};
-    const int reps = big ? 10 : 30;
-    const auto est = time_ms([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }, 2, reps, s);
-    js.row("hip_estimate", T, est.first, est.second, reps, 0);
-    const auto att = time_ms([&] { CHECK(hip_attention_prefill(hip, p, mask, s)); }, 2, reps, s);
-    js.row("hip_attention", T, att.first, att.second, reps, 0);
-    const auto tot = time_ms([&] {
-      CHECK(hip_estimate_mask(hip, p, mask, s));
-      CHECK(hip_attention_prefill(hip, p, mask, s));
-    }, 2, reps, s);
-    js.row("hip_prefill", T, tot.first, tot.second, reps, 0);
+    const auto est = time_ms([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }, 2, 10, s);
+    js.row("hip_smooth_estimate", T, est.first, est.second, 10, 0);
+    const auto att = time_ms([&] { CHECK(hip_attention_prefill(hip, p, mask, s)); }, 2, 10, s);
+    js.row("hip_smooth_attention_v0", T, att.first, att.second, 10, 0);
     CHECK(cudaFree(blocks));
     CHECK(cudaFree(counts));
   }
@@ -177,6 +233,7 @@ int main(int argc, char** argv) {
     float* ws;
     const int64_t ws_n = decode_workspace_floats(pr.H, pr.D, kMaxDecodeSplits);
     CHECK(cudaMalloc(&ws, ws_n * 4));
+    CHECK(cudaMemset(ws, 0, ws_n * 4));
     const DecodeWorkspace w{ws, ws_n};
     int32_t *blocks, *counts;
     CHECK(cudaMalloc(&blocks, int64_t(pr.H) * Kb * 4));

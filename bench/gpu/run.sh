@@ -37,7 +37,7 @@ log "benchmark (ours)"
 timeout 170 "$BUILD/hipserve_gpu_bench" --json "$OUT/ours.jsonl" ${QUICK:+--quick} 2>&1 | tee "$OUT/bench.log"
 log "benchmark (torch SDPA)"
 TS="32768 131072 262144"; [ -n "${QUICK:-}" ] && TS=32768
-PYTHONUNBUFFERED=1 timeout 150 python3 bench/gpu/sdpa_bench.py --json "$OUT/sdpa.jsonl" --T $TS 2>&1 | tee "$OUT/sdpa.log"
+[ "${SKIP_SDPA:-0}" = 1 ] || PYTHONUNBUFFERED=1 timeout 150 python3 bench/gpu/sdpa_bench.py --json "$OUT/sdpa.jsonl" --T $TS 2>&1 | tee "$OUT/sdpa.log"
 python3 bench/gpu/report.py --machine "$OUT/machine.txt" --out-json "$OUT/gpu_bench.json" --out-md "$OUT/gpu_bench.md" \
   "$OUT/ours.jsonl" "$OUT/sdpa.jsonl" && cat "$OUT/gpu_bench.md"
 exit $test_rc

@@ -8,6 +8,9 @@
 #include <thread>
 
 #include "util/common.h"
+#ifdef HIPSERVE_CUDA
+#include "backends/cuda/llama_cuda.h"
+#endif
 
 namespace hs::cli {
 
@@ -114,6 +117,24 @@ int default_threads() {
   return n == 0 ? 4 : int(n);
 }
 
+bool CommonArgs::use_cuda() const {
+#ifdef HIPSERVE_CUDA
+  if (device == "cpu") {
+    HS_CHECK(random_weights.empty(), "--random-weights runs on the GPU only (drop --device cpu)");
+    return false;
+  }
+  std::string why;
+  const bool have = cuda::device_available(&why);
+  HS_CHECK(have || device == "auto", "--device cuda: %s", why.c_str());
+  HS_CHECK(have || random_weights.empty(), "--random-weights needs a GPU: %s", why.c_str());
+  return have;
+#else
+  HS_CHECK(device != "cuda", "--device cuda: this build has no CUDA backend (configure with -DHIPSERVE_CUDA=ON)");
+  HS_CHECK(random_weights.empty(), "--random-weights needs the CUDA backend, which this build lacks");
+  return false;
+#endif
+}
+
 void add_common_options(OptionTable& t, CommonArgs& a) {
   t.add({"-m", "--model", "FILE", "GGUF model file (default: $HIPSERVE_MODEL, else models/SmolLM2-135M-Instruct.Q4_1.gguf)",
          [&a](const std::string& v) { a.model = v; }});
@@ -129,6 +150,16 @@ void add_common_options(OptionTable& t, CommonArgs& a) {
            HS_CHECK(v == "f32" || v == "int8", "--matmul must be f32 or int8, got '%s'", v.c_str());
            a.int8_matmul = v == "int8";
          }});
+  t.add({"", "--device", "cpu|cuda|auto",
+         "where the model runs: auto (default) = cuda when this build has the CUDA backend and a GPU is present",
+         [&a](const std::string& v) {
+           HS_CHECK(v == "cpu" || v == "cuda" || v == "auto", "--device must be cpu, cuda or auto, got '%s'", v.c_str());
+           a.device = v;
+         }});
+  t.add({"", "--random-weights", "PRESET",
+         "GPU speed work without a file: random bf16 weights of a known shape (llama3.1-8b, llama3.2-1b, "
+         "qwen2.5-7b, smollm2-135m); no tokenizer, so bench only",
+         [&a](const std::string& v) { a.random_weights = v; }});
   t.add({"", "--attn", "dense|hip", "attention: HiP (default) or dense in every layer", [&a](const std::string& v) {
            HS_CHECK(v == "dense" || v == "hip", "--attn must be dense or hip, got '%s'", v.c_str());
            a.attn_overrides["attn"] = v;

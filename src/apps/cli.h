@@ -43,6 +43,9 @@ struct CommonArgs {
   int ctx = 0;        // -c; 0 = the model's training context
   bool verbose = false;
   bool int8_matmul = false;  // --matmul int8
+  std::string device = "auto";  // --device cpu|cuda|auto (auto: cuda when built with it and a GPU is present)
+  std::string random_weights;   // --random-weights PRESET (GPU only): no model file
+  bool use_cuda() const;        // resolves --device; throws hs::Error for cuda without a GPU
   // Attention: defaults, then --attn-config FILE, then the individual flags (kept as JSON overrides).
   std::string attn_config_file;
   nlohmann::json attn_overrides = nlohmann::json::object();

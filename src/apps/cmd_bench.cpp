@@ -1,6 +1,7 @@
 // `hipserve bench`: llama-bench-style throughput. pp<N>: prefill N random tokens into an empty cache;
 // tg<N>: N single-token decode steps after a (untimed) prefill of --depth tokens. Each test runs once to warm
-// up, then -r times; we report mean ± sample standard deviation of tokens/s.
+// up, then -r times; we report mean ± sample standard deviation of tokens/s. With --device cuda (the default
+// when a GPU is present) the same tests run on the GPU (apps/gpu_commands.cpp), also with --random-weights.
 #include <chrono>
 #include <algorithm>
 #include <cmath>
@@ -13,6 +14,7 @@
 
 #include "apps/cli.h"
 #include "apps/commands.h"
+#include "apps/gpu_commands.h"
 #include "apps/loader.h"
 #include "model/kv_cache.h"
 #include "util/common.h"
@@ -71,6 +73,16 @@ int cmd_bench(const std::vector<std::string>& args) {
     return 0;
   }
   HS_CHECK(pos.empty(), "unexpected argument '%s'", pos[0].c_str());
+  if (common.use_cuda()) {
+    BenchPlan plan;
+    plan.prompts = prompts;
+    plan.gens = gens;
+    plan.depths = depths;
+    plan.reps = reps;
+    plan.warmup = warmup;
+    plan.json = json;
+    return gpu_bench(common, plan);
+  }
 
   int need = 1;
   for (int p : prompts) need = std::max(need, p + 1);

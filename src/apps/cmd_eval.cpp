@@ -86,6 +86,8 @@ int cmd_eval(const std::vector<std::string>& args) {
   HS_CHECK(pos.size() == 1, "unexpected argument '%s'", pos[1].c_str());
   HS_CHECK(what == "passkey" || !file.empty(), "eval %s needs a text file: -f TEXT", what.c_str());
 
+  HS_CHECK(common.device != "cuda" && common.random_weights.empty(),
+           "eval runs on the CPU for now (drop --device cuda / --random-weights)");
   LoadedModel lm = load_model(common, json);
   Model& model = *lm.model;
   const int32_t ctx = lm.n_ctx;

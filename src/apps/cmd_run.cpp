@@ -9,6 +9,7 @@
 
 #include "apps/cli.h"
 #include "apps/commands.h"
+#include "apps/gpu_commands.h"
 #include "apps/loader.h"
 #include "engine/session.h"
 #include "model/chat_template.h"
@@ -102,6 +103,9 @@ int cmd_run(const std::vector<std::string>& args, bool interactive_chat) {
   }
   gen.n_predict = n_predict;
 
+  HS_CHECK(common.random_weights.empty(), "--random-weights has no tokenizer: use it with `hipserve bench`");
+  const bool on_gpu = common.use_cuda();
+  HS_CHECK(!(on_gpu && interactive_chat), "chat runs on the CPU for now: add --device cpu");
   LoadedModel lm = load_model(common);
   Model& model = *lm.model;
   const Tokenizer& tok = model.tokenizer();
@@ -126,6 +130,7 @@ int cmd_run(const std::vector<std::string>& args, bool interactive_chat) {
       if (chat) std::fputc('\n', stdout);
       std::fflush(stdout);
     }
+    if (on_gpu) return gpu_run(common, lm, ids, gen);
     const GenerationResult r = session.generate(ids, gen, [](const std::string& s) {
       std::fwrite(s.data(), 1, s.size(), stdout);
       std::fflush(stdout);

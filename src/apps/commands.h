@@ -11,5 +11,6 @@ int cmd_inspect(const std::vector<std::string>& args);
 int cmd_bench(const std::vector<std::string>& args);
 int cmd_eval(const std::vector<std::string>& args);
 int cmd_serve(const std::vector<std::string>& args);
+int cmd_shrink(const std::vector<std::string>& args);
 
 }  // namespace hs::cli

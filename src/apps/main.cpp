@@ -20,6 +20,7 @@ const char* kUsage =
     "  bench    measure prefill and decode speed (llama-bench style)\n"
     "  eval     quality of the attention: perplexity, passkey retrieval, HiP mask recall\n"
     "  serve    OpenAI-compatible HTTP server with continuous batching\n"
+    "  shrink   write a copy of a GGUF model that keeps only its first N layers\n"
     "\n"
     "`hipserve COMMAND --help` lists the options of a command.\n";
 
@@ -39,7 +40,8 @@ int main(int argc, char** argv) {
     if (cmd == "bench") return hs::cli::cmd_bench(args);
     if (cmd == "eval") return hs::cli::cmd_eval(args);
     if (cmd == "serve") return hs::cli::cmd_serve(args);
-    std::fprintf(stderr, "hipserve: error: unknown command '%s' (commands: run, chat, inspect, bench, eval, serve; see --help)\n",
+    if (cmd == "shrink") return hs::cli::cmd_shrink(args);
+    std::fprintf(stderr, "hipserve: error: unknown command '%s' (commands: run, chat, inspect, bench, eval, serve, shrink; see --help)\n",
                  cmd.c_str());
     return 1;
   } catch (const hs::Error& e) {

@@ -66,6 +66,11 @@ class Model {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const gguf::File& file() const { return *file_; }
   size_t weight_bytes() const { return weight_bytes_; }
+  // The bound weights (views into the mapped file or small owned copies), for backends that upload them.
+  const LayerWeights& layer(int32_t il) const { return layers_[size_t(il)]; }
+  const cpu::MatmulWeight& tok_embd() const { return tok_embd_; }
+  const cpu::MatmulWeight& output() const { return output_; }
+  const float* output_norm() const { return output_norm_; }
 
   // Rows per forward call (sum of n_tokens over the batch); longer prompts are fed in chunks of this size.
   int32_t max_batch_tokens() const { return max_batch_tokens_; }

@@ -1,7 +1,7 @@
 // CUDA attention kernels: see attention_cuda.h for the contract. Layout of this file:
 //   1. device helpers: cp.async, ldmatrix, mma.sync m16n8k16 bf16 (fp32 accumulate), exp2, swizzled tiles;
 //   2. prefill_kernel: FlashAttention-2 style causal prefill, dense or HiP block-sparse (KeySource policy);
-//   3. decode_split_kernel + decode_merge_kernel: split-K decode, dense (per KV group) or HiP (per head);
+//   3. dense_decode_kernel, hip_decode_kernel: split-K decode, dense (per KV group) or HiP (per head);
 //   4. hip_estimate_kernel: the whole hierarchical top-k search of one (head, query block) in one CTA;
 //   5. host wrappers.
 //
@@ -74,6 +74,20 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
+// q = x / d and r = x % d for x >= 0, by a shift when d is a power of two (HiP's block_k and sampled keys per
+// block always are in practice): a run-time integer division costs ~20 instructions in the per-key loops.
+struct DivPow2OrNot {
+  int d, shift;  // shift < 0: d is not a power of two
+  __host__ __device__ explicit DivPow2OrNot(int d_) : d(d_), shift(-1) {
+    if (d_ > 0 && (d_ & (d_ - 1)) == 0) {
+      shift = 0;
+      while ((1 << shift) < d_) ++shift;
+    }
+  }
+  __device__ __forceinline__ int div(int x) const { return shift >= 0 ? x >> shift : x / d; }
+  __device__ __forceinline__ int mod(int x) const { return shift >= 0 ? x & (d - 1) : x % d; }
+};
+
 // A tile of rows x D bf16 in shared memory, rows of D/8 16-byte chunks; chunk c of row r is stored at chunk
 // c ^ (r % 8), so that the 8 rows an ldmatrix reads at one logical chunk hit 8 different bank groups.
 template <int D>
@@ -115,6 +129,7 @@ struct HipKeys {
   const int32_t* blocks;  // this (head, query block)'s selected blocks, ascending
   int n_sel;              // their number
   int block_k, window;
+  DivPow2OrNot bk_div{1};
   int n_sink_eff;  // sink keys <= far
   int far;         // t_max - window: the last key part A may hold
   int win_lo;      // first key of the window range
@@ -124,7 +139,7 @@ struct HipKeys {
     if (i < n_sink_eff) return i;
     if (i < n_a) {
       const int j = i - n_sink_eff;
-      const int kp = blocks[j / block_k] * block_k + j % block_k;
+      const int kp = blocks[bk_div.div(j)] * block_k + bk_div.mod(j);
       return kp <= far ? kp : -1;
     }
     return i < n_list ? win_lo + (i - n_a) : -1;
@@ -137,22 +152,27 @@ struct HipKeys {
   }
 };
 
-template <int D, int NW, int BC>
+template <int D, int NW, int BC, int MT = 1, int STAGES = 2>
 struct PrefillShape {
-  static constexpr int BR = 16 * NW, NT = 32 * NW;
+  static constexpr int BR = 16 * MT * NW, NT = 32 * NW;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  static constexpr int smem_bytes = (BR * D + 4 * BC * D) * 2 + BC * 4 * 2;  // Q, 2 x (K, V), 2 x positions
+  // Q, STAGES x (K, V), STAGES x key positions
+  static constexpr int smem_bytes = (BR * D + 2 * STAGES * BC * D) * 2 + STAGES * BC * 4;
 };
 
-template <int D, int NW, int BC, class Keys>
+// MT: m16 row tiles per warp. MT = 1 keeps the warp's Q fragments in registers; MT = 2 (FlashAttention-2's
+// choice for d = 128) re-reads them from shared memory once per key tile but reuses every K/V fragment for
+// two row tiles, halving the shared-memory traffic per tensor-core instruction.
+// STAGES: key tiles in shared memory; STAGES - 1 loads are in flight while a tile is computed on.
+template <int D, int NW, int BC, int MT, int STAGES, class Keys>
 __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& keys, int head, int row0,
                                              uint16_t* smem) {
-  using S = PrefillShape<D, NW, BC>;
+  using S = PrefillShape<D, NW, BC, MT, STAGES>;
   constexpr int BR = S::BR, NT = S::NT, CH = S::kChunks;
   uint16_t* sQ = smem;
-  uint16_t* sK = sQ + BR * D;   // [2][BC][D]
-  uint16_t* sV = sK + 2 * BC * D;  // [2][BC][D]
-  int* sPos = reinterpret_cast<int*>(sV + 2 * BC * D);  // [2][BC] key positions of the staged tiles
+  uint16_t* sK = sQ + BR * D;           // [STAGES][BC][D]
+  uint16_t* sV = sK + STAGES * BC * D;  // [STAGES][BC][D]
+  int* sPos = reinterpret_cast<int*>(sV + STAGES * BC * D);  // [STAGES][BC] key positions of the staged tiles
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int kvh = head / (p.n_head / p.n_kv_head);
   const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride;
@@ -178,156 +198,200 @@ __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& ke
     }
     for (int i = tid; i < BC; i += NT) sPos[stage * BC + i] = keys.pos(tile, BC, i);
   };
-  if (n_tiles > 0) load_tile(0, 0);
-  cp_async_commit();
+  // Prologue: tiles 0 .. STAGES - 2, one commit group each (Q rides with tile 0).
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < n_tiles) load_tile(st, st);
+    cp_async_commit();
+  }
 
-  // Per thread: rows g and g + 8 of the warp's 16.
+  // Per thread and row tile mt: rows g and g + 8 (index 0 and 1 below) of the tile's 16.
   const int g = lane >> 2, c4 = lane & 3;
-  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
-  const int t_lo = p.q_pos0 + row0 + r_lo, t_hi = p.q_pos0 + row0 + r_hi;
+  const int wrow0 = warp * 16 * MT;  // the warp's first row in the CTA
+  int t_row[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    t_row[mt][0] = p.q_pos0 + row0 + wrow0 + 16 * mt + g;
+    t_row[mt][1] = t_row[mt][0] + 8;
+  }
   const float sl2 = p.scale * kLog2e;
 
-  float o[D / 8][4];
+  float o[MT][D / 8][4];
+  float m_run[MT][2], l_run[MT][2];
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
-  uint32_t qf[D / 16][4];
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+    m_run[mt][0] = m_run[mt][1] = -INFINITY;
+    l_run[mt][0] = l_run[mt][1] = 0.f;
+  }
+  uint32_t qf_keep[MT == 1 ? D / 16 : 1][4];  // MT == 1: the warp's Q fragments, loaded once
+  auto q_frag = [&](uint32_t(&r)[4], int mt, int kk) {
+    const int row = wrow0 + 16 * mt + (lane & 7) + 8 * ((lane >> 3) & 1);
+    ldmatrix_x4(r, sQ + swz<D>(row, 2 * kk + (lane >> 4)));
+  };
 
   for (int tile = 0; tile < n_tiles; ++tile) {
-    const int stage = tile & 1;
-    if (tile + 1 < n_tiles) load_tile(tile + 1, stage ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    if (tile == 0) {
+    const int stage = tile % STAGES;
+    cp_async_wait<STAGES - 2>();  // this tile's group has landed (for this thread) ...
+    __syncthreads();              // ... for all threads; and every warp is done with tile - 1's stage
+    {
+      const int ahead = tile + STAGES - 1;
+      if (ahead < n_tiles) load_tile(ahead, ahead % STAGES);  // into the stage tile - 1 used
+      cp_async_commit();
+    }
+    if constexpr (MT == 1) {
+      if (tile == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const int r = warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-        ldmatrix_x4(qf[kk], sQ + swz<D>(r, 2 * kk + (lane >> 4)));
+        for (int kk = 0; kk < D / 16; ++kk) q_frag(qf_keep[kk], 0, kk);
       }
     }
     const uint16_t* tK = sK + stage * BC * D;
     const uint16_t* tV = sV + stage * BC * D;
 
-    // S = Q K^T: 16 x BC per warp.
-    float s[BC / 8][4];
+    // S = Q K^T: (16 MT) x BC per warp. K fragments for two k-steps per ldmatrix.x4.
+    float s[MT][BC / 8][4];
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j) {
+      for (int j = 0; j < BC / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; kk += 2) {
+    for (int kk = 0; kk < D / 16; kk += 2) {
+      uint32_t qa[MT][2][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if constexpr (MT == 1) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) qa[mt][0][e] = qf_keep[kk][e], qa[mt][1][e] = qf_keep[kk + 1][e];
+        } else {
+          q_frag(qa[mt][0], mt, kk);
+          q_frag(qa[mt][1], mt, kk + 1);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < BC / 8; ++j) {
         uint32_t b[4];
         ldmatrix_x4(b, tK + swz<D>(8 * j + (lane & 7), 2 * kk + (lane >> 3)));
-        mma_bf16(s[j], qf[kk], b[0], b[1]);
-        mma_bf16(s[j], qf[kk + 1], b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(s[mt][j], qa[mt][0], b[0], b[1]);
+          mma_bf16(s[mt][j], qa[mt][1], b[2], b[3]);
+        }
       }
     }
-    // Scale to the log2 domain and mask.
     const bool need_mask = keys.tile_needs_mask(tile, BC);
     const int* pos = sPos + stage * BC;
+    uint32_t pa[MT][BC / 16][4];  // P as bf16 A fragments
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j) {
+    for (int mt = 0; mt < MT; ++mt) {
+      // Scale to the log2 domain and mask.
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[j][e] * sl2;
-        if (need_mask) {
-          const int i = 8 * j + 2 * c4 + (e & 1);
-          const int t = e < 2 ? t_lo : t_hi;
-          if (!keys.allowed(tile, BC, i, pos[i], t)) x = -INFINITY;
+      for (int j = 0; j < BC / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mt][j][e] * sl2;
+          if (need_mask) {
+            const int i = 8 * j + 2 * c4 + (e & 1);
+            if (!keys.allowed(tile, BC, i, pos[i], t_row[mt][e >> 1])) x = -INFINITY;
+          }
+          s[mt][j][e] = x;
         }
-        s[j][e] = x;
+      }
+      // Online softmax per row; a row's 4 threads (same g) reduce by shuffles.
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int j = 0; j < BC / 8; ++j) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[mt][j][0], s[mt][j][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[mt][j][2], s[mt][j][3]));
+      }
+      float base[2], alpha[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float mn = fmaxf(m_run[mt][h], mx[h]);
+        // A row that has seen no key yet keeps m = -inf; subtracting 0 keeps exp2(-inf) = 0, never NaN.
+        base[h] = mn == -INFINITY ? 0.f : mn;
+        alpha[h] = fast_exp2(m_run[mt][h] - base[h]);
+        m_run[mt][h] = mn;
+      }
+      float sum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < BC / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[mt][j][e] = fast_exp2(s[mt][j][e] - base[e >> 1]);
+          sum[e >> 1] += s[mt][j][e];
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) l_run[mt][h] = l_run[mt][h] * alpha[h] + sum[h];  // own columns only
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        o[mt][j][0] *= alpha[0];
+        o[mt][j][1] *= alpha[0];
+        o[mt][j][2] *= alpha[1];
+        o[mt][j][3] *= alpha[1];
+      }
+      // P's C fragments become A fragments (keys 16kk .. 16kk + 15 = S tiles 2kk, 2kk + 1).
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; ++kk) {
+        pa[mt][kk][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][kk][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][kk][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][kk][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
       }
     }
-    // Online softmax, rows lo (e = 0, 1) and hi (e = 2, 3); a row's 4 threads (same g) reduce by shuffles.
-    float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < BC / 8; ++j) {
-      mx_lo = fmaxf(mx_lo, fmaxf(s[j][0], s[j][1]));
-      mx_hi = fmaxf(mx_hi, fmaxf(s[j][2], s[j][3]));
-    }
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
-    }
-    const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-    // A row that has seen no key yet keeps m = -inf; subtracting 0 then keeps exp2(-inf) = 0, never NaN.
-    const float base_lo = mn_lo == -INFINITY ? 0.f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
-    const float alpha_lo = fast_exp2(m_lo - base_lo), alpha_hi = fast_exp2(m_hi - base_hi);
-    m_lo = mn_lo;
-    m_hi = mn_hi;
-    float sum_lo = 0.f, sum_hi = 0.f;
-#pragma unroll
-    for (int j = 0; j < BC / 8; ++j) {
-      s[j][0] = fast_exp2(s[j][0] - base_lo);
-      s[j][1] = fast_exp2(s[j][1] - base_lo);
-      s[j][2] = fast_exp2(s[j][2] - base_hi);
-      s[j][3] = fast_exp2(s[j][3] - base_hi);
-      sum_lo += s[j][0] + s[j][1];
-      sum_hi += s[j][2] + s[j][3];
-    }
-    l_lo = l_lo * alpha_lo + sum_lo;  // this thread's columns only; the row's 4 threads add up at the end
-    l_hi = l_hi * alpha_hi + sum_hi;
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      o[j][0] *= alpha_lo;
-      o[j][1] *= alpha_lo;
-      o[j][2] *= alpha_hi;
-      o[j][3] *= alpha_hi;
-    }
-    // O += P V: P's C fragments become A fragments (keys 16kk .. 16kk + 15 = S tiles 2kk, 2kk + 1).
+    // O += P V; each V fragment pair serves all MT row tiles.
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
-      uint32_t a[4];
-      a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-      a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-      a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
       for (int jp = 0; jp < D / 16; ++jp) {
         uint32_t b[4];
         ldmatrix_x4_trans(b, tV + swz<D>(16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1), 2 * jp + (lane >> 4)));
-        mma_bf16(o[2 * jp], a, b[0], b[1]);
-        mma_bf16(o[2 * jp + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(o[mt][2 * jp], pa[mt][kk], b[0], b[1]);
+          mma_bf16(o[mt][2 * jp + 1], pa[mt][kk], b[2], b[3]);
+        }
       }
     }
-    __syncthreads();  // the next iteration overwrites this stage
   }
   cp_async_wait<0>();
 
 #pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, off);
-  }
-  const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
-  const bool w_lo = row0 + r_lo < p.n_q, w_hi = row0 + r_hi < p.n_q;
-  uint16_t* out_lo = p.out + int64_t(row0 + r_lo) * p.out_stride + int64_t(head) * D;
-  uint16_t* out_hi = p.out + int64_t(row0 + r_hi) * p.out_stride + int64_t(head) * D;
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    const int d = 8 * j + 2 * c4;
-    if (w_lo) *reinterpret_cast<uint32_t*>(out_lo + d) = pack_bf16(o[j][0] * inv_lo, o[j][1] * inv_lo);
-    if (w_hi) *reinterpret_cast<uint32_t*>(out_hi + d) = pack_bf16(o[j][2] * inv_hi, o[j][3] * inv_hi);
+    for (int h = 0; h < 2; ++h) {
+      float l = l_run[mt][h];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int r = wrow0 + 16 * mt + g + 8 * h;
+      if (row0 + r >= p.n_q) continue;
+      uint16_t* dst = p.out + int64_t(row0 + r) * p.out_stride + int64_t(head) * D;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        *reinterpret_cast<uint32_t*>(dst + 8 * j + 2 * c4) = pack_bf16(o[mt][j][2 * h] * inv, o[mt][j][2 * h + 1] * inv);
+    }
   }
 }
 
 // Grid: (n_head, query tiles); the heaviest (last) query tiles start first so the causal tail is not last.
-template <int D, int NW, int BC>
+template <int D, int NW, int BC, int MT>
 __global__ void __launch_bounds__(32 * NW) dense_prefill_kernel(const AttnParams p) {
   extern __shared__ __align__(128) uint16_t smem[];
-  constexpr int BR = 16 * NW;
+  constexpr int BR = 16 * NW * MT;
   const int head = blockIdx.x, qtile = gridDim.y - 1 - blockIdx.y, row0 = qtile * BR;
   DenseKeys keys;
   keys.q_first = p.q_pos0 + row0;
   keys.q_last = p.q_pos0 + min(row0 + BR, p.n_q) - 1;
   keys.n_kv = p.n_kv;
-  prefill_body<D, NW, BC>(p, keys, head, row0, smem);
+  prefill_body<D, NW, BC, MT, 2>(p, keys, head, row0, smem);
 }
 
-// Grid: (n_head, query blocks); block_q == 32 == 16 * NW rows.
-template <int D, int NW, int BC>
+// Grid: (n_head, query blocks); block_q == 16 * NW rows.
+template <int D, int NW, int BC, int STAGES>
 __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs a) {
   extern __shared__ __align__(128) uint16_t smem[];
   const AttnParams& p = a.p;
@@ -340,13 +404,14 @@ __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs 
   keys.blocks = a.mask.blocks + mrow * a.mask.kb_stride;
   keys.n_sel = a.mask.counts[mrow];
   keys.block_k = a.hip.block_k;
+  keys.bk_div = DivPow2OrNot(a.hip.block_k);
   keys.window = w;
   keys.far = t_max - w;
   keys.n_sink_eff = max(0, min(a.hip.n_sink, keys.far + 1));
   keys.n_a = keys.n_sink_eff + keys.n_sel * a.hip.block_k;
   keys.win_lo = max(0, t_min - w + 1);
   keys.n_list = keys.n_a + (w > 0 ? t_max + 1 - keys.win_lo : 0);
-  prefill_body<D, NW, BC>(p, keys, head, row0, smem);
+  prefill_body<D, NW, BC, 1, STAGES>(p, keys, head, row0, smem);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -354,7 +419,7 @@ __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs 
 // whose masks are per head) and a contiguous range of a key list. Lanes hold 8 dims (16 bytes) of a key, so a
 // warp covers 32 / (D/8) keys per step; each lane group takes U keys per step (all loads issued before use),
 // updates its own online-softmax state, and the CTA merges its groups in shared memory into one partial
-// (o, m, l) per head, written to the workspace; decode_merge_kernel combines the splits.
+// (o, m, l) per head, written to the workspace; the last CTA of a head group merges the splits.
 
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeUnroll = 4;
@@ -364,6 +429,7 @@ struct DecodeArgs {
   HipParams hip;
   HipMaskDev mask;  // HiP only
   float* partial;   // [n_head][n_splits][D + 2]: o (unnormalized), m (log2 domain), l
+  int* arrived;     // [gridDim.x] CTAs of each head group done so far (0 between calls)
   int n_splits;
   int keys_per_split;
 };
@@ -378,12 +444,13 @@ struct DenseDecodeKeys {
 struct HipDecodeKeys {
   const int32_t* blocks;
   int block_k, n_sink_eff, n_a, far, win_lo, n;
+  DivPow2OrNot bk_div{1};
   __device__ int count() const { return n; }
   __device__ int pos(int i) const {
     if (i < n_sink_eff) return i;
     if (i < n_a) {
       const int j = i - n_sink_eff;
-      const int kp = blocks[j / block_k] * block_k + j % block_k;
+      const int kp = blocks[bk_div.div(j)] * block_k + bk_div.mod(j);
       return kp <= far ? kp : -1;
     }
     return win_lo + (i - n_a);
@@ -511,6 +578,32 @@ __device__ void decode_split_body(const DecodeArgs& a, const Keys& keys, int hea
       dst[D + 1] = L;
     }
   }
+  // The last CTA of the head group to finish merges all splits (one launch less per step than a separate
+  // merge kernel): publish this CTA's partial, count it, and let the last one read everything back.
+  __threadfence();
+  __syncthreads();
+  __shared__ int s_is_last;
+  if (tid == 0) s_is_last = atomicAdd(&a.arrived[blockIdx.x], 1) == a.n_splits - 1;
+  __syncthreads();
+  if (!s_is_last) return;
+  __threadfence();
+  for (int i = tid; i < GH * D; i += kDecodeThreads) {
+    const int h = i / D, d = i % D;
+    const float* src = a.partial + int64_t(head0 + h) * a.n_splits * (D + 2);
+    float M = -INFINITY;
+    for (int sp = 0; sp < a.n_splits; ++sp) M = fmaxf(M, __ldcg(src + sp * (D + 2) + D));
+    float L = 0.f, O = 0.f;
+    if (M != -INFINITY) {
+      for (int sp = 0; sp < a.n_splits; ++sp) {
+        const float f = fast_exp2(__ldcg(src + sp * (D + 2) + D) - M);
+        L += __ldcg(src + sp * (D + 2) + D + 1) * f;
+        O += __ldcg(src + sp * (D + 2) + d) * f;
+      }
+    }
+    __nv_bfloat16 b = __float2bfloat16_rn(L > 0.f ? O / L : 0.f);
+    a.p.out[int64_t(head0 + h) * D + d] = *reinterpret_cast<uint16_t*>(&b);
+  }
+  if (tid == 0) a.arrived[blockIdx.x] = 0;  // ready for the next call (graph replays included)
 }
 
 // Grid: (n_kv_head, n_splits); the G = n_head / n_kv_head heads of the group (GH == G).
@@ -528,32 +621,13 @@ __global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const Decode
   HipDecodeKeys keys;
   keys.blocks = a.mask.blocks + int64_t(head) * a.mask.n_qblocks * a.mask.kb_stride;
   keys.block_k = a.hip.block_k;
+  keys.bk_div = DivPow2OrNot(a.hip.block_k);
   keys.far = t - w;
   keys.n_sink_eff = max(0, min(a.hip.n_sink, keys.far + 1));
   keys.n_a = keys.n_sink_eff + a.mask.counts[int64_t(head) * a.mask.n_qblocks] * a.hip.block_k;
   keys.win_lo = max(0, t - w + 1);
   keys.n = keys.n_a + (w > 0 ? t + 1 - keys.win_lo : 0);
   decode_split_body<D, 1>(a, keys, head, blockIdx.y);
-}
-
-// Grid: n_head CTAs of D threads: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
-template <int D>
-__global__ void __launch_bounds__(D) decode_merge_kernel(const float* partial, int n_splits, uint16_t* out) {
-  const int h = blockIdx.x, d = threadIdx.x;
-  const float* src = partial + int64_t(h) * n_splits * (D + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < n_splits; ++s) M = fmaxf(M, src[s * (D + 2) + D]);
-  float L = 0.f, O = 0.f;
-  if (M != -INFINITY) {
-    for (int s = 0; s < n_splits; ++s) {
-      const float f = fast_exp2(src[s * (D + 2) + D] - M);
-      L += src[s * (D + 2) + D + 1] * f;
-      O += src[s * (D + 2) + d] * f;
-    }
-  }
-  const float r = L > 0.f ? O / L : 0.f;
-  __nv_bfloat16 b = __float2bfloat16_rn(r);
-  out[int64_t(h) * D + d] = *reinterpret_cast<uint16_t*>(&b);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -568,13 +642,19 @@ __global__ void __launch_bounds__(D) decode_merge_kernel(const float* partial, i
 //
 // Scores: the R <= 16 sampled query rows are the A operand (16 x D, rows past R are padding), 8 keys at a time
 // the B operand. A dot product does not care in which order the dims are summed, so the dims are permuted
-// (the same way in A and B) such that each lane loads D/4 contiguous dims of its key with 16-byte loads: lane
-// (g, c) reads key g, dims [c*D/4, (c+1)*D/4), and logical k index (k-step kk, 2c + e + 8h) is physical dim
-// c*D/4 + 4kk + 2h + e. Masked (row, key) pairs score -32000, padding rows -inf; the max over rows is a
-// shuffle reduction over g.
+// (the same way in A and B) such that the B fragments come straight from 16-byte loads that are coalesced per
+// instruction: load v of lane (g, c) reads key g, dims [32v + 8c, 32v + 8c + 8) (the 4 lanes of a key cover 64
+// contiguous bytes per instruction), and logical k index (k-step kk, 2c + e + 8h) is physical dim
+// 32 (kk / 2) + 8c + 4 (kk % 2) + 2h + e. (A first version gave each lane D/4 contiguous dims: every load
+// instruction then touched twice the sectors it used; ncu counted 50% excessive sectors.) Masked (row, key)
+// pairs score -32000, padding rows -inf; the max over rows is a shuffle reduction over g.
 
-constexpr int kEstThreads = 256;
-constexpr int kEstWarps = kEstThreads / 32;
+// Threads per estimation CTA: prefill has thousands of CTAs, and small CTAs let several share an SM (the
+// per-iteration work is a chain of barriers and dependent gathers: latency, not throughput); decode (n_q = 1)
+// has one CTA per head, so each CTA gets many warps to have more key loads in flight.
+constexpr int kEstThreadsPrefill = 128;
+constexpr int kEstThreadsDecode = 512;
+constexpr int kEstMaxWarps = kEstThreadsDecode / 32;
 constexpr float kMaskedScore = -32000.0f;
 
 struct EstArgs {
@@ -608,7 +688,9 @@ struct EstSmem {
 };
 
 // Exclusive prefix sum of scan[0, n) in place (n <= 2 K_b); returns the total. All threads call it.
+template <int NT>
 __device__ int block_exclusive_scan(int* data, int n, int* warp_tot) {
+  constexpr int kEstThreads = NT, kEstWarps = NT / 32;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int per = (n + kEstThreads - 1) / kEstThreads;
   const int b = tid * per, e = min(n, b + per);
@@ -639,8 +721,9 @@ __device__ int block_exclusive_scan(int* data, int n, int* warp_tot) {
   return total;
 }
 
-template <int D>
-__global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstArgs a) {
+template <int D, int NT>
+__global__ void __launch_bounds__(NT, NT <= 128 ? 5 : 1) hip_estimate_kernel(const EstArgs a) {
+  constexpr int kEstThreads = NT, kEstWarps = NT / 32;
   extern __shared__ __align__(16) unsigned char est_smem[];
   const AttnParams& p = a.p;
   const HipParams& cfg = a.hip;
@@ -685,7 +768,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
     sm.kmax = reinterpret_cast<float*>(take(2 * Kb * nks * 4));
     sm.lim = reinterpret_cast<int*>(take(16 * 4));
     sm.hist = reinterpret_cast<int*>(take(256 * 4));
-    sm.misc = reinterpret_cast<int*>(take(kEstWarps * 4 + 8 * 4));
+    sm.misc = reinterpret_cast<int*>(take(kEstMaxWarps * 4 + 8 * 4));
   }
   int* warp_tot = sm.misc;
   int* shared_vals = sm.misc + kEstWarps;  // [0] max size, [1] threshold prefix, [2] need
@@ -717,7 +800,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
   }
   if (tid == 0) shared_vals[0] = 0;
   __syncthreads();
-  int n_nodes = block_exclusive_scan(sm.scan, Kb, warp_tot);
+  int n_nodes = block_exclusive_scan<NT>(sm.scan, Kb, warp_tot);
   for (int j = tid; j < Kb; j += kEstThreads) {
     if (sm.cand_size[j] > 0) {
       const int at = sm.scan[j];
@@ -735,7 +818,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
   uint32_t af[KS][4];
 #pragma unroll
   for (int kk = 0; kk < KS; ++kk) {
-    const int d = c4 * (D / 4) + 4 * kk;
+    const int d = (kk >> 1) * 32 + c4 * 8 + (kk & 1) * 4;  // see the dim permutation above
     af[kk][0] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d);
     af[kk][1] = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d);
     af[kk][2] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d + 2);
@@ -745,7 +828,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
   int lim_max = INT_MIN;
   for (int r = 0; r < 16; ++r) lim_max = max(lim_max, sm.lim[r]);
   const int kvh = head / (p.n_head / p.n_kv_head);
-  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + c4 * (D / 4);
+  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + c4 * 8;
 
   int max_size = shared_vals[0];
   // Node sizes at least halve per iteration (a size-1 node stays), so 32 iterations bound any int range; the
@@ -754,7 +837,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
     // Halve: node i yields 1 (size 1: itself, keeping its score) or 2 children.
     for (int i = tid; i < n_nodes; i += kEstThreads) sm.scan[i] = sm.node_size[i] == 1 ? 1 : 2;
     __syncthreads();
-    const int n_cand = block_exclusive_scan(sm.scan, n_nodes, warp_tot);
+    const int n_cand = block_exclusive_scan<NT>(sm.scan, n_nodes, warp_tot);
     for (int i = tid; i < n_nodes; i += kEstThreads) {
       const int at = sm.scan[i], s = sm.node_start[i], h = sm.node_size[i];
       if (h == 1) {
@@ -775,22 +858,27 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
     // The children without a score, compacted.
     for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = isnan(sm.cand_score[i]) ? 1 : 0;
     __syncthreads();
-    const int n_todo = block_exclusive_scan(sm.scan, n_cand, warp_tot);
+    const int n_todo = block_exclusive_scan<NT>(sm.scan, n_cand, warp_tot);
     for (int i = tid; i < n_cand; i += kEstThreads)
       if (isnan(sm.cand_score[i])) sm.todo[sm.scan[i]] = i;
     __syncthreads();
 
     // Score: keys (todo child t, sampled key j) -> key index t * nks + j, 8 per warp pass.
+    const DivPow2OrNot nks_div(nks);
     const int n_keys = n_todo * nks;
-    for (int pass0 = warp * 8; pass0 < n_keys; pass0 += kEstWarps * 8 * 2) {
-      uint4 kr[2][D / 32];
-      int kpos[2];
+    // UNR passes of 8 keys per warp have their loads in flight together (decode: 3, its CTAs are few; 4 spills at 128 registers).
+    // (Tried: A fragments in shared memory to free 32 registers for 4 passes in flight at 4 CTAs/SM: 50.6 ->
+    // 56.6 ms at 128K on an H100, slower; the scoring rounds are not what limits this kernel.)
+    constexpr int UNR = NT <= 128 ? 2 : 3;
+    for (int pass0 = warp * 8; pass0 < n_keys; pass0 += kEstWarps * 8 * UNR) {
+      uint4 kr[UNR][D / 32];
+      int kpos[UNR];
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int u = 0; u < UNR; ++u) {
         const int ki = pass0 + u * kEstWarps * 8 + g;
         int kp = INT_MAX;
         if (ki < n_keys) {
-          const int ci = sm.todo[ki / nks], j = ki % nks;
+          const int ci = sm.todo[nks_div.div(ki)], j = nks_div.mod(ki);
           const int r = sm.cand_start[ci] + sm.cand_size[ci] / 2;  // center block
           kp = lo + r * bk + j * cfg.stride_k + cfg.stride_k - 1;
         }
@@ -798,10 +886,10 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
         const bool load = kp <= lim_max;  // keys no sampled row may score are not read
         const uint4* src = reinterpret_cast<const uint4*>(kbase + int64_t(load ? kp : 0) * p.kv_pos_stride);
 #pragma unroll
-        for (int v = 0; v < D / 32; ++v) kr[u][v] = load ? __ldg(src + v) : make_uint4(0, 0, 0, 0);
+        for (int v = 0; v < D / 32; ++v) kr[u][v] = load ? __ldg(src + 4 * v) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int u = 0; u < UNR; ++u) {
         const int pbase = pass0 + u * kEstWarps * 8;
         if (pbase >= n_keys) break;  // warp-uniform
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -851,9 +939,17 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
         for (int i = tid; i < 256; i += kEstThreads) sm.hist[i] = 0;
         __syncthreads();
         const uint32_t prefix = uint32_t(shared_vals[1]);
-        for (int i = tid; i < n_cand; i += kEstThreads) {
-          const uint32_t key = desc_order(sm.cand_score[i]);
-          if ((key & prefix_mask) == prefix) atomicAdd(&sm.hist[(key >> shift) & 255], 1);
+        // Most candidates share the high digits, so lanes with equal digits add once, together (an atomic to
+        // one address from a whole warp would serialize 32 ways). The loop bound is warp-uniform.
+        for (int i0 = 0; i0 < n_cand; i0 += kEstThreads) {
+          const int i = i0 + tid;
+          int digit = 256;  // not counted
+          if (i < n_cand) {
+            const uint32_t key = desc_order(sm.cand_score[i]);
+            if ((key & prefix_mask) == prefix) digit = int((key >> shift) & 255);
+          }
+          const unsigned peers = __match_any_sync(0xffffffffu, digit);
+          if (digit < 256 && lane == __ffs(peers) - 1) atomicAdd(&sm.hist[digit], __popc(peers));
         }
         __syncthreads();
         if (warp == 0) {  // the digit where the running count reaches `need`
@@ -885,7 +981,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
       const int need_eq = shared_vals[2];  // how many of those equal to the threshold are kept
       for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = desc_order(sm.cand_score[i]) == thresh;
       __syncthreads();
-      block_exclusive_scan(sm.scan, n_cand, warp_tot);
+      block_exclusive_scan<NT>(sm.scan, n_cand, warp_tot);
       for (int i = tid; i < n_cand; i += kEstThreads) {
         const uint32_t key = desc_order(sm.cand_score[i]);
         sm.todo[i] = key < thresh || (key == thresh && sm.scan[i] < need_eq);
@@ -893,7 +989,7 @@ __global__ void __launch_bounds__(kEstThreads, 1) hip_estimate_kernel(const EstA
       __syncthreads();
       for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = sm.todo[i];
       __syncthreads();
-      n_keep = block_exclusive_scan(sm.scan, n_cand, warp_tot);
+      n_keep = block_exclusive_scan<NT>(sm.scan, n_cand, warp_tot);
     } else {
       for (int i = tid; i < n_cand; i += kEstThreads) {
         sm.todo[i] = 1;
@@ -939,11 +1035,11 @@ cudaError_t launch_with_smem(Kernel kernel, dim3 grid, dim3 block, int smem, cud
   return last_launch_error();
 }
 
-template <int D, int NW, int BC>
+template <int D, int NW, int BC, int MT>
 cudaError_t dense_prefill_launch(const AttnParams& p, cudaStream_t stream) {
-  using S = PrefillShape<D, NW, BC>;
+  using S = PrefillShape<D, NW, BC, MT>;
   const dim3 grid(p.n_head, (p.n_q + S::BR - 1) / S::BR);
-  return launch_with_smem(dense_prefill_kernel<D, NW, BC>, grid, dim3(S::NT), S::smem_bytes, stream, p);
+  return launch_with_smem(dense_prefill_kernel<D, NW, BC, MT>, grid, dim3(S::NT), S::smem_bytes, stream, p);
 }
 
 int decode_splits(int n_keys, int ctas_per_split_unit, int target_ctas, int min_keys) {
@@ -964,28 +1060,34 @@ int sm_count() {
 }  // namespace
 
 int64_t decode_workspace_floats(int32_t n_head, int32_t head_dim, int32_t max_splits) {
-  return int64_t(n_head) * max_splits * (head_dim + 2);
+  return int64_t(n_head) * max_splits * (head_dim + 2) + n_head;  // partials, then one counter per head
 }
 
 int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim) {
   const int64_t Kb = cfg.k / cfg.block_k, nks = cfg.block_k / cfg.stride_k;
   auto r16 = [](int64_t b) { return (b + 15) / 16 * 16; };
   return r16(16 * head_dim * 2) + 3 * r16(Kb * 4) + 3 * r16(2 * Kb * 4) + r16((2 * Kb + 1) * 4) +
-         r16(2 * Kb * 4) + r16(2 * Kb * nks * 4) + r16(16 * 4) + r16(256 * 4) + r16(kEstWarps * 4 + 32);
+         r16(2 * Kb * 4) + r16(2 * Kb * nks * 4) + r16(16 * 4) + r16(256 * 4) + r16(kEstMaxWarps * 4 + 32);
 }
 
 cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream, int variant) {
   if (!head_dim_ok(p.head_dim) || p.n_q <= 0) return p.n_q == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  // Variants (head dim 128; timings in docs/GPU.md): 0 = 4 warps x 2 row tiles, BC 64 (FA2's shape);
+  // 1 = 8 warps x 1 row tile, BC 64; 2 = 4 warps x 2 row tiles, BC 32; 3 = 4 warps x 1 row tile, BC 64;
+  // 4 = 4 warps x 2 row tiles, BC 48 (fewer S registers than 0, which spills a little).
   if (p.head_dim == 64) {
     switch (variant) {
-      case 1: return dense_prefill_launch<64, 8, 64>(p, stream);
-      default: return dense_prefill_launch<64, 4, 64>(p, stream);
+      case 1: return dense_prefill_launch<64, 8, 64, 1>(p, stream);
+      case 2: return dense_prefill_launch<64, 4, 64, 1>(p, stream);
+      default: return dense_prefill_launch<64, 4, 64, 2>(p, stream);
     }
   }
   switch (variant) {
-    case 1: return dense_prefill_launch<128, 8, 64>(p, stream);
-    case 2: return dense_prefill_launch<128, 4, 32>(p, stream);
-    default: return dense_prefill_launch<128, 4, 64>(p, stream);
+    case 1: return dense_prefill_launch<128, 8, 64, 1>(p, stream);
+    case 2: return dense_prefill_launch<128, 4, 32, 2>(p, stream);
+    case 3: return dense_prefill_launch<128, 4, 64, 1>(p, stream);
+    case 4: return dense_prefill_launch<128, 4, 48, 2>(p, stream);
+    default: return dense_prefill_launch<128, 4, 64, 2>(p, stream);
   }
 }
 
@@ -995,6 +1097,7 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
   DecodeArgs a{};
   a.p = p;
   a.partial = ws.partial;
+  a.arrived = reinterpret_cast<int*>(ws.partial + ws.n_floats - p.n_head);
   a.n_splits = decode_splits(p.n_kv, p.n_kv_head, 4 * sm_count(), 256);
   a.keys_per_split = (p.n_kv + a.n_splits - 1) / a.n_splits;
   if (ws.n_floats < decode_workspace_floats(p.n_head, p.head_dim, a.n_splits)) return cudaErrorInvalidValue;
@@ -1006,12 +1109,7 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
   HS_DENSE_DECODE(128, 2) HS_DENSE_DECODE(64, 2) HS_DENSE_DECODE(128, 8) HS_DENSE_DECODE(64, 4)
   return cudaErrorInvalidValue;
 #undef HS_DENSE_DECODE
-  if (e != cudaSuccess) return e;
-  if (p.head_dim == 128)
-    decode_merge_kernel<128><<<p.n_head, 128, 0, stream>>>(a.partial, a.n_splits, p.out);
-  else
-    decode_merge_kernel<64><<<p.n_head, 64, 0, stream>>>(a.partial, a.n_splits, p.out);
-  return last_launch_error();
+  return e;
 }
 
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
@@ -1023,22 +1121,52 @@ cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const H
   EstArgs a{p, cfg, mask};
   const int smem = int(hip_estimate_smem_bytes(cfg, p.head_dim));
   const dim3 grid(p.n_head, mask.n_qblocks);
-  if (p.head_dim == 128) return launch_with_smem(hip_estimate_kernel<128>, grid, dim3(kEstThreads), smem, stream, a);
-  return launch_with_smem(hip_estimate_kernel<64>, grid, dim3(kEstThreads), smem, stream, a);
+  const bool decode = p.n_q == 1;
+  constexpr int P = kEstThreadsPrefill, Q = kEstThreadsDecode;
+  if (p.head_dim == 128)
+    return decode ? launch_with_smem(hip_estimate_kernel<128, Q>, grid, dim3(Q), smem, stream, a)
+                  : launch_with_smem(hip_estimate_kernel<128, P>, grid, dim3(P), smem, stream, a);
+  return decode ? launch_with_smem(hip_estimate_kernel<64, Q>, grid, dim3(Q), smem, stream, a)
+                : launch_with_smem(hip_estimate_kernel<64, P>, grid, dim3(P), smem, stream, a);
 }
 
+namespace {
+template <int D, int NW, int BC, int STAGES>
+cudaError_t hip_prefill_launch(const PrefillArgs& a, dim3 grid, cudaStream_t stream) {
+  using S = PrefillShape<D, NW, BC, 1, STAGES>;
+  return launch_with_smem(hip_prefill_kernel<D, NW, BC, STAGES>, grid, dim3(S::NT), S::smem_bytes, stream, a);
+}
+
+}  // namespace
+
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                                  cudaStream_t stream) {
-  if (!head_dim_ok(p.head_dim) || cfg.block_q != 32) return cudaErrorInvalidValue;
+                                  cudaStream_t stream, int variant) {
+  if (!head_dim_ok(p.head_dim) || (cfg.block_q != 32 && cfg.block_q != 64)) return cudaErrorInvalidValue;
   if (p.n_q == 0) return cudaSuccess;
   PrefillArgs a{p, cfg, mask};
   const dim3 grid(p.n_head, mask.n_qblocks);
-  if (p.head_dim == 128) {
-    using S = PrefillShape<128, 2, 32>;
-    return launch_with_smem(hip_prefill_kernel<128, 2, 32>, grid, dim3(S::NT), S::smem_bytes, stream, a);
+  // Variants (head dim 128), measured on an H100 (docs/GPU.md): b_q 32: 0 = key tiles of 32, 2 stages (best);
+  // 1 = tiles of 16, 4 stages; 2 = tiles of 32, 3 stages. b_q 64: 0 = tiles of 32, 2 stages (best, with the
+  // division-free key lists); 1 = 16/4; 2 = 32/3. Each CTA is short (~800 keys) and gathers scattered blocks: what counts is loads in flight per
+  // SM against shared memory (CTAs) per SM; deeper pipelines lost CTAs and time at b_q 32.
+  if (cfg.block_q == 32) {
+    if (p.head_dim == 128) {
+      switch (variant) {
+        case 1: return hip_prefill_launch<128, 2, 16, 4>(a, grid, stream);
+        case 2: return hip_prefill_launch<128, 2, 32, 3>(a, grid, stream);
+        default: return hip_prefill_launch<128, 2, 32, 2>(a, grid, stream);
+      }
+    }
+    return hip_prefill_launch<64, 2, 64, 2>(a, grid, stream);
   }
-  using S = PrefillShape<64, 2, 64>;
-  return launch_with_smem(hip_prefill_kernel<64, 2, 64>, grid, dim3(S::NT), S::smem_bytes, stream, a);
+  if (p.head_dim == 128) {
+    switch (variant) {
+      case 1: return hip_prefill_launch<128, 4, 16, 4>(a, grid, stream);
+      case 2: return hip_prefill_launch<128, 4, 32, 3>(a, grid, stream);
+      default: return hip_prefill_launch<128, 4, 32, 2>(a, grid, stream);
+    }
+  }
+  return hip_prefill_launch<64, 4, 32, 2>(a, grid, stream);
 }
 
 cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
@@ -1049,9 +1177,12 @@ cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, cons
   a.hip = cfg;
   a.mask = mask;
   a.partial = ws.partial;
+  a.arrived = reinterpret_cast<int*>(ws.partial + ws.n_floats - p.n_head);
   // Upper bound of the list length (sink + k selected keys + window); CTAs past a head's list end are idle.
   const int max_keys = cfg.n_sink + cfg.k + cfg.window;
-  a.n_splits = std::max(1, std::min(kMaxDecodeSplits, (max_keys + 127) / 128));
+  // ~64 keys per CTA: with 8 lane groups x 4 keys in flight that is two rounds of loads per CTA (the step is a
+  // chain of dependent round trips, so short chains beat fewer CTAs).
+  a.n_splits = std::max(1, std::min(kMaxDecodeSplits, (max_keys + 63) / 64));
   a.keys_per_split = (max_keys + a.n_splits - 1) / a.n_splits;
   if (ws.n_floats < decode_workspace_floats(p.n_head, p.head_dim, a.n_splits)) return cudaErrorInvalidValue;
   const dim3 grid(p.n_head, a.n_splits);
@@ -1060,12 +1191,7 @@ cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, cons
   else
     hip_decode_kernel<64><<<grid, kDecodeThreads, 0, stream>>>(a);
   cudaError_t e = last_launch_error();
-  if (e != cudaSuccess) return e;
-  if (p.head_dim == 128)
-    decode_merge_kernel<128><<<p.n_head, 128, 0, stream>>>(a.partial, a.n_splits, p.out);
-  else
-    decode_merge_kernel<64><<<p.n_head, 64, 0, stream>>>(a.partial, a.n_splits, p.out);
-  return last_launch_error();
+  return e;
 }
 
 }  // namespace hs::cuda

@@ -38,8 +38,8 @@ struct AttnParams {
   float scale = 0.0f;                               // softmax scale, usually 1/sqrt(head_dim)
 };
 
-// HiP parameters, the same meaning as hs::HipConfig (src/ops/hip_attention.h). GPU limits: block_q == 32 for
-// prefill attention (two warps of 16 rows), block_q / stride_q <= 16 sampled rows (one m16 tensor-core tile),
+// HiP parameters, the same meaning as hs::HipConfig (src/ops/hip_attention.h). GPU limits: block_q 32 or 64 for
+// prefill attention (warps of 16 rows), block_q / stride_q <= 16 sampled rows (one m16 tensor-core tile),
 // k / block_k <= 1024 nodes.
 struct HipParams {
   int32_t k = 512, block_q = 32, block_k = 2, stride_q = 2, stride_k = 1, n_sink = 16, window = 256,
@@ -53,7 +53,8 @@ struct HipMaskDev {
   int32_t n_qblocks = 0, kb_stride = 0;  // kb_stride >= k / block_k
 };
 
-// Scratch for split-K decode: partial (o, m, l) states. Size with decode_workspace_floats().
+// Scratch for split-K decode: partial (o, m, l) states, and at its end one arrival counter per head that the
+// kernels leave at 0. Size with decode_workspace_floats(); zero it once after allocating (cudaMemset).
 struct DecodeWorkspace {
   float* partial = nullptr;
   int64_t n_floats = 0;
@@ -74,8 +75,9 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                               cudaStream_t stream);
 // HiP block-sparse prefill attention over mask's blocks U sink U window (CPU: hip_attention's attend_block).
+// variant: 0 = default, 1 and 2 = alternatives kept for the benchmark (attention_cuda.cu).
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                                  cudaStream_t stream);
+                                  cudaStream_t stream, int variant = 0);
 // HiP decode (n_q == 1) over a cached mask of one query block per head: split-K over sink, selected blocks
 // and window, partials merged.
 cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,

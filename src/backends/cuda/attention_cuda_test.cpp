@@ -202,19 +202,24 @@ void check_dense_prefill(const Problem& pr, int variant) {
 TEST(CudaAttention, DensePrefillMatchesCpu) {
   SKIP_WITHOUT_GPU();
   uint32_t seed = std::random_device{}();
-  for (int variant : {0, 1, 2}) {
+  for (int variant : {0, 1, 2, 3, 4}) {
     check_dense_prefill(Problem(300, 300, 0, 8, 2, 128, seed++), variant);
     check_dense_prefill(Problem(77, 400, 323, 8, 2, 128, seed++), variant);  // a chunk after a cached prefix
     check_dense_prefill(Problem(1, 513, 512, 4, 4, 128, seed++), variant);   // one row
   }
   check_dense_prefill(Problem(300, 300, 0, 9, 3, 64, seed++), 0);
   check_dense_prefill(Problem(150, 350, 200, 9, 3, 64, seed++), 1);
+  check_dense_prefill(Problem(150, 350, 200, 9, 3, 64, seed++), 2);
   check_dense_prefill(Problem(2000, 2000, 0, 4, 1, 128, seed++), 0);  // long rows: many rescales
 }
 
 void check_dense_decode(const Problem& pr) {
   DevProblem dp(pr);
   DevBuf<float> ws(cuda::decode_workspace_floats(pr.H, pr.D, cuda::kMaxDecodeSplits));
+  CUDA_OK(cudaMemset(ws.ptr, 0, ws.n * sizeof(float)));
+  // Twice: the second call checks that the first left the workspace's arrival counters at 0.
+  CUDA_OK(cuda::attention_decode_dense(dp.p, {ws.ptr, int64_t(ws.n)}, nullptr));
+  CUDA_OK(dp.out.poison());
   CUDA_OK(cuda::attention_decode_dense(dp.p, {ws.ptr, int64_t(ws.n)}, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<uint16_t> got;
@@ -361,7 +366,7 @@ TEST(CudaHip, EstimateRecallOnRandomInputs) {
 }
 
 // HiP prefill attention with the CPU's mask uploaded: isolates the sparse attention from the estimate.
-void check_hip_prefill(const HipConfig& cfg, const Problem& pr, bool gpu_mask) {
+void check_hip_prefill(const HipConfig& cfg, const Problem& pr, bool gpu_mask, int variant = 0) {
   DevProblem dp(pr);
   const int32_t nqb = (pr.n_q + cfg.block_q - 1) / cfg.block_q, Kb = cfg.k / cfg.block_k;
   std::vector<float> ref(size_t(pr.n_q) * pr.H * pr.D);
@@ -372,7 +377,7 @@ void check_hip_prefill(const HipConfig& cfg, const Problem& pr, bool gpu_mask) {
     CUDA_OK(cuda::hip_estimate_mask(to_gpu(cfg), dp.p, mask.dev(), nullptr));
   else
     CUDA_OK(mask.upload(cpu_mask));
-  CUDA_OK(cuda::hip_attention_prefill(to_gpu(cfg), dp.p, mask.dev(), nullptr));
+  CUDA_OK(cuda::hip_attention_prefill(to_gpu(cfg), dp.p, mask.dev(), nullptr, variant));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<uint16_t> got;
   CUDA_OK(dp.out.download(got));
@@ -380,8 +385,8 @@ void check_hip_prefill(const HipConfig& cfg, const Problem& pr, bool gpu_mask) {
   const double err = rel_error(got, ref, &unwritten);
   EXPECT_EQ(unwritten, 0);
   EXPECT_LT(err, kMaxRelError);
-  std::printf("hip prefill (%s mask) D=%d H=%d/%d n_q=%d n_kv=%d: rel error %.2e\n", gpu_mask ? "GPU" : "CPU", pr.D,
-              pr.H, pr.Hkv, pr.n_q, pr.n_kv, err);
+  std::printf("hip prefill (%s mask) b_q=%d variant %d D=%d H=%d/%d n_q=%d n_kv=%d: rel error %.2e\n",
+              gpu_mask ? "GPU" : "CPU", cfg.block_q, variant, pr.D, pr.H, pr.Hkv, pr.n_q, pr.n_kv, err);
 }
 
 TEST(CudaHip, PrefillAttentionMatchesCpu) {
@@ -393,6 +398,17 @@ TEST(CudaHip, PrefillAttentionMatchesCpu) {
   check_hip_prefill(cfg, Problem(2500, 2500, 0, 9, 3, 64, seed++), false);
   check_hip_prefill(cfg, Problem(300, 300, 0, 4, 1, 128, seed++), false);  // short: sink + window only
   check_hip_prefill(cfg, Problem(4096, 4096, 0, 8, 2, 128, seed++, Fill::kSmooth), true);  // whole GPU pipeline
+  check_hip_prefill(cfg, Problem(3000, 3000, 0, 8, 2, 128, seed++), false, 1);
+  check_hip_prefill(cfg, Problem(1000, 4000, 3000, 8, 2, 128, seed++), false, 1);
+  check_hip_prefill(cfg, Problem(3000, 3000, 0, 8, 2, 128, seed++), false, 2);
+  check_hip_prefill(cfg, Problem(1000, 4000, 3000, 8, 2, 128, seed++, Fill::kSmooth), true, 2);
+  HipConfig bq64;  // b_q 64 with 16 sampled rows (stride 4)
+  bq64.block_q = 64, bq64.stride_q = 4;
+  check_hip_prefill(bq64, Problem(3000, 3000, 0, 8, 2, 128, seed++), false);
+  check_hip_prefill(bq64, Problem(1000, 4000, 3000, 8, 2, 128, seed++, Fill::kSmooth), true);
+  check_hip_prefill(bq64, Problem(2500, 2500, 0, 9, 3, 64, seed++), false);
+  check_hip_prefill(bq64, Problem(2000, 2000, 0, 8, 2, 128, seed++), false, 1);
+  check_hip_prefill(bq64, Problem(2000, 2000, 0, 8, 2, 128, seed++), false, 2);
   HipConfig dense_equiv;  // k >= T: HiP is dense attention
   dense_equiv.k = 8192;
   check_hip_prefill(dense_equiv, Problem(2000, 2000, 0, 4, 2, 128, seed++), false);
@@ -407,6 +423,9 @@ void check_hip_decode(const HipConfig& cfg, const Problem& pr) {
   DevMask mask(pr.H, 1, Kb);
   CUDA_OK(mask.upload(cpu_mask));
   DevBuf<float> ws(cuda::decode_workspace_floats(pr.H, pr.D, cuda::kMaxDecodeSplits));
+  CUDA_OK(cudaMemset(ws.ptr, 0, ws.n * sizeof(float)));
+  CUDA_OK(cuda::hip_attention_decode(to_gpu(cfg), dp.p, mask.dev(), {ws.ptr, int64_t(ws.n)}, nullptr));
+  CUDA_OK(dp.out.poison());
   CUDA_OK(cuda::hip_attention_decode(to_gpu(cfg), dp.p, mask.dev(), {ws.ptr, int64_t(ws.n)}, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<uint16_t> got;

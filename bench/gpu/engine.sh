@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One call on the GPU machine for the whole engine on CUDA: build (bench/gpu/engine/CMakeLists.txt, sm_90a),
+# run the CUDA tests (the model against the CPU oracle on a reduced real SmolLM2, the attention kernels), then
+# end-to-end benchmarks with `hipserve bench --device cuda`: the reduced SmolLM2, and random Llama-3.1-8B
+# weights (prefill, and decode at depth up to 128K, HiP against dense). Writes logs and JSON under $OUT.
+# Carried (git-ignored, made on the dev machine):
+#   gpu-data/smollm2-4l.gguf   hipserve shrink -m models/SmolLM2-135M-Instruct.Q4_1.gguf -o ... --layers 4
+#   gpu_deps/engine/           nlohmann headers, pcre2.h, libpcre2-8.a (from the Debian packages)
+#   gpu_deps/googletest/       GoogleTest sources
+#   gpu_act/                   real activations for the attention tests (bench/gpu/dump_activations)
+# E2E=quick|full (default full), TESTS=0 skips the tests.
+set -uo pipefail
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+ROOT=$(pwd)
+BUILD=${BUILD:-build-engine-gpu}
+log() { echo "== $*"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/engine_machine.txt"
+log "build"
+t0=$(date +%s)
+if ! { cmake -S bench/gpu/engine -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release &&
+       cmake --build "$BUILD" -j16 --target hipserve hipserve_cuda_tests; } > "$OUT/engine_build.log" 2>&1; then
+  grep -E "error" "$OUT/engine_build.log" | head -30; tail -20 "$OUT/engine_build.log"; echo "BUILD FAILED"; exit 1
+fi
+echo "build: $(( $(date +%s) - t0 )) s"
+export HIPSERVE_MODEL="$ROOT/gpu-data/smollm2-4l.gguf" HIPSERVE_GPU_ACT="$ROOT/gpu_act"
+rc=0
+if [ "${TESTS:-1}" = 1 ]; then
+  log "tests"
+  timeout 240 "$BUILD/hipserve_cuda_tests" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 | tee "$OUT/engine_tests.log" |
+    grep -E "^\[  (FAILED|PASSED|  OK|SKIPPED) |step|worst|Failure|Expected|Which is|actual|error" | head -120
+  rc=${PIPESTATUS[0]}
+  echo "tests exit code: $rc"
+fi
+HS="$BUILD/hipserve"
+log "greedy generation, GPU vs CPU (reduced SmolLM2)"
+for d in cuda cpu; do
+  timeout 60 "$HS" run --device $d -p "The capital of France is" -n 24 --temp 0 -c 512 2>"$OUT/run_$d.err" > "$OUT/run_$d.txt"
+  echo "[$d] $(tr '\n' ' ' < "$OUT/run_$d.txt")"; grep -E "eval time" "$OUT/run_$d.err"
+done
+log "bench: reduced SmolLM2 on the GPU"
+timeout 120 "$HS" bench -p 512,4096 -n 128 -r 3 2>&1 | tail -8
+if [ "${E2E:-full}" = full ]; then
+  log "bench: random llama3.1-8b, HiP vs dense"
+  for attn in hip dense; do
+    timeout 300 "$HS" bench --random-weights llama3.1-8b --attn $attn -p ${E2E_P:-8192,32768} -n ${E2E_N:-32} -d ${E2E_D:-0,32768,131072} -r ${E2E_R:-2} --json \
+      > "$OUT/e2e_8b_$attn.json" 2> "$OUT/e2e_8b_$attn.err"
+    echo "[$attn] rc=$?"; tail -3 "$OUT/e2e_8b_$attn.err"
+    python3 - "$OUT/e2e_8b_$attn.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    extra = ""
+    if r.get("n_gen"):
+        p = r.get("profile_ms_per_token", {})
+        extra = " | %.0f%% of bound %.1f | gemm %.3f attn %.3f mask %.3f other %.3f ms/tok" % (
+            100 * r["fraction_of_bound"], r["weight_read_bound_ts"], p.get("gemm", 0), p.get("attention", 0),
+            p.get("hip_mask", 0), p.get("other", 0))
+    print("%-14s %10.2f ± %6.2f t/s%s" % (r["test"], r["avg_ts"], r["stddev_ts"], extra))
+PY
+  done
+  log "decode GEMVs: ours vs cuBLAS (HiP, depth 0)"
+  for v in 0 1; do
+    if [ $v = 1 ]; then export HIPSERVE_CUDA_NO_GEMV=1; fi
+    echo "[no_gemv=$v] $(timeout 120 "$HS" bench --random-weights llama3.1-8b -p 0 -n 32 -r 3 2>&1 | grep -E 'tg32|of that bound')"
+  done
+  unset HIPSERVE_CUDA_NO_GEMV
+fi
+exit $rc

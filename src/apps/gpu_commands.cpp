@@ -1,0 +1,277 @@
+#include "apps/gpu_commands.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/loader.h"
+#include "engine/sampler.h"
+#include "engine/stop_strings.h"
+#include "util/common.h"
+
+#ifdef HIPSERVE_CUDA
+#include "backends/cuda/llama_cuda.h"
+#endif
+
+namespace hs::cli {
+
+#ifndef HIPSERVE_CUDA
+
+int gpu_bench(const CommonArgs&, const BenchPlan&) { fail("this build has no CUDA backend"); }
+int gpu_run(const CommonArgs&, LoadedModel&, const std::vector<int32_t>&, const GenerateOptions&) {
+  fail("this build has no CUDA backend");
+}
+
+#else
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+double ms_since(clock_type::time_point t0) {
+  return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
+}
+
+struct GpuResult {
+  std::string test;
+  int n_prompt = 0, n_gen = 0, depth = 0;
+  std::vector<double> tok_per_s;
+  cuda::GpuProfile prof;  // of the profiled run (tg tests), per token below
+  double mean() const {
+    double s = 0;
+    for (double x : tok_per_s) s += x;
+    return tok_per_s.empty() ? 0 : s / double(tok_per_s.size());
+  }
+  double stddev() const {
+    if (tok_per_s.size() < 2) return 0;
+    const double m = mean();
+    double s = 0;
+    for (double x : tok_per_s) s += (x - m) * (x - m);
+    return std::sqrt(s / double(tok_per_s.size() - 1));
+  }
+};
+
+cuda::GpuModelOptions gpu_options(const CommonArgs& common, int32_t n_ctx) {
+  cuda::GpuModelOptions o;
+  o.n_ctx = n_ctx;
+  o.attn = common.attention();
+  return o;
+}
+
+}  // namespace
+
+int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
+  int need = 1;
+  for (int p : plan.prompts) need = std::max(need, p + 1);
+  for (int g : plan.gens)
+    for (int d : plan.depths) need = std::max(need, d + g + 1);
+  const int32_t n_ctx = common.ctx > 0 ? common.ctx : need;
+  HS_CHECK(n_ctx >= need, "-c %d is too small for these tests (need %d)", n_ctx, need);
+
+  const auto t_load = clock_type::now();
+  std::unique_ptr<cuda::GpuModel> gm;
+  LoadedModel lm;
+  if (!common.random_weights.empty()) {
+    gm = cuda::GpuModel::random(cuda::random_preset(common.random_weights), 1234, gpu_options(common, n_ctx));
+  } else {
+    lm = load_model(common, plan.json);
+    gm = cuda::GpuModel::upload(*lm.model, gpu_options(common, n_ctx));
+  }
+  const ModelConfig& c = gm->config();
+  const std::string dev = cuda::device_name();
+  const double bw = cuda::copy_bandwidth_gbs();
+  if (!plan.json)
+    std::fprintf(stderr,
+                 "hipserve: %s on %s: weights %.2f GiB bf16, K/V cache %.2f GiB (%d positions), ready in %.0f ms; "
+                 "device copy bandwidth %.0f GB/s\n",
+                 c.name.c_str(), dev.c_str(), double(gm->weight_bytes()) / (1 << 30),
+                 double(gm->kv_bytes()) / (1 << 30), n_ctx, ms_since(t_load), bw);
+
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> pick(0, c.n_vocab - 1);
+  auto random_tokens = [&](int n) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    for (auto& x : v) x = pick(rng);
+    return v;
+  };
+  std::vector<GpuResult> results;
+  const int first_rep = plan.warmup ? -1 : 0;
+  for (int p : plan.prompts) {
+    if (p <= 0) continue;
+    GpuResult r;
+    r.test = strfmt("pp%d", p);
+    r.n_prompt = p;
+    const std::vector<int32_t> toks = random_tokens(p);
+    for (int rep = first_rep; rep < plan.reps; ++rep) {
+      gm->truncate(0);
+      const auto t0 = clock_type::now();
+      gm->prefill(toks, nullptr);
+      const double ms = ms_since(t0);
+      if (rep >= 0) r.tok_per_s.push_back(1000.0 * p / ms);
+    }
+    results.push_back(r);
+  }
+  for (int g : plan.gens) {
+    if (g <= 0) continue;
+    for (int d : plan.depths) {
+      GpuResult r;
+      r.test = d > 0 ? strfmt("tg%d@d%d", g, d) : strfmt("tg%d", g);
+      r.n_gen = g;
+      r.depth = d;
+      gm->truncate(0);
+      if (d > 0) gm->prefill(random_tokens(d), nullptr);
+      const int32_t first = pick(rng);
+      auto run = [&] {
+        gm->truncate(d);
+        int32_t tok = first;
+        for (int i = 0; i < g; ++i) tok = gm->decode(tok, 0.0f, 0, nullptr);
+      };
+      for (int rep = first_rep; rep < plan.reps; ++rep) {
+        const auto t0 = clock_type::now();
+        run();
+        const double ms = ms_since(t0);
+        if (rep >= 0) r.tok_per_s.push_back(1000.0 * g / ms);
+      }
+      if (plan.profile) {
+        gm->set_profiling(true);
+        run();
+        r.prof = gm->profile();
+        gm->set_profiling(false);
+      }
+      results.push_back(r);
+    }
+  }
+
+  // Decode reads every weight once per token (the embedding table only one row): the bound it sets.
+  // (With tied embeddings the table is also the output head, read whole every token.)
+  const double read_bytes = double(gm->weight_bytes()) - (c.tied_embeddings ? 0.0 : double(c.n_vocab) * c.n_embd * 2.0);
+  const double bound_tok_s = bw * 1e9 / read_bytes;
+  if (plan.json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const GpuResult& r : results) {
+      nlohmann::json j = {{"model", c.name},
+                          {"device", dev},
+                          {"backend", "CUDA"},
+                          {"weight_bytes", gm->weight_bytes()},
+                          {"test", r.test},
+                          {"n_prompt", r.n_prompt},
+                          {"n_gen", r.n_gen},
+                          {"depth", r.depth},
+                          {"samples_ts", r.tok_per_s},
+                          {"avg_ts", r.mean()},
+                          {"stddev_ts", r.stddev()},
+                          {"attention", common.attention().describe()},
+                          {"copy_bandwidth_gbs", bw}};
+      if (r.n_gen > 0) {
+        j["weight_read_bound_ts"] = bound_tok_s;
+        j["fraction_of_bound"] = r.mean() / bound_tok_s;
+        if (r.prof.steps > 0) {
+          const double n = double(r.prof.steps);
+          j["profile_ms_per_token"] = {{"gemm", r.prof.gemm_ms / n},
+                                       {"attention", r.prof.attn_ms / n},
+                                       {"hip_mask", r.prof.hip_mask_ms / n},
+                                       {"other", r.prof.other_ms / n}};
+        }
+      }
+      out.push_back(j);
+    }
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("| model                          |       size | backend | device                 |         test |              t/s |\n");
+  std::printf("| ------------------------------ | ---------: | ------- | ---------------------- | -----------: | ---------------: |\n");
+  for (const GpuResult& r : results)
+    std::printf("| %-30s | %6.2f GiB | CUDA    | %-22s | %12s | %8.2f ± %5.2f |\n", c.name.substr(0, 30).c_str(),
+                double(gm->weight_bytes()) / (1 << 30), dev.substr(0, 22).c_str(), r.test.c_str(), r.mean(),
+                r.stddev());
+  std::printf("\nattention: %s\n", common.attention().describe().c_str());
+  std::printf("decode bound from reading the weights once per token at %.0f GB/s: %.1f tok/s\n", bw, bound_tok_s);
+  for (const GpuResult& r : results) {
+    if (r.n_gen == 0 || r.prof.steps == 0) continue;
+    const double n = double(r.prof.steps);
+    std::printf("%s: %.1f%% of that bound; per token (profiled run, events serialize a little): GEMM %.3f ms, "
+                "attention %.3f ms, HiP mask refresh %.3f ms, other kernels %.3f ms\n",
+                r.test.c_str(), 100.0 * r.mean() / bound_tok_s, r.prof.gemm_ms / n, r.prof.attn_ms / n,
+                r.prof.hip_mask_ms / n, r.prof.other_ms / n);
+  }
+  return 0;
+}
+
+int gpu_run(const CommonArgs& common, LoadedModel& lm, const std::vector<int32_t>& ids, const GenerateOptions& gen) {
+  const auto t_up = clock_type::now();
+  auto gm = cuda::GpuModel::upload(*lm.model, gpu_options(common, lm.n_ctx));
+  const double upload_ms = ms_since(t_up);
+  const Tokenizer& tok = lm.model->tokenizer();
+  std::fprintf(stderr, "hipserve: running on %s (weights %.1f MiB bf16, uploaded in %.0f ms)\n",
+               cuda::device_name().c_str(), double(gm->weight_bytes()) / (1 << 20), upload_ms);
+
+  // Greedy and plain temperature sampling run on the GPU (no logits copied back); top-k / top-p / min-p /
+  // penalties use the CPU sampler on the copied logits, exactly as the CPU path samples.
+  const SamplingParams& sp = gen.sampling;
+  const bool gpu_sampling = sp.temperature <= 0.0f || (sp.top_k <= 0 && sp.top_p >= 1.0f && sp.min_p <= 0.0f &&
+                                                        sp.repeat_penalty == 1.0f && sp.presence_penalty == 0.0f &&
+                                                        sp.frequency_penalty == 0.0f);
+  Sampler sampler(sp, gm->config().n_vocab);
+  const uint64_t seed = sampler.seed();
+  std::vector<float> logits(size_t(gm->config().n_vocab));
+
+  const auto t0 = clock_type::now();
+  gm->prefill(ids, logits.data());
+  const double prompt_ms = ms_since(t0);
+  StreamDecoder decoder(tok);
+  StopStringMatcher stops(gen.stop);
+  auto emit = [](const std::string& s) {
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+  };
+  // The first token comes from the prefill's logits (sampled on the CPU: they are on the host already).
+  int32_t next = sampler.sample(logits.data());
+  sampler.accept(next);
+  int n_gen = 0;
+  const char* reason = "length";
+  const auto t1 = clock_type::now();
+  for (;;) {
+    ++n_gen;
+    if (!gen.ignore_eos && tok.is_end_of_generation(next)) {
+      reason = "end of generation";
+      break;
+    }
+    emit(stops.push(decoder.push(next)));
+    if (stops.stopped()) {
+      reason = "stop string";
+      break;
+    }
+    if (gen.n_predict >= 0 && n_gen >= gen.n_predict) break;
+    if (gm->n_past() + 1 > lm.n_ctx - 1) {
+      reason = "context full";
+      break;
+    }
+    if (gpu_sampling) {
+      next = gm->decode(next, sp.temperature, seed, nullptr);
+    } else {
+      gm->decode(next, 0.0f, 0, logits.data());
+      next = sampler.sample(logits.data());
+    }
+    sampler.accept(next);
+  }
+  if (!stops.stopped()) emit(stops.push(decoder.flush()) + stops.flush());
+  const double gen_ms = ms_since(t1);
+  std::fputc('\n', stdout);
+  const int n_decoded = std::max(0, n_gen - 1);
+  std::fprintf(stderr, "\nhipserve: device           = %s (%s sampling)\n", cuda::device_name().c_str(),
+               gpu_sampling ? "GPU" : "CPU");
+  std::fprintf(stderr, "hipserve:        load time = %10.2f ms (+ %.2f ms upload)\n", lm.load_ms, upload_ms);
+  std::fprintf(stderr,
+               "hipserve: prompt eval time = %10.2f ms / %5zu tokens (%8.2f ms per token, %8.2f tokens per second)\n",
+               prompt_ms, ids.size(), prompt_ms / double(ids.size()), 1000.0 * double(ids.size()) / prompt_ms);
+  std::fprintf(stderr, "hipserve:        eval time = %10.2f ms / %5d runs   (%8.2f ms per token, %8.2f tokens per second)\n",
+               gen_ms, n_decoded, n_decoded ? gen_ms / n_decoded : 0.0, gen_ms > 0 ? 1000.0 * n_decoded / gen_ms : 0.0);
+  std::fprintf(stderr, "hipserve: stop reason: %s\n", reason);
+  return 0;
+}
+
+#endif
+
+}  // namespace hs::cli

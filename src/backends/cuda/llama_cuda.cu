@@ -1,0 +1,990 @@
+// The llama/qwen2 forward pass on a CUDA GPU (see llama_cuda.h). Layout of one step of n rows at position
+// pos0, as on the CPU (src/model/llama.cpp), with the shapes of the device buffers:
+//   x    [n][E]  fp32   residual stream
+//   xn   [n][E]  bf16   RMSNorm(x) * w, the GEMMs' input
+//   qkv  [n][QD + 2 KVD] fp32 = xn W_qkv^T     (W_qkv: the q, k, v weight rows stacked, one GEMM)
+//   q    [n][QD] bf16   RoPE(q); RoPE(k) and v go straight into the K/V cache [kv head][position][dim] bf16
+//   att  [n][QD] bf16   attention (dense or HiP) of q over the cache
+//   x   += att W_o^T    (cuBLAS with beta = 1: the residual add is the GEMM's epilogue)
+//   gu   [n][2 FF] fp32 = RMSNorm(x) W_gu^T     (gate rows then up rows, one GEMM)
+//   act  [n][FF] bf16   silu(gate) * up
+//   x   += act W_down^T
+// then RMSNorm of the last row, logits [V] fp32 = W_out xn, and the next token sampled on the GPU.
+#include "backends/cuda/llama_cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "backends/cpu/quants.h"
+#include "backends/cuda/attention_cuda.h"
+#include "model/llama.h"
+#include "util/common.h"
+
+namespace hs::cuda {
+
+namespace {
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail(strfmt("CUDA error in %s: %s", what, cudaGetErrorString(e)));
+}
+void check_blas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail(strfmt("cuBLAS error %d in %s", int(s), what));
+}
+#define HS_CUDA(call) check_cuda((call), #call)
+#define HS_CUDA_LAUNCH(what) check_cuda(cudaGetLastError(), what)
+
+// A device allocation (bytes), freed on destruction.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+    if (bytes) check_cuda(cudaMalloc(&p_, bytes), strfmt("cudaMalloc(%zu bytes)", bytes).c_str());
+  }
+  ~DeviceBuffer() {
+    if (p_) cudaFree(p_);
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr, o.bytes_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+using bf16 = __nv_bfloat16;
+
+uint16_t f32_to_bf16_bits(float f) {  // round to nearest even (NaN kept quiet)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Kernels
+
+// Block-wide sum of one float per thread (blockDim.x a multiple of 32, <= 1024).
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  const int nw = blockDim.x >> 5;
+  v = lane < nw ? part[lane] : 0.0f;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __shared__ float total;
+  if (threadIdx.x == 0) total = v;
+  __syncthreads();
+  const float r = total;
+  __syncthreads();  // part/total reusable by the next call
+  return r;
+}
+
+// x[i][e] = table[tokens[i]][e]. grid: n rows.
+__global__ void embed_kernel(const int32_t* tokens, const bf16* table, int E, float* x) {
+  const int64_t row = blockIdx.x;
+  const bf16* src = table + int64_t(tokens[row]) * E;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) x[row * E + e] = __bfloat162float(src[e]);
+}
+
+// y[r] = bf16(x[r] / sqrt(mean(x[r]^2) + eps) * w). grid: rows. Sum of squares in fp32 (the CPU sums in
+// double; the difference is far below bf16's rounding of the output).
+__global__ void rmsnorm_kernel(const float* x, int64_t ldx, const float* w, int E, float eps, bf16* y,
+                               int64_t ldy) {
+  const float* xr = x + blockIdx.x * ldx;
+  float ss = 0.0f;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) ss += xr[e] * xr[e];
+  const float inv = rsqrtf(block_sum(ss) / float(E) + eps);
+  bf16* yr = y + blockIdx.x * ldy;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) yr[e] = __float2bfloat16(xr[e] * inv * w[e]);
+}
+
+struct RopeArgs {
+  const float* qkv = nullptr;   // [n][ld]: q at column 0, k at QD, v at QD + KVD
+  const float* bias = nullptr;  // [QD + 2 KVD] or null
+  int64_t ld = 0;
+  const float* inv_freq = nullptr;  // [n_rot / 2], computed on the host exactly like the CPU
+  int32_t n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;
+  bool neox = false;
+  int32_t pos0 = 0;
+  bf16* q = nullptr;  // [n][QD]
+  bf16* k_cache = nullptr;
+  bf16* v_cache = nullptr;  // element (g, p, d) at g * kv_head_stride + p * head_dim + d
+  int64_t kv_head_stride = 0;
+};
+
+// RoPE of q and k (+ bias first, as on the CPU), k and v stored into the cache at pos0 + row. grid: n rows;
+// every output element computed independently from the fp32 input, so no thread reads what another writes.
+__global__ void rope_store_kernel(RopeArgs a) {
+  const int64_t row = blockIdx.x;
+  const int pos = a.pos0 + int(row);
+  const int D = a.head_dim, half = a.n_rot / 2;
+  const int QD = a.n_head * D, KVD = a.n_head_kv * D;
+  const float* in = a.qkv + row * a.ld;
+  auto val = [&](int col) { return in[col] + (a.bias ? a.bias[col] : 0.0f); };
+  for (int col = threadIdx.x; col < QD + 2 * KVD; col += blockDim.x) {
+    if (col >= QD + KVD) {  // v
+      const int c = col - QD - KVD, g = c / D, d = c % D;
+      a.v_cache[g * a.kv_head_stride + int64_t(pos) * D + d] = __float2bfloat16(val(col));
+      continue;
+    }
+    const int head_base = col < QD ? (col / D) * D : QD + ((col - QD) / D) * D;
+    const int e = col - head_base;  // dim within the head
+    float out;
+    if (e >= a.n_rot) {
+      out = val(col);
+    } else {
+      int i, partner;
+      bool first;
+      if (a.neox) {
+        i = e % half;
+        first = e < half;
+        partner = first ? e + half : e - half;
+      } else {
+        i = e / 2;
+        first = (e & 1) == 0;
+        partner = e ^ 1;
+      }
+      float s, c;
+      sincosf(float(pos) * a.inv_freq[i], &s, &c);
+      const float x = val(col), y = val(head_base + partner);
+      out = first ? x * c - y * s : y * s + x * c;
+    }
+    if (col < QD) {
+      a.q[row * QD + col] = __float2bfloat16(out);
+    } else {
+      const int c = col - QD, g = c / D, d = c % D;
+      a.k_cache[g * a.kv_head_stride + int64_t(pos) * D + d] = __float2bfloat16(out);
+    }
+  }
+}
+
+// act[r][f] = bf16(silu(g) * u), g = gu[r][f], u = gu[r][FF + f].
+__global__ void swiglu_kernel(const float* gu, int64_t n_rows, int FF, bf16* act) {
+  const int64_t total = n_rows * FF;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / FF, f = i % FF;
+    const float g = gu[r * 2 * FF + f], u = gu[r * 2 * FF + FF + f];
+    act[i] = __float2bfloat16(g * u / (1.0f + __expf(-g)));
+  }
+}
+
+__device__ uint64_t mix64(uint64_t z) {  // splitmix64 finalizer
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// One block: the index of the largest logits[i] / temperature + Gumbel noise (temperature > 0) or of the
+// largest logit (greedy); ties go to the lowest index. Writes out[0].
+__global__ void sample_kernel(const float* logits, int V, float temperature, uint64_t seed, int32_t* out) {
+  float best = -INFINITY;
+  int best_i = 0x7fffffff;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    float s = logits[i];
+    if (temperature > 0.0f) {
+      const uint64_t h = mix64(seed ^ mix64(uint64_t(i)));
+      const float u = (float(h >> 40) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
+      s = s / temperature - logf(-logf(u));
+    }
+    if (s > best || (s == best && i < best_i)) best = s, best_i = i;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    if (ob > best || (ob == best && oi < best_i)) best = ob, best_i = oi;
+  }
+  __shared__ float wb[32];
+  __shared__ int wi[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) wb[warp] = best, wi[warp] = best_i;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < int(blockDim.x >> 5); ++w)
+      if (wb[w] > best || (wb[w] == best && wi[w] < best_i)) best = wb[w], best_i = wi[w];
+    out[0] = best_i == 0x7fffffff ? 0 : best_i;
+  }
+}
+
+// Uniform random bf16 in [-scale, scale), from (seed, index) only.
+__global__ void init_uniform_kernel(bf16* w, int64_t n, uint64_t seed, float scale) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const uint64_t h = mix64(seed ^ mix64(uint64_t(i)));
+    const float u = float(h >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+    w[i] = __float2bfloat16((2.0f * u - 1.0f) * scale);
+  }
+}
+
+__global__ void fill_kernel(float* p, int64_t n, float v) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) p[i] = v;
+}
+
+// Decode's matrix-vector products: y[r] (+)= sum_c W[r][c] x[c], W [rows][cols] bf16 row-major, x bf16, y fp32.
+// Bound by reading W once: each warp owns kGemvRowsPerWarp rows and streams them with 16-byte loads, 8 loads
+// in flight per lane before the first use; x (at most a few tens of KB) comes through the read-only cache.
+// cols must be a multiple of 8 (16-byte rows). One token only: the GEMMs of prefill stay with cuBLAS.
+constexpr int kGemvRowsPerWarp = 2;
+constexpr int kGemvWarps = 8;
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const bf16* __restrict__ w, int64_t rows, int cols,
+                                                                    const bf16* __restrict__ x, float* __restrict__ y,
+                                                                    bool accumulate) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t r0 = (int64_t(blockIdx.x) * kGemvWarps + warp) * kGemvRowsPerWarp;
+  if (r0 >= rows) return;
+  const int nvec = cols / 8;  // 16-byte vectors per row
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  float acc[kGemvRowsPerWarp] = {};
+  const uint4* wv[kGemvRowsPerWarp];
+#pragma unroll
+  for (int j = 0; j < kGemvRowsPerWarp; ++j)
+    wv[j] = reinterpret_cast<const uint4*>(w + (r0 + j < rows ? r0 + j : rows - 1) * cols);
+  constexpr int kUnroll = 4;
+  int v = lane;
+  for (; v + 32 * (kUnroll - 1) < nvec; v += 32 * kUnroll) {
+    uint4 wa[kGemvRowsPerWarp][kUnroll], xa[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      xa[u] = __ldg(xv + v + 32 * u);
+#pragma unroll
+      for (int j = 0; j < kGemvRowsPerWarp; ++j) wa[j][u] = __ldcs(wv[j] + v + 32 * u);  // streamed once
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xa[u]);
+#pragma unroll
+      for (int j = 0; j < kGemvRowsPerWarp; ++j) {
+        const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&wa[j][u]);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 a = __bfloat1622float2(wp[k]), b = __bfloat1622float2(xp[k]);
+          acc[j] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[j]));
+        }
+      }
+    }
+  }
+  for (; v < nvec; v += 32) {
+    const uint4 xa = __ldg(xv + v);
+    const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xa);
+#pragma unroll
+    for (int j = 0; j < kGemvRowsPerWarp; ++j) {
+      const uint4 wa = __ldcs(wv[j] + v);
+      const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&wa);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 a = __bfloat1622float2(wp[k]), b = __bfloat1622float2(xp[k]);
+        acc[j] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[j]));
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kGemvRowsPerWarp; ++j) {
+    float a = acc[j];
+    for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+    if (lane == 0 && r0 + j < rows) y[r0 + j] = accumulate ? y[r0 + j] + a : a;
+  }
+}
+
+int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Weights
+
+struct LayerDev {
+  DeviceBuffer w_qkv, b_qkv, w_o, w_gu, w_down, attn_norm, ffn_norm;
+};
+
+// Uploads rows [0, rows) of a GGUF matrix, dequantized exactly and rounded to bf16, into dst at row offset
+// row0 (dst is [.. rows][cols] bf16).
+void upload_matrix(const cpu::MatmulWeight& w, bf16* dst, int64_t row0, std::vector<float>& tmp,
+                   std::vector<uint16_t>& staging) {
+  const int64_t cols = w.cols;
+  const int64_t rows_per_chunk = std::max<int64_t>(1, (int64_t(16) << 20) / std::max<int64_t>(cols, 1));
+  tmp.resize(size_t(cols));
+  for (int64_t r0 = 0; r0 < w.rows; r0 += rows_per_chunk) {
+    const int64_t nr = std::min(rows_per_chunk, w.rows - r0);
+    staging.resize(size_t(nr * cols));
+    for (int64_t r = 0; r < nr; ++r) {
+      cpu::dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + size_t(r0 + r) * w.row_bytes, tmp.data(),
+                          cols);
+      for (int64_t c = 0; c < cols; ++c) staging[size_t(r * cols + c)] = f32_to_bf16_bits(tmp[size_t(c)]);
+    }
+    HS_CUDA(cudaMemcpy(dst + (row0 + r0) * cols, staging.data(), staging.size() * 2, cudaMemcpyHostToDevice));
+  }
+}
+
+DeviceBuffer upload_floats(const float* p, int64_t n) {
+  DeviceBuffer b(size_t(n) * 4);
+  HS_CUDA(cudaMemcpy(b.as<float>(), p, size_t(n) * 4, cudaMemcpyHostToDevice));
+  return b;
+}
+
+// inv_freq_i exactly as rope_inplace computes it on the CPU.
+std::vector<float> rope_inv_freq(const RopeParams& p) {
+  std::vector<float> f(size_t(std::max(1, p.n_rot / 2)), 0.0f);
+  for (int32_t i = 0; i < p.n_rot / 2; ++i) {
+    float v = 1.0f / ::powf(p.freq_base, float(2 * i) / float(p.n_rot));
+    if (p.freq_scale != 1.0f) v *= p.freq_scale;
+    if (p.freq_factors) v /= p.freq_factors[i];
+    f[size_t(i)] = v;
+  }
+  return f;
+}
+
+// Events around the phases of a step (profiling only).
+enum Phase { kGemm, kAttn, kMask, kOther, kPhases };
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+
+struct GpuModel::Impl {
+  ModelConfig cfg;
+  GpuModelOptions opt;
+  HipParams hip;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  DeviceBuffer blas_workspace;
+
+  std::vector<LayerDev> layers;
+  DeviceBuffer tok_embd, output, output_norm, inv_freq;
+  const bf16* output_w = nullptr;  // output or tok_embd (tied)
+  size_t weight_bytes = 0;
+
+  // K/V cache: per layer [n_head_kv][n_ctx][head_dim] bf16.
+  std::vector<DeviceBuffer> k_cache, v_cache;
+  int32_t n_past = 0;
+  int32_t hip_refresh_pos = -1;           // position of the last decode mask refresh (-1: none valid)
+  std::vector<DeviceBuffer> mask_blocks;  // per layer: decode masks [n_head][1][K_b], counts [n_head]
+  std::vector<DeviceBuffer> mask_counts;
+  DeviceBuffer pf_mask_blocks, pf_mask_counts;  // prefill chunk masks [n_head][ceil(B / b_q)][K_b]
+  DeviceBuffer decode_ws;
+
+  // Scratch for B = max_batch_tokens rows.
+  DeviceBuffer tokens, x, xn, qkv, q, att, gu, act, logits, next_token;
+  int32_t* h_token = nullptr;  // pinned: [0] input token, [1] sampled token
+  float* h_logits = nullptr;   // pinned [V]
+
+  // Decode graphs, keyed by the step's shape (refresh or not, HiP on or dense, logits copied) and parity.
+  std::map<int, cudaGraphExec_t> graphs;
+  cudaStream_t capture_stream = nullptr;
+
+  bool use_gemv = getenv("HIPSERVE_CUDA_NO_GEMV") == nullptr;  // decode GEMVs (env: cuBLAS instead, to compare)
+  bool profiling = false;
+  GpuProfile prof;
+  std::vector<std::pair<int, std::pair<cudaEvent_t, cudaEvent_t>>> marks;  // phase, (start, end)
+  std::vector<cudaEvent_t> event_pool;
+  size_t events_used = 0;
+
+  ~Impl() {
+    for (auto& [k, g] : graphs)
+      if (g) cudaGraphExecDestroy(g);
+    for (cudaEvent_t e : event_pool) cudaEventDestroy(e);
+    if (h_token) cudaFreeHost(h_token);
+    if (h_logits) cudaFreeHost(h_logits);
+    if (blas) cublasDestroy(blas);
+    if (capture_stream) cudaStreamDestroy(capture_stream);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  int32_t E() const { return cfg.n_embd; }
+  int32_t QD() const { return cfg.q_dim(); }
+  int32_t KVD() const { return cfg.kv_dim(); }
+  int32_t FF() const { return cfg.n_ff; }
+  int32_t QKV() const { return QD() + 2 * KVD(); }
+  int32_t Kb() const { return opt.attn.hip.k / opt.attn.hip.block_k; }
+
+  void init_common() {
+    HS_CHECK(cfg.head_dim == 64 || cfg.head_dim == 128, "CUDA backend: head_dim %d (supported: 64, 128)",
+             cfg.head_dim);
+    HS_CHECK(opt.n_ctx >= 1 && opt.max_batch_tokens >= 1, "CUDA backend: bad n_ctx / max_batch_tokens");
+    const std::string why = opt.attn.validate();
+    HS_CHECK(why.empty(), "invalid attention config: %s", why.c_str());
+    const HipConfig& h = opt.attn.hip;
+    hip = HipParams{h.k, h.block_q, h.block_k, h.stride_q, h.stride_k, h.n_sink, h.window, h.refresh};
+    if (opt.attn.kind == AttentionKind::Hip)
+      HS_CHECK(h.block_q == 32 && h.block_q / h.stride_q <= 16 && Kb() <= 1024,
+               "CUDA HiP needs block_q 32, block_q / stride_q <= 16 and k / block_k <= 1024");
+    HS_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    check_blas(cublasCreate(&blas), "cublasCreate");
+    check_blas(cublasSetStream(blas, stream), "cublasSetStream");
+    blas_workspace = DeviceBuffer(size_t(32) << 20);  // a fixed workspace: cuBLAS then never allocates (graphs)
+    check_blas(cublasSetWorkspace(blas, blas_workspace.as<void>(), blas_workspace.bytes()), "cublasSetWorkspace");
+
+    const int64_t B = opt.max_batch_tokens, V = cfg.n_vocab;
+    tokens = DeviceBuffer(size_t(B) * 4);
+    x = DeviceBuffer(size_t(B) * E() * 4);
+    xn = DeviceBuffer(size_t(B) * E() * 2);
+    qkv = DeviceBuffer(size_t(B) * QKV() * 4);
+    q = DeviceBuffer(size_t(B) * QD() * 2);
+    att = DeviceBuffer(size_t(B) * QD() * 2);
+    gu = DeviceBuffer(size_t(B) * 2 * FF() * 4);
+    act = DeviceBuffer(size_t(B) * FF() * 2);
+    logits = DeviceBuffer(size_t(V) * 4);
+    next_token = DeviceBuffer(4);
+    HS_CUDA(cudaMallocHost(&h_token, 8));
+    HS_CUDA(cudaMallocHost(&h_logits, size_t(V) * 4));
+
+    const int64_t kv_elems = int64_t(cfg.n_head_kv) * opt.n_ctx * cfg.head_dim;
+    for (int il = 0; il < cfg.n_layer; ++il) {
+      k_cache.emplace_back(size_t(kv_elems) * 2);
+      v_cache.emplace_back(size_t(kv_elems) * 2);
+      if (opt.attn.layer_uses_hip(il)) {
+        mask_blocks.emplace_back(size_t(cfg.n_head) * Kb() * 4);
+        mask_counts.emplace_back(size_t(cfg.n_head) * 4);
+      } else {
+        mask_blocks.emplace_back();
+        mask_counts.emplace_back();
+      }
+    }
+    if (opt.attn.kind == AttentionKind::Hip) {
+      const int64_t nqb = (B + hip.block_q - 1) / hip.block_q;
+      pf_mask_blocks = DeviceBuffer(size_t(cfg.n_head) * nqb * Kb() * 4);
+      pf_mask_counts = DeviceBuffer(size_t(cfg.n_head) * nqb * 4);
+    }
+    decode_ws = DeviceBuffer(size_t(decode_workspace_floats(cfg.n_head, cfg.head_dim, kMaxDecodeSplits)) * 4);
+    const std::vector<float> f = rope_inv_freq(cfg.rope);
+    inv_freq = upload_floats(f.data(), int64_t(f.size()));
+  }
+
+  // ---- profiling marks ----
+  cudaEvent_t event() {
+    if (events_used == event_pool.size()) {
+      cudaEvent_t e;
+      HS_CUDA(cudaEventCreate(&e));
+      event_pool.push_back(e);
+    }
+    return event_pool[events_used++];
+  }
+  template <class Fn>
+  void phase(int which, const Fn& fn) {
+    if (!profiling) {
+      fn();
+      return;
+    }
+    cudaEvent_t a = event(), b = event();
+    HS_CUDA(cudaEventRecord(a, stream));
+    fn();
+    HS_CUDA(cudaEventRecord(b, stream));
+    marks.push_back({which, {a, b}});
+  }
+  void collect_profile() {
+    if (!profiling) return;
+    HS_CUDA(cudaStreamSynchronize(stream));
+    for (auto& [which, ev] : marks) {
+      float ms = 0;
+      HS_CUDA(cudaEventElapsedTime(&ms, ev.first, ev.second));
+      (which == kGemm ? prof.gemm_ms : which == kAttn ? prof.attn_ms : which == kMask ? prof.hip_mask_ms : prof.other_ms) += ms;
+    }
+    marks.clear();
+    events_used = 0;
+    ++prof.steps;
+  }
+
+  // y[n][out] (fp32, ld out) = x[n][in] (bf16) W[out][in]^T (+ y when accumulate).
+  void gemm(const bf16* w, int64_t out, int64_t in, const bf16* xin, int64_t n, float* y, bool accumulate) {
+    if (n == 1 && in % 8 == 0 && use_gemv) {
+      const int64_t rows_per_block = int64_t(kGemvWarps) * kGemvRowsPerWarp;
+      gemv_bf16_kernel<<<unsigned((out + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, stream>>>(
+          w, out, int(in), xin, y, accumulate);
+      HS_CUDA_LAUNCH("gemv_bf16_kernel");
+      return;
+    }
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    // Column-major view: Y^T (out x n) = W (row-major [out][in] = col-major in x out, transposed) * X^T.
+    check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(n), int(in), &alpha, w, CUDA_R_16BF,
+                            int(in), xin, CUDA_R_16BF, int(in), &beta, y, CUDA_R_32F, int(out),
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx");
+  }
+
+  AttnParams attn_params(int il, int32_t n, int32_t pos0) {
+    AttnParams p;
+    p.q = reinterpret_cast<const uint16_t*>(q.as<bf16>());
+    p.k = k_cache[il].as<uint16_t>();
+    p.v = v_cache[il].as<uint16_t>();
+    p.out = att.as<uint16_t>();
+    p.q_stride = QD();
+    p.out_stride = QD();
+    p.kv_head_stride = int64_t(opt.n_ctx) * cfg.head_dim;
+    p.kv_pos_stride = cfg.head_dim;
+    p.n_q = n;
+    p.n_kv = pos0 + n;
+    p.q_pos0 = pos0;
+    p.n_head = cfg.n_head;
+    p.n_kv_head = cfg.n_head_kv;
+    p.head_dim = cfg.head_dim;
+    p.scale = 1.0f / std::sqrt(float(cfg.head_dim));
+    return p;
+  }
+
+  // Enqueues the layers for rows tokens[0, n) (already in `tokens`) at positions [pos0, pos0 + n). For a decode
+  // step (n == 1), `estimate` says whether the HiP layers refresh their cached masks.
+  void enqueue_layers(int32_t n, int32_t pos0, bool estimate) {
+    const int E_ = E(), QD_ = QD(), KVD_ = KVD(), FF_ = FF();
+    const int threads = 256;
+    phase(kOther, [&] {
+      embed_kernel<<<n, threads, 0, stream>>>(tokens.as<int32_t>(), tok_embd.as<bf16>(), E_, x.as<float>());
+      HS_CUDA_LAUNCH("embed_kernel");
+    });
+    const bool hip_dense = pos0 + n <= hip.n_sink + hip.window;  // sink + window cover every key: HiP == dense
+    for (int il = 0; il < cfg.n_layer; ++il) {
+      LayerDev& L = layers[size_t(il)];
+      phase(kOther, [&] {
+        rmsnorm_kernel<<<n, threads, 0, stream>>>(x.as<float>(), E_, L.attn_norm.as<float>(), E_, cfg.norm_eps,
+                                                  xn.as<bf16>(), E_);
+        HS_CUDA_LAUNCH("rmsnorm_kernel");
+      });
+      phase(kGemm, [&] { gemm(L.w_qkv.as<bf16>(), QKV(), E_, xn.as<bf16>(), n, qkv.as<float>(), false); });
+      phase(kOther, [&] {
+        RopeArgs a;
+        a.qkv = qkv.as<float>();
+        a.bias = L.b_qkv.bytes() ? L.b_qkv.as<float>() : nullptr;
+        a.ld = QKV();
+        a.inv_freq = inv_freq.as<float>();
+        a.n_head = cfg.n_head;
+        a.n_head_kv = cfg.n_head_kv;
+        a.head_dim = cfg.head_dim;
+        a.n_rot = cfg.rope.n_rot;
+        a.neox = cfg.rope.type == RopeType::NeoX;
+        a.pos0 = pos0;
+        a.q = q.as<bf16>();
+        a.k_cache = k_cache[size_t(il)].as<bf16>();
+        a.v_cache = v_cache[size_t(il)].as<bf16>();
+        a.kv_head_stride = int64_t(opt.n_ctx) * cfg.head_dim;
+        rope_store_kernel<<<n, threads, 0, stream>>>(a);
+        HS_CUDA_LAUNCH("rope_store_kernel");
+      });
+      const AttnParams p = attn_params(il, n, pos0);
+      if (opt.attn.layer_uses_hip(il) && !hip_dense) {
+        if (n == 1) {
+          HipMaskDev m{mask_blocks[size_t(il)].as<int32_t>(), mask_counts[size_t(il)].as<int32_t>(), 1, Kb()};
+          if (estimate) phase(kMask, [&] { check_cuda(hip_estimate_mask(hip, p, m, stream), "hip_estimate_mask"); });
+          phase(kAttn, [&] {
+            DecodeWorkspace ws{decode_ws.as<float>(), int64_t(decode_ws.bytes() / 4)};
+            check_cuda(hip_attention_decode(hip, p, m, ws, stream), "hip_attention_decode");
+          });
+        } else {
+          HipMaskDev m{pf_mask_blocks.as<int32_t>(), pf_mask_counts.as<int32_t>(), (n + hip.block_q - 1) / hip.block_q,
+                       Kb()};
+          phase(kMask, [&] { check_cuda(hip_estimate_mask(hip, p, m, stream), "hip_estimate_mask"); });
+          phase(kAttn, [&] { check_cuda(hip_attention_prefill(hip, p, m, stream), "hip_attention_prefill"); });
+        }
+      } else {
+        phase(kAttn, [&] {
+          if (n == 1) {
+            DecodeWorkspace ws{decode_ws.as<float>(), int64_t(decode_ws.bytes() / 4)};
+            check_cuda(attention_decode_dense(p, ws, stream), "attention_decode_dense");
+          } else {
+            check_cuda(attention_prefill_dense(p, stream), "attention_prefill_dense");
+          }
+        });
+      }
+      phase(kGemm, [&] { gemm(L.w_o.as<bf16>(), E_, QD_, att.as<bf16>(), n, x.as<float>(), true); });
+      phase(kOther, [&] {
+        rmsnorm_kernel<<<n, threads, 0, stream>>>(x.as<float>(), E_, L.ffn_norm.as<float>(), E_, cfg.norm_eps,
+                                                  xn.as<bf16>(), E_);
+        HS_CUDA_LAUNCH("rmsnorm_kernel");
+      });
+      phase(kGemm, [&] { gemm(L.w_gu.as<bf16>(), 2 * FF_, E_, xn.as<bf16>(), n, gu.as<float>(), false); });
+      phase(kOther, [&] {
+        swiglu_kernel<<<grid_for(int64_t(n) * FF_, threads), threads, 0, stream>>>(gu.as<float>(), n, FF_,
+                                                                                     act.as<bf16>());
+        HS_CUDA_LAUNCH("swiglu_kernel");
+      });
+      phase(kGemm, [&] { gemm(L.w_down.as<bf16>(), E_, FF_, act.as<bf16>(), n, x.as<float>(), true); });
+    }
+    (void)KVD_;
+  }
+
+  // Final norm of row `row`, logits, and the sampled token into next_token.
+  void enqueue_head(int32_t row, float temperature, uint64_t seed) {
+    const int E_ = E();
+    phase(kOther, [&] {
+      rmsnorm_kernel<<<1, 256, 0, stream>>>(x.as<float>() + int64_t(row) * E_, E_, output_norm.as<float>(), E_,
+                                            cfg.norm_eps, xn.as<bf16>(), E_);
+      HS_CUDA_LAUNCH("rmsnorm_kernel");
+    });
+    phase(kGemm, [&] { gemm(output_w, cfg.n_vocab, E_, xn.as<bf16>(), 1, logits.as<float>(), false); });
+    phase(kOther, [&] {
+      sample_kernel<<<1, 1024, 0, stream>>>(logits.as<float>(), cfg.n_vocab, temperature, seed,
+                                            next_token.as<int32_t>());
+      HS_CUDA_LAUNCH("sample_kernel");
+    });
+  }
+
+  void check_tokens(std::span<const int32_t> toks) const {
+    for (int32_t t : toks)
+      HS_CHECK(t >= 0 && t < cfg.n_vocab, "token id %d is out of range [0, %d)", t, cfg.n_vocab);
+  }
+
+  void prefill(std::span<const int32_t> toks, float* last_logits) {
+    HS_CHECK(!toks.empty(), "empty prompt");
+    check_tokens(toks);
+    HS_CHECK(int64_t(n_past) + int64_t(toks.size()) <= opt.n_ctx,
+             "context overflow: %lld positions needed but the context size is %d (raise -c)",
+             (long long)(n_past + int64_t(toks.size())), opt.n_ctx);
+    for (size_t done = 0; done < toks.size();) {
+      const int32_t n = int32_t(std::min<size_t>(size_t(opt.max_batch_tokens), toks.size() - done));
+      HS_CUDA(cudaMemcpyAsync(tokens.as<int32_t>(), toks.data() + done, size_t(n) * 4, cudaMemcpyHostToDevice,
+                              stream));
+      enqueue_layers(n, n_past, true);
+      done += size_t(n);
+      n_past += n;
+      if (done == toks.size() && last_logits) {
+        enqueue_head(n - 1, 0.0f, 0);
+        HS_CUDA(cudaMemcpyAsync(h_logits, logits.as<float>(), size_t(cfg.n_vocab) * 4, cudaMemcpyDeviceToHost,
+                                stream));
+      }
+      collect_profile();
+    }
+    HS_CUDA(cudaStreamSynchronize(stream));
+    if (last_logits) std::memcpy(last_logits, h_logits, size_t(cfg.n_vocab) * 4);
+    hip_refresh_pos = -1;  // as on the CPU: a prefill invalidates the cached decode masks
+  }
+
+  // What a decode step's graph depends on besides the data: positions, which phases run, the sampling.
+  struct StepShape {
+    int32_t n_past = -1;
+    bool estimate = false, hip_dense = false, logits = false;
+    float temperature = 0;
+    uint64_t seed = 0;  // the step's seed (the caller's seed mixed with the position)
+    bool operator==(const StepShape&) const = default;
+    int key() const { return (estimate ? 1 : 0) | (hip_dense ? 2 : 0) | (logits ? 4 : 0); }
+  };
+  StepShape precaptured;  // the step whose graph is ready (captured while the previous step ran)
+  StepShape shape_for(int32_t np, int32_t refresh_pos, bool logits_wanted, float temperature, uint64_t seed) const {
+    StepShape s;
+    s.n_past = np;
+    s.hip_dense = np + 1 <= hip.n_sink + hip.window;
+    s.estimate = refresh_pos < 0 || np - refresh_pos >= hip.refresh;
+    s.logits = logits_wanted;
+    s.temperature = temperature;
+    s.seed = seed ^ (uint64_t(np) * 0x9e3779b97f4a7c15ull);
+    return s;
+  }
+  int32_t refresh_pos_after(const StepShape& s, int32_t refresh_pos) const {
+    if (opt.attn.kind != AttentionKind::Hip) return refresh_pos;
+    return s.hip_dense ? -1 : s.estimate ? s.n_past : refresh_pos;
+  }
+  void enqueue_step(const StepShape& s) {
+    HS_CUDA(cudaMemcpyAsync(tokens.as<int32_t>(), h_token, 4, cudaMemcpyHostToDevice, stream));
+    enqueue_layers(1, s.n_past, s.estimate);
+    enqueue_head(0, s.temperature, s.seed);
+    HS_CUDA(cudaMemcpyAsync(h_token + 1, next_token.as<int32_t>(), 4, cudaMemcpyDeviceToHost, stream));
+    if (s.logits)
+      HS_CUDA(cudaMemcpyAsync(h_logits, logits.as<float>(), size_t(cfg.n_vocab) * 4, cudaMemcpyDeviceToHost, stream));
+  }
+
+  // Records step s on the capture stream and applies it to the executable graph of its shape and parity (two
+  // per shape: one may be running while the other is updated). Only kernel parameters such as positions
+  // differ between steps of one shape, so cudaGraphExecUpdate applies; if not, the graph is instantiated anew.
+  cudaGraphExec_t& exec_slot(const StepShape& s) { return graphs[s.key() * 2 + (s.n_past & 1)]; }
+  void capture(const StepShape& s) {
+    if (!capture_stream) HS_CUDA(cudaStreamCreateWithFlags(&capture_stream, cudaStreamNonBlocking));
+    cudaStream_t main_stream = stream;
+    stream = capture_stream;  // every enqueue_* call uses `stream`
+    check_blas(cublasSetStream(blas, stream), "cublasSetStream");
+    cudaGraph_t graph = nullptr;
+    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+    if (err == cudaSuccess) {
+      try {
+        enqueue_step(s);
+      } catch (...) {
+        cudaStreamEndCapture(stream, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        stream = main_stream;
+        cublasSetStream(blas, stream);
+        throw;
+      }
+      err = cudaStreamEndCapture(stream, &graph);
+    }
+    stream = main_stream;
+    check_blas(cublasSetStream(blas, stream), "cublasSetStream");
+    check_cuda(err, "decode step capture");
+    cudaGraphExec_t& exec = exec_slot(s);
+    bool updated = false;
+    if (exec) {
+      cudaGraphExecUpdateResultInfo info;
+      updated = cudaGraphExecUpdate(exec, graph, &info) == cudaSuccess;
+      if (!updated) {
+        cudaGetLastError();  // clear the update failure
+        cudaGraphExecDestroy(exec);
+        exec = nullptr;
+      }
+    }
+    if (!updated) err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check_cuda(err, "cudaGraphInstantiate");
+  }
+
+  int32_t decode(int32_t token, float temperature, uint64_t seed, float* out_logits) {
+    check_tokens(std::span<const int32_t>(&token, 1));
+    HS_CHECK(n_past + 1 <= opt.n_ctx, "context overflow: %d positions needed but the context size is %d (raise -c)",
+             n_past + 1, opt.n_ctx);
+    const StepShape s = shape_for(n_past, hip_refresh_pos, out_logits != nullptr, temperature, seed);
+    const int32_t next_refresh = refresh_pos_after(s, hip_refresh_pos);
+    h_token[0] = token;
+    if (opt.cuda_graphs && !profiling) {
+      // The graph of this step was usually captured while the previous step ran (below); the GPU then runs
+      // step after step with only the host's launch and synchronization between them.
+      if (!(precaptured == s)) capture(s);
+      HS_CUDA(cudaGraphLaunch(exec_slot(s), stream));
+      precaptured = StepShape();
+      if (n_past + 2 <= opt.n_ctx) {
+        const StepShape next = shape_for(n_past + 1, next_refresh, s.logits, temperature, seed);
+        capture(next);  // the other parity's graph: idle since the last synchronization
+        precaptured = next;
+      }
+    } else {
+      enqueue_step(s);
+    }
+    collect_profile();
+    HS_CUDA(cudaStreamSynchronize(stream));
+    if (out_logits) std::memcpy(out_logits, h_logits, size_t(cfg.n_vocab) * 4);
+    hip_refresh_pos = next_refresh;
+    n_past += 1;
+    return h_token[1];
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+
+bool device_available(std::string* why) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    if (why) *why = e != cudaSuccess ? std::string("no usable CUDA device: ") + cudaGetErrorString(e) : "no CUDA device";
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+std::string device_name() {
+  if (!device_available()) return "";
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return "";
+  return prop.name;
+}
+
+double copy_bandwidth_gbs() {
+  const size_t bytes = size_t(1) << 30;
+  DeviceBuffer a(bytes), b(bytes);
+  HS_CUDA(cudaMemset(a.as<void>(), 1, bytes));
+  cudaEvent_t e0, e1;
+  HS_CUDA(cudaEventCreate(&e0));
+  HS_CUDA(cudaEventCreate(&e1));
+  float best = 1e30f;
+  for (int rep = 0; rep < 6; ++rep) {
+    HS_CUDA(cudaEventRecord(e0));
+    HS_CUDA(cudaMemcpy(b.as<void>(), a.as<void>(), bytes, cudaMemcpyDeviceToDevice));
+    HS_CUDA(cudaEventRecord(e1));
+    HS_CUDA(cudaEventSynchronize(e1));
+    float ms = 0;
+    HS_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    if (rep > 0) best = std::min(best, ms);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return 2.0 * double(bytes) / (double(best) * 1e6);
+}
+
+namespace {
+struct Preset {
+  const char* name;
+  int32_t n_embd, n_layer, n_ff, n_head, n_head_kv, n_vocab;
+  float rope_base;
+  bool qkv_bias;
+};
+constexpr Preset kPresets[] = {
+    {"llama3.1-8b", 4096, 32, 14336, 32, 8, 128256, 500000.0f, false},
+    {"llama3.2-1b", 2048, 16, 8192, 32, 8, 128256, 500000.0f, false},
+    {"qwen2.5-7b", 3584, 28, 18944, 28, 4, 152064, 1000000.0f, true},
+    {"smollm2-135m", 576, 30, 1536, 9, 3, 49152, 100000.0f, false},
+};
+}  // namespace
+
+std::string random_preset_names() {
+  std::string s;
+  for (const Preset& p : kPresets) s += (s.empty() ? "" : ", ") + std::string(p.name);
+  return s;
+}
+
+ModelConfig random_preset(const std::string& name) {
+  for (const Preset& p : kPresets) {
+    if (name != p.name) continue;
+    ModelConfig c;
+    c.arch = p.qkv_bias ? Arch::Qwen2 : Arch::Llama;
+    c.arch_name = p.qkv_bias ? "qwen2" : "llama";
+    c.name = std::string(p.name) + " (random weights)";
+    c.n_ctx_train = 131072;
+    c.n_embd = p.n_embd;
+    c.n_layer = p.n_layer;
+    c.n_ff = p.n_ff;
+    c.n_head = p.n_head;
+    c.n_head_kv = p.n_head_kv;
+    c.head_dim = p.n_embd / p.n_head;
+    c.n_vocab = p.n_vocab;
+    c.norm_eps = 1e-5f;
+    c.rope.type = p.qkv_bias ? RopeType::NeoX : RopeType::Norm;
+    c.rope.n_rot = c.head_dim;
+    c.rope.freq_base = p.rope_base;
+    c.qkv_bias = p.qkv_bias;
+    return c;
+  }
+  fail(strfmt("unknown random-weights preset '%s' (known: %s)", name.c_str(), random_preset_names().c_str()));
+}
+
+GpuModel::GpuModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+GpuModel::~GpuModel() = default;
+
+std::unique_ptr<GpuModel> GpuModel::upload(const Model& model, const GpuModelOptions& options) {
+  std::string why;
+  HS_CHECK(device_available(&why), "%s", why.c_str());
+  auto impl = std::make_unique<Impl>();
+  Impl& m = *impl;
+  m.cfg = model.config();
+  m.opt = options;
+  m.init_common();
+  const ModelConfig& c = m.cfg;
+  std::vector<float> tmp;
+  std::vector<uint16_t> staging;
+  auto matrix = [&](const cpu::MatmulWeight& w, DeviceBuffer& dst, int64_t row0) {
+    upload_matrix(w, dst.as<bf16>(), row0, tmp, staging);
+  };
+  m.tok_embd = DeviceBuffer(size_t(c.n_vocab) * c.n_embd * 2);
+  matrix(model.tok_embd(), m.tok_embd, 0);
+  if (c.tied_embeddings) {
+    m.output_w = m.tok_embd.as<bf16>();
+  } else {
+    m.output = DeviceBuffer(size_t(c.n_vocab) * c.n_embd * 2);
+    matrix(model.output(), m.output, 0);
+    m.output_w = m.output.as<bf16>();
+  }
+  m.output_norm = upload_floats(model.output_norm(), c.n_embd);
+  m.layers.resize(size_t(c.n_layer));
+  for (int il = 0; il < c.n_layer; ++il) {
+    const LayerWeights& W = model.layer(il);
+    LayerDev& L = m.layers[size_t(il)];
+    L.w_qkv = DeviceBuffer(size_t(m.QKV()) * c.n_embd * 2);
+    matrix(W.wq, L.w_qkv, 0);
+    matrix(W.wk, L.w_qkv, m.QD());
+    matrix(W.wv, L.w_qkv, m.QD() + m.KVD());
+    if (W.bq) {
+      std::vector<float> b(size_t(m.QKV()));
+      std::copy(W.bq, W.bq + m.QD(), b.begin());
+      std::copy(W.bk, W.bk + m.KVD(), b.begin() + m.QD());
+      std::copy(W.bv, W.bv + m.KVD(), b.begin() + m.QD() + m.KVD());
+      L.b_qkv = upload_floats(b.data(), m.QKV());
+    }
+    L.w_o = DeviceBuffer(size_t(c.n_embd) * m.QD() * 2);
+    matrix(W.wo, L.w_o, 0);
+    L.w_gu = DeviceBuffer(size_t(2) * c.n_ff * c.n_embd * 2);
+    matrix(W.w_gate, L.w_gu, 0);
+    matrix(W.w_up, L.w_gu, c.n_ff);
+    L.w_down = DeviceBuffer(size_t(c.n_embd) * c.n_ff * 2);
+    matrix(W.w_down, L.w_down, 0);
+    L.attn_norm = upload_floats(W.attn_norm, c.n_embd);
+    L.ffn_norm = upload_floats(W.ffn_norm, c.n_embd);
+    m.weight_bytes += L.w_qkv.bytes() + L.w_o.bytes() + L.w_gu.bytes() + L.w_down.bytes();
+  }
+  m.weight_bytes += m.tok_embd.bytes() + m.output.bytes();
+  return std::unique_ptr<GpuModel>(new GpuModel(std::move(impl)));
+}
+
+std::unique_ptr<GpuModel> GpuModel::random(const ModelConfig& config, uint64_t seed, const GpuModelOptions& options) {
+  std::string why;
+  HS_CHECK(device_available(&why), "%s", why.c_str());
+  auto impl = std::make_unique<Impl>();
+  Impl& m = *impl;
+  m.cfg = config;
+  m.opt = options;
+  m.init_common();
+  const ModelConfig& c = m.cfg;
+  uint64_t s = seed;
+  auto rand_matrix = [&](int64_t rows, int64_t cols) {
+    DeviceBuffer b(size_t(rows) * cols * 2);
+    const int64_t n = rows * cols;
+    init_uniform_kernel<<<grid_for(n, 256), 256, 0, m.stream>>>(b.as<bf16>(), n, ++s * 0x2545f4914f6cdd1dull,
+                                                                 1.0f / std::sqrt(float(cols)));
+    HS_CUDA_LAUNCH("init_uniform_kernel");
+    m.weight_bytes += b.bytes();
+    return b;
+  };
+  auto ones = [&](int64_t n) {
+    DeviceBuffer b(size_t(n) * 4);
+    fill_kernel<<<grid_for(n, 256), 256, 0, m.stream>>>(b.as<float>(), n, 1.0f);
+    HS_CUDA_LAUNCH("fill_kernel");
+    return b;
+  };
+  m.tok_embd = rand_matrix(c.n_vocab, c.n_embd);
+  m.output = rand_matrix(c.n_vocab, c.n_embd);
+  m.output_w = m.output.as<bf16>();
+  m.output_norm = ones(c.n_embd);
+  m.layers.resize(size_t(c.n_layer));
+  for (int il = 0; il < c.n_layer; ++il) {
+    LayerDev& L = m.layers[size_t(il)];
+    L.w_qkv = rand_matrix(m.QKV(), c.n_embd);
+    if (c.qkv_bias) {
+      L.b_qkv = DeviceBuffer(size_t(m.QKV()) * 4);
+      fill_kernel<<<grid_for(m.QKV(), 256), 256, 0, m.stream>>>(L.b_qkv.as<float>(), m.QKV(), 0.01f);
+      HS_CUDA_LAUNCH("fill_kernel");
+    }
+    L.w_o = rand_matrix(c.n_embd, m.QD());
+    L.w_gu = rand_matrix(2 * int64_t(c.n_ff), c.n_embd);
+    L.w_down = rand_matrix(c.n_embd, c.n_ff);
+    L.attn_norm = ones(c.n_embd);
+    L.ffn_norm = ones(c.n_embd);
+  }
+  HS_CUDA(cudaStreamSynchronize(m.stream));
+  return std::unique_ptr<GpuModel>(new GpuModel(std::move(impl)));
+}
+
+const ModelConfig& GpuModel::config() const { return impl_->cfg; }
+const GpuModelOptions& GpuModel::options() const { return impl_->opt; }
+int32_t GpuModel::n_past() const { return impl_->n_past; }
+void GpuModel::truncate(int32_t n) {
+  HS_CHECK(n >= 0 && n <= impl_->n_past, "truncate to %d beyond %d", n, impl_->n_past);
+  impl_->n_past = n;
+  if (impl_->hip_refresh_pos >= n) impl_->hip_refresh_pos = -1;
+}
+void GpuModel::prefill(std::span<const int32_t> tokens, float* last_logits) { impl_->prefill(tokens, last_logits); }
+int32_t GpuModel::decode(int32_t token, float temperature, uint64_t seed, float* logits) {
+  return impl_->decode(token, temperature, seed, logits);
+}
+size_t GpuModel::weight_bytes() const { return impl_->weight_bytes; }
+size_t GpuModel::kv_bytes() const {
+  size_t b = 0;
+  for (auto& k : impl_->k_cache) b += k.bytes();
+  for (auto& v : impl_->v_cache) b += v.bytes();
+  return b;
+}
+void GpuModel::set_profiling(bool on) {
+  impl_->profiling = on;
+  impl_->prof = GpuProfile();
+}
+GpuProfile GpuModel::profile() const { return impl_->prof; }
+
+}  // namespace hs::cuda

@@ -1,0 +1,90 @@
+// The llama/qwen2 forward pass on a CUDA GPU, batch of one sequence: weights uploaded once as bf16 (GGUF
+// tensors dequantized exactly on the CPU, rounded to bf16), cuBLAS GEMMs (bf16 operands, fp32 accumulation),
+// fused kernels for RMSNorm (fp32 residual in, bf16 out), RoPE + K/V cache write, SwiGLU, embedding lookup,
+// residual adds folded into the GEMMs (beta = 1), and sampling (greedy / temperature) on the GPU. Attention
+// per layer as on the CPU (AttentionConfig): dense (FlashAttention-style prefill, split-K decode) or HiP (mask
+// estimation + block-sparse attention, decode masks cached and refreshed every r_m steps), kernels from
+// attention_cuda.h. Decode steps may run as CUDA graphs (captured each step and applied to one executable
+// graph with cudaGraphExecUpdate, so the GPU runs the step without launch gaps).
+//
+// The CPU Model (src/model/llama.h) is the oracle: llama_cuda_test.cpp compares logits and greedy tokens.
+// This header needs no CUDA headers (the apps include it).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "model/attention_config.h"
+#include "model/config.h"
+
+namespace hs {
+class Model;
+}
+
+namespace hs::cuda {
+
+// True when a CUDA device can be used; otherwise `why` (if given) says why not.
+bool device_available(std::string* why = nullptr);
+std::string device_name();  // "NVIDIA H100 80GB HBM3", or "" without a device
+// Device-to-device copy bandwidth in GB/s (bytes read + written), measured with a 1 GiB copy: the memory
+// ceiling against which decode speed is judged.
+double copy_bandwidth_gbs();
+
+// Shapes of well-known models for random-weight speed work ("llama3.1-8b", "llama3.2-1b", "qwen2.5-7b",
+// "smollm2-135m"); throws hs::Error listing the names for an unknown one.
+ModelConfig random_preset(const std::string& name);
+std::string random_preset_names();
+
+struct GpuModelOptions {
+  int32_t n_ctx = 4096;              // K/V cache positions, allocated up front on the device
+  int32_t max_batch_tokens = 2048;   // prefill chunk (rows per forward)
+  AttentionConfig attn;              // as on the CPU
+  bool cuda_graphs = true;           // decode steps as graphs
+};
+
+// Where the time of the last prefill / decode call went (CUDA events around each phase; only filled when
+// profiling is on, since the events serialize the stream a little).
+struct GpuProfile {
+  double gemm_ms = 0, attn_ms = 0, hip_mask_ms = 0, other_ms = 0;
+  int64_t steps = 0;
+};
+
+class GpuModel {
+ public:
+  // Uploads every weight of a loaded CPU model (bf16 on the device). Throws hs::Error on CUDA errors, e.g. when
+  // the device memory does not suffice.
+  static std::unique_ptr<GpuModel> upload(const Model& model, const GpuModelOptions& options);
+  // Random bf16 weights generated on the device (uniform, scaled by 1/sqrt(fan-in); norms 1): for speed work
+  // at real scale without a file. `config` from random_preset().
+  static std::unique_ptr<GpuModel> random(const ModelConfig& config, uint64_t seed, const GpuModelOptions& options);
+  ~GpuModel();
+
+  const ModelConfig& config() const;
+  const GpuModelOptions& options() const;
+  int32_t n_past() const;
+  // Forgets positions >= n (n <= n_past).
+  void truncate(int32_t n);
+
+  // Appends `tokens` (in chunks of max_batch_tokens). When last_logits is non-null, the last token's logits
+  // (n_vocab floats) are copied there. Waits for the GPU.
+  void prefill(std::span<const int32_t> tokens, float* last_logits);
+  // Appends one token and returns the next one, sampled on the GPU: greedy (argmax, ties -> lowest id) when
+  // temperature <= 0, else a draw from softmax(logits / temperature) (Gumbel-max, seeded by seed and position).
+  // When logits is non-null, the step's logits are copied there too.
+  int32_t decode(int32_t token, float temperature, uint64_t seed, float* logits);
+
+  size_t weight_bytes() const;  // device bytes of the weights
+  size_t kv_bytes() const;      // device bytes of the K/V cache
+  void set_profiling(bool on);
+  GpuProfile profile() const;   // summed since set_profiling(true)
+
+  struct Impl;
+
+ private:
+  explicit GpuModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hs::cuda

@@ -1,0 +1,247 @@
+// The GPU forward pass against the CPU model (the oracle), on a real llama-family GGUF: HIPSERVE_MODEL, else
+// models/SmolLM2-135M-Instruct.Q4_1.gguf. On the GPU machine, where the full file cannot be carried, a reduced
+// copy written by `hipserve shrink --layers 8` stands in (the first 8 layers, byte-identical weights).
+//
+// Error budget: the GPU rounds weights and GEMM inputs (RMSNorm outputs, attention outputs, SwiGLU) to bf16
+// (relative rounding 2^-9) and keeps K/V in bf16 (the CPU: fp16 K/V, fp32 everything else). Such roundings
+// are independent, so the logits move by a few tenths of a percent per layer relative to their spread; the
+// bounds below (relative L2 over the whole vocabulary <= 3e-2 for dense, <= 6e-2 for HiP, whose selection can
+// flip on near-tied blocks) leave a margin of ~3x over what bf16 gives and fail on any real bug (a wrong
+// rotation pair, a missing bias, a stale cache row each move the logits by O(1)).
+#include "backends/cuda/llama_cuda.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "model/kv_cache.h"
+#include "model/llama.h"
+#include "model/test_model.h"
+#include "util/common.h"
+#include "util/thread_pool.h"
+
+namespace hs {
+namespace {
+
+#define HS_REQUIRE_GPU()                                   \
+  do {                                                     \
+    std::string why;                                       \
+    if (!cuda::device_available(&why)) GTEST_SKIP() << why; \
+  } while (0)
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+int argmax(const std::vector<float>& v) { return int(std::max_element(v.begin(), v.end()) - v.begin()); }
+
+// Gap between the largest and second largest logit.
+float top2_gap(const std::vector<float>& v) {
+  std::vector<float> c = v;
+  std::partial_sort(c.begin(), c.begin() + 2, c.end(), std::greater<float>());
+  return c[0] - c[1];
+}
+
+const char* kText =
+    "It was a dark and stormy night; the rain fell in torrents, except at occasional intervals, when it was "
+    "checked by a violent gust of wind which swept up the streets (for it is in London that our scene lies), "
+    "rattling along the housetops, and fiercely agitating the scanty flame of the lamps that struggled against "
+    "the darkness. Through one of the obscurest quarters of London, and among haunts little loved by the "
+    "gentlemen of the police, a man, evidently of the lowest orders, was wending his solitary way. ";
+
+std::vector<int32_t> text_tokens(const Model& m, int n) {
+  std::string s;
+  std::vector<int32_t> ids;
+  for (int rep = 0; int(ids.size()) < n; ++rep) {
+    s += kText;
+    s += "Chapter " + std::to_string(rep + 2) + ". ";
+    ids = m.tokenizer().encode(s, true, false);
+  }
+  ids.resize(size_t(n));
+  return ids;
+}
+
+struct Pair {
+  Model* cpu;
+  std::unique_ptr<cuda::GpuModel> gpu;
+  std::unique_ptr<KvCache> cache;
+  ThreadPool pool{2};
+};
+
+std::unique_ptr<Pair> make_pair(const AttentionConfig& attn, int n_ctx, bool graphs = true) {
+  auto p = std::make_unique<Pair>();
+  p->cpu = testing::smollm2();
+  p->cpu->set_attention(attn);
+  cuda::GpuModelOptions o;
+  o.n_ctx = n_ctx;
+  o.max_batch_tokens = 256;  // several chunks for the longer prompts
+  o.attn = attn;
+  o.cuda_graphs = graphs;
+  p->gpu = cuda::GpuModel::upload(*p->cpu, o);
+  p->cache = std::make_unique<KvCache>(p->cpu->config(), n_ctx);
+  return p;
+}
+
+AttentionConfig dense() {
+  AttentionConfig a;
+  a.kind = AttentionKind::Dense;
+  return a;
+}
+
+// Prefill logits, then greedy decode: every step's logits close to the CPU's, and the same tokens except
+// where the CPU's top two logits lie within the error budget (those are printed and the runs continue from
+// the CPU's token so the comparison stays aligned).
+void compare_generation(const AttentionConfig& attn, int n_prompt, int n_gen, double bound) {
+  HS_REQUIRE_SMOLLM2();
+  auto p = make_pair(attn, n_prompt + n_gen + 8);
+  const int V = p->cpu->config().n_vocab;
+  const std::vector<int32_t> ids = text_tokens(*p->cpu, n_prompt);
+  std::vector<float> lc(static_cast<size_t>(V)), lg(static_cast<size_t>(V));
+  p->cpu->prefill(*p->cache, ids, lc.data(), p->pool);
+  p->gpu->prefill(ids, lg.data());
+  double worst = rel_l2(lg, lc);
+  EXPECT_LE(worst, bound) << "prefill logits";
+  int ties = 0;
+  int32_t tok = argmax(lc);
+  for (int i = 0; i < n_gen; ++i) {
+    p->cpu->prefill(*p->cache, std::span<const int32_t>(&tok, 1), lc.data(), p->pool);
+    const int32_t g = p->gpu->decode(tok, 0.0f, 0, lg.data());
+    const double e = rel_l2(lg, lc);
+    worst = std::max(worst, e);
+    EXPECT_LE(e, bound) << "decode step " << i;
+    EXPECT_EQ(g, argmax(lg)) << "GPU sampling disagrees with the GPU's own logits at step " << i;
+    if (g != argmax(lc)) {
+      ++ties;
+      const float gap = top2_gap(lc);
+      std::printf("  step %d: GPU token %d, CPU token %d; CPU top-2 gap %.4f\n", i, g, argmax(lc), gap);
+      EXPECT_LT(gap, 0.25f) << "a token differs where the CPU's choice was clear";
+    }
+    tok = argmax(lc);
+  }
+  std::printf("  %s, %d prompt + %d decode tokens: worst relative L2 logit error %.4f, %d near-tie flips\n",
+              attn.describe().c_str(), n_prompt, n_gen, worst, ties);
+  EXPECT_LE(ties, n_gen / 8);
+}
+
+TEST(LlamaCuda, DenseMatchesCpu) {
+  HS_REQUIRE_GPU();
+  compare_generation(dense(), 100, 24, 3e-2);
+}
+
+TEST(LlamaCuda, DenseChunkedLongPromptMatchesCpu) {
+  HS_REQUIRE_GPU();
+  compare_generation(dense(), 700, 8, 3e-2);  // 3 prefill chunks of 256
+}
+
+TEST(LlamaCuda, HipMatchesCpu) {
+  HS_REQUIRE_GPU();
+  AttentionConfig a;  // paper defaults; with sink 16 + window 256, 700 tokens leave a real searchable range
+  a.dense_layers = 1;
+  compare_generation(a, 700, 20, 6e-2);  // decode crosses two mask refreshes (r_m = 8)
+}
+
+TEST(LlamaCuda, HipWithWholeRangeSelectedEqualsDense) {
+  HS_REQUIRE_GPU();
+  HS_REQUIRE_SMOLLM2();
+  // k >= context and no sink/window: HiP keeps every key, so it must give dense attention's logits (to the
+  // rounding of the different kernels).
+  AttentionConfig h;
+  h.dense_layers = 0;
+  h.hip.k = 1024;
+  h.hip.n_sink = 0;
+  h.hip.window = 0;
+  h.hip.refresh = 1;  // no window to cover the tokens since a refresh: estimate at every step
+  auto ph = make_pair(h, 600);
+  auto pd = make_pair(dense(), 600);
+  const std::vector<int32_t> ids = text_tokens(*ph->cpu, 500);
+  const int V = ph->cpu->config().n_vocab;
+  std::vector<float> a(static_cast<size_t>(V)), b(static_cast<size_t>(V));
+  ph->gpu->prefill(ids, a.data());
+  pd->gpu->prefill(ids, b.data());
+  EXPECT_LE(rel_l2(a, b), 1e-2);
+  int32_t t = argmax(b);
+  for (int i = 0; i < 10; ++i) {
+    ph->gpu->decode(t, 0.0f, 0, a.data());
+    pd->gpu->decode(t, 0.0f, 0, b.data());
+    EXPECT_LE(rel_l2(a, b), 1e-2) << "decode step " << i;
+    t = argmax(b);
+  }
+}
+
+TEST(LlamaCuda, GraphsGiveTheSameResultAsEagerLaunches) {
+  HS_REQUIRE_GPU();
+  HS_REQUIRE_SMOLLM2();
+  AttentionConfig a;
+  a.dense_layers = 1;
+  auto pg = make_pair(a, 700, true);
+  auto pe = make_pair(a, 700, false);
+  const std::vector<int32_t> ids = text_tokens(*pg->cpu, 400);
+  pg->gpu->prefill(ids, nullptr);
+  pe->gpu->prefill(ids, nullptr);
+  const int V = pg->cpu->config().n_vocab;
+  std::vector<float> lg(static_cast<size_t>(V)), le(static_cast<size_t>(V));
+  int32_t t = ids.back();
+  for (int i = 0; i < 20; ++i) {  // refresh and cached-mask steps, graph updates in both shapes
+    const int32_t g = pg->gpu->decode(t, 0.0f, 0, lg.data());
+    const int32_t e = pe->gpu->decode(t, 0.0f, 0, le.data());
+    ASSERT_EQ(g, e) << "step " << i;
+    ASSERT_EQ(0, std::memcmp(lg.data(), le.data(), lg.size() * 4)) << "logits differ at step " << i;
+    t = g;
+  }
+}
+
+TEST(LlamaCuda, TemperatureSamplingFollowsTheSoftmax) {
+  HS_REQUIRE_GPU();
+  // Random small model; sample the first decode step many times with different seeds at temperature 1 and
+  // compare the frequency of the GPU's argmax token with its softmax probability.
+  cuda::GpuModelOptions o;
+  o.n_ctx = 64;
+  o.attn = dense();
+  auto m = cuda::GpuModel::random(cuda::random_preset("smollm2-135m"), 7, o);
+  std::vector<float> logits(size_t(m->config().n_vocab));
+  m->prefill(std::vector<int32_t>{1, 2, 3, 4}, nullptr);
+  m->decode(5, 0.0f, 0, logits.data());  // position 4
+  // Scale so the distribution is peaked enough to measure: temperature T on the raw logits.
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  double z = 0;
+  for (float l : logits) z += std::exp(double(l - mx) / 0.05);
+  const int best = argmax(logits);
+  const double p_best = 1.0 / z;
+  int hits = 0;
+  const int n = 400;
+  for (int s = 0; s < n; ++s) {
+    m->truncate(4);  // the same position as the greedy step above, so the same logits
+    hits += m->decode(5, 0.05f, uint64_t(s) * 7919 + 1, nullptr) == best;
+  }
+  const double sd = std::sqrt(p_best * (1 - p_best) / n);
+  EXPECT_NEAR(double(hits) / n, p_best, 5 * sd + 0.01) << "p_best " << p_best;
+}
+
+TEST(LlamaCuda, RandomPresetsAndBadInput) {
+  HS_REQUIRE_GPU();
+  EXPECT_THROW(cuda::random_preset("no-such-model"), Error);
+  cuda::GpuModelOptions o;
+  o.n_ctx = 32;
+  o.attn = dense();
+  auto m = cuda::GpuModel::random(cuda::random_preset("smollm2-135m"), 1, o);
+  EXPECT_THROW(m->prefill(std::vector<int32_t>{-1}, nullptr), Error);
+  EXPECT_THROW(m->prefill(std::vector<int32_t>(40, 1), nullptr), Error);  // longer than n_ctx
+  m->prefill(std::vector<int32_t>{1, 2, 3}, nullptr);
+  const int32_t t = m->decode(4, 0.0f, 0, nullptr);
+  EXPECT_GE(t, 0);
+  EXPECT_LT(t, m->config().n_vocab);
+  EXPECT_EQ(m->n_past(), 4);
+}
+
+}  // namespace
+}  // namespace hs
