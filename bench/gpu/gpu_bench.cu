@@ -8,9 +8,11 @@
 //   dense_prefill_v{0..4}   our FlashAttention-2 style causal prefill, numbered variants (attention_cuda.cu)
 //   hip_estimate / hip_attention_v{0,1} / hip_prefill   HiP k=512 prefill: mask estimation, sparse attention
 //                           (variants), both; hip_bq64_* the same with b_q 64, b_sq 4
+//   hip_estimate_v{0,1,2}   estimation variants at 128K (attention_cuda.h; v0 again last: the spread), quick too
 //   dense_decode            split-K decode of the last position, per step (graph of 8 steps)
 //   hip_decode_cached       HiP decode step over a cached mask
-//   hip_decode_refresh      one mask refresh (estimate, n_q = 1)
+//   hip_decode_refresh      one mask refresh (estimate, n_q = 1); _v1, _v2 the numbered variants, _again the
+//                           default once more (run-to-run spread)
 //   hip_decode_amortized    graph of 8 steps: 1 refresh + 8 attention steps, per step
 #include <cuda_runtime.h>
 
@@ -203,6 +205,25 @@ int main(int argc, char** argv) {
     }
   }
 
+  // Estimation variants (attention_cuda.h) at 128K, the paper defaults; in the quick run too.
+  {
+    const int T = 131072;
+    Problem pr(T);
+    const AttnParams p = pr.params(false);
+    const int nqb = (T + hip.block_q - 1) / hip.block_q;
+    int32_t *blocks, *counts;
+    CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
+    CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
+    const HipMaskDev mask{blocks, counts, nqb, Kb};
+    for (int i = 0; i < 4; ++i) {  // v0 twice (first and last): the run-to-run spread
+      const int v = i % 3;
+      const auto est = time_ms([&] { CHECK(hip_estimate_mask(hip, p, mask, s, v)); }, 1, 5, s);
+      js.row(("hip_estimate_v" + std::to_string(v) + (i == 3 ? "_again" : "")).c_str(), T, est.first, est.second, 5, 0);
+    }
+    CHECK(cudaFree(blocks));
+    CHECK(cudaFree(counts));
+  }
+
   // HiP at 128K on keys with locality (fill_smooth_keys): how much of the random-key cost is the scattered
   // reads that random scores cause.
   if (!quick) {
@@ -265,6 +286,11 @@ int main(int argc, char** argv) {
                for (int i = 0; i < steps; ++i) CHECK(hip_attention_decode(hip, p, mask, w, s));
              }), steps);
     per_step("hip_decode_refresh", graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }), 1);
+    // Numbered refresh variants (attention_cuda.h): 1 = the previous kernel, 2 = 128 threads.
+    for (int v : {1, 2})
+      per_step(("hip_decode_refresh_v" + std::to_string(v)).c_str(),
+               graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s, v)); }), 1);
+    per_step("hip_decode_refresh_again", graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }), 1);
     per_step("hip_decode_amortized", graph_of([&] {
                CHECK(hip_estimate_mask(hip, p, mask, s));
                for (int i = 0; i < steps; ++i) CHECK(hip_attention_decode(hip, p, mask, w, s));

@@ -721,8 +721,46 @@ __device__ int block_exclusive_scan(int* data, int n, int* warp_tot) {
   return total;
 }
 
+
+// Exclusive prefix sum of f(0), ..., f(n - 1) into out[0, n) (n <= 2 K_b); returns the total. Like
+// block_exclusive_scan, but each thread computes its own chunk's values, so no write + barrier before it. All
+// threads call it.
+template <int NT, class F>
+__device__ int block_scan_f(int* out, int n, int* warp_tot, F f) {
+  constexpr int kWarps = NT / 32;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int per = (n + NT - 1) / NT;
+  const int b = tid * per, e = min(n, b + per);
+  int local = 0;
+  for (int i = b; i < e; ++i) local += f(i);
+  int incl = local;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += y;
+  }
+  if (lane == 31) warp_tot[warp] = incl;
+  __syncthreads();
+  int warp_base = 0, total = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const int t = warp_tot[w];
+    warp_base += w < warp ? t : 0;
+    total += t;
+  }
+  int run = warp_base + incl - local;
+  for (int i = b; i < e; ++i) {
+    const int x = f(i);
+    out[i] = run;
+    run += x;
+  }
+  __syncthreads();
+  return total;
+}
+
+// The previous kernel (before the fused phases below), kept as a numbered variant for the benchmark.
 template <int D, int NT>
-__global__ void __launch_bounds__(NT, NT <= 128 ? 5 : 1) hip_estimate_kernel(const EstArgs a) {
+__global__ void __launch_bounds__(NT, NT <= 128 ? 5 : 1) hip_estimate_kernel_prev(const EstArgs a) {
   constexpr int kEstThreads = NT, kEstWarps = NT / 32;
   extern __shared__ __align__(16) unsigned char est_smem[];
   const AttnParams& p = a.p;
@@ -1017,6 +1055,323 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 5 : 1) hip_estimate_kernel(con
   if (tid == 0) a.mask.counts[mrow] = n_nodes;
 }
 
+// Per iteration 15 barriers instead of ~32 (the kernel is a latency chain of barriers, not bound by its loads):
+// halving and the list of children to score come from one scan of packed counts (children | to-score << 16)
+// computed in place from the node sizes; the scores of a child's keys are combined in the scoring pass itself
+// when block_k / stride_k <= 2 (no kmax round trip); the radix histograms alternate between two buffers (the
+// next is cleared while the current is counted); the threshold split is one scan of packed (below | equal <<
+// 16) counts, and a kept candidate's slot is below-prefix + min(equal-prefix, need); the running max node size
+// alternates between two slots.
+template <int D, int NT, int MINB>
+__global__ void __launch_bounds__(NT, MINB) hip_estimate_kernel(const EstArgs a) {
+  constexpr int kEstThreads = NT, kEstWarps = NT / 32;
+  extern __shared__ __align__(16) unsigned char est_smem[];
+  const AttnParams& p = a.p;
+  const HipParams& cfg = a.hip;
+  const int head = blockIdx.x, qb = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int bk = cfg.block_k, Kb = cfg.k / bk, nks = bk / cfg.stride_k;
+  const int row0 = qb * cfg.block_q, n_rows = min(cfg.block_q, p.n_q - row0);
+  const int t_max = p.q_pos0 + row0 + n_rows - 1;
+  const int w_est = p.n_q == 1 ? cfg.window - (cfg.refresh - 1) : cfg.window;
+  const int lo = cfg.n_sink, hi = t_max + 1 - w_est, base_blk = lo / bk;
+  const int64_t mrow = int64_t(head) * a.mask.n_qblocks + qb;
+  int32_t* out = a.mask.blocks + mrow * a.mask.kb_stride;
+
+  if (hi - lo <= cfg.k) {  // everything searchable fits: take it all
+    const int n = hi > lo ? (hi - lo + bk - 1) / bk : 0;
+    for (int s = tid; s < n; s += kEstThreads) out[s] = base_blk + s;
+    if (tid == 0) a.mask.counts[mrow] = n;
+    return;
+  }
+  const int N = (hi - lo + bk - 1) / bk;
+  const int pow2 = 1 << (31 - __clz(N));
+  const int A = (pow2 + Kb - 1) / Kb;
+
+  // Shared memory carve-up (sizes match hip_estimate_smem_bytes).
+  EstSmem sm;
+  {
+    unsigned char* ptr = est_smem;
+    auto take = [&](size_t bytes) {
+      unsigned char* r = ptr;
+      ptr += (bytes + 15) & ~size_t(15);
+      return r;
+    };
+    sm.qs = reinterpret_cast<uint16_t*>(take(16 * D * 2));
+    sm.node_start = reinterpret_cast<int*>(take(Kb * 4));
+    sm.node_size = reinterpret_cast<int*>(take(Kb * 4));
+    sm.node_score = reinterpret_cast<float*>(take(Kb * 4));
+    sm.cand_start = reinterpret_cast<int*>(take(2 * Kb * 4));
+    sm.cand_size = reinterpret_cast<int*>(take(2 * Kb * 4));
+    sm.cand_score = reinterpret_cast<float*>(take(2 * Kb * 4));
+    sm.scan = reinterpret_cast<int*>(take((2 * Kb + 1) * 4));
+    sm.todo = reinterpret_cast<int*>(take(2 * Kb * 4));
+    sm.kmax = reinterpret_cast<float*>(take(2 * Kb * nks * 4));
+    sm.lim = reinterpret_cast<int*>(take(16 * 4));
+    sm.hist = reinterpret_cast<int*>(take(2 * 256 * 4));
+    sm.misc = reinterpret_cast<int*>(take(kEstMaxWarps * 4 + 8 * 4));
+  }
+  int* warp_tot = sm.misc;
+  int* shared_vals = sm.misc + kEstWarps;  // [0], [3] max size (by iteration parity), [1] threshold prefix, [2] need
+
+  // Sampled rows: the last of each stride_q group, plus a partial block's last row.
+  if (tid < 16) {
+    int R = 0, rr_of = -1;
+    for (int rr = cfg.stride_q - 1; rr < n_rows; rr += cfg.stride_q) {
+      if (R == tid) rr_of = rr;
+      ++R;
+    }
+    if (n_rows % cfg.stride_q != 0) {
+      if (R == tid) rr_of = n_rows - 1;
+      ++R;
+    }
+    sm.lim[tid] = rr_of >= 0 ? p.q_pos0 + row0 + rr_of - w_est : INT_MIN;
+    const uint16_t* src = p.q + int64_t(row0 + max(rr_of, 0)) * p.q_stride + int64_t(head) * D;
+    for (int d = 0; d < D; d += 8)
+      *reinterpret_cast<uint4*>(sm.qs + tid * D + d) =
+          rr_of >= 0 ? *reinterpret_cast<const uint4*>(src + d) : make_uint4(0, 0, 0, 0);
+  }
+  // Initial nodes: aligned boundaries, the last at N (the CPU's tail fix); empty ones are dropped.
+  for (int j = tid; j < Kb; j += kEstThreads) {
+    const int b0 = j == 0 ? 0 : min(int((int64_t(j) * N / Kb) / A * A), N);
+    const int b1 = j + 1 == Kb ? N : min(int((int64_t(j + 1) * N / Kb) / A * A), N);
+    sm.cand_start[j] = b0;
+    sm.cand_size[j] = b1 - b0;
+    sm.scan[j] = b1 > b0;
+  }
+  if (tid == 0) shared_vals[0] = 0;
+  for (int i = tid; i < 256; i += kEstThreads) sm.hist[i] = 0;  // the first radix pass's buffer
+  __syncthreads();
+  int n_nodes = block_exclusive_scan<NT>(sm.scan, Kb, warp_tot);
+  for (int j = tid; j < Kb; j += kEstThreads) {
+    if (sm.cand_size[j] > 0) {
+      const int at = sm.scan[j];
+      sm.node_start[at] = sm.cand_start[j];
+      sm.node_size[at] = sm.cand_size[j];
+      sm.node_score[at] = __int_as_float(0x7fc00000);  // NaN: not scored yet
+      atomicMax(&shared_vals[0], sm.cand_size[j]);
+    }
+  }
+  __syncthreads();
+
+  // A fragments of the sampled rows in the permuted dim order (identical in every warp).
+  const int g = lane >> 2, c4 = lane & 3;
+  constexpr int KS = D / 16;  // k-steps
+  uint32_t af[KS][4];
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) {
+    const int d = (kk >> 1) * 32 + c4 * 8 + (kk & 1) * 4;  // see the dim permutation above
+    af[kk][0] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d);
+    af[kk][1] = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d);
+    af[kk][2] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d + 2);
+    af[kk][3] = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d + 2);
+  }
+  const int lim_lo = sm.lim[g], lim_hi = sm.lim[g + 8];
+  int lim_max = INT_MIN;
+  for (int r = 0; r < 16; ++r) lim_max = max(lim_max, sm.lim[r]);
+  const int kvh = head / (p.n_head / p.n_kv_head);
+  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + c4 * 8;
+
+  int max_size = shared_vals[0];
+  // Node sizes at least halve per iteration (a size-1 node stays), so 32 iterations bound any int range; the
+  // cap only guards against a logic error turning into a hang.
+  for (int iter = 0; max_size > 1 && iter < 32; ++iter) {
+    // Halve: node i yields 1 (size 1: itself, keeping its score) or 2 children; the children without a score
+    // (both of a split, or a size-1 node never scored) go to the todo list, in candidate order. One scan of
+    // packed counts: children in the low 16 bits, to-score in the high (both <= 2 K_b <= 2048).
+    const int packed = block_scan_f<NT>(sm.scan, n_nodes, warp_tot, [&](int i) {
+      return sm.node_size[i] == 1 ? (isnan(sm.node_score[i]) ? 1 | (1 << 16) : 1) : 2 | (2 << 16);
+    });
+    const int n_cand = packed & 0xffff, n_todo = packed >> 16;
+    for (int i = tid; i < n_nodes; i += kEstThreads) {
+      const int ex = sm.scan[i], at = ex & 0xffff, tat = ex >> 16, s = sm.node_start[i], h = sm.node_size[i];
+      if (h == 1) {
+        const float sc = sm.node_score[i];
+        sm.cand_start[at] = s;
+        sm.cand_size[at] = 1;
+        sm.cand_score[at] = sc;
+        if (isnan(sc)) sm.todo[tat] = at;
+      } else {
+        const int hl = h / 2;
+        sm.cand_start[at] = s;
+        sm.cand_size[at] = hl;
+        sm.cand_start[at + 1] = s + hl;
+        sm.cand_size[at + 1] = h - hl;
+        sm.todo[tat] = at;
+        sm.todo[tat + 1] = at + 1;
+      }
+    }
+    if (tid == 0) {
+      shared_vals[3 * (iter & 1)] = 0;  // this iteration's max-size slot (last read two iterations ago, or before
+                                        // the first iteration: the initial max size)
+      shared_vals[1] = 0;   // threshold prefix
+      shared_vals[2] = Kb;  // still needed from the candidates matching the prefix
+    }
+    __syncthreads();
+
+    // Score: keys (todo child t, sampled key j) -> key index t * nks + j, 8 per warp pass.
+    const DivPow2OrNot nks_div(nks);
+    const int n_keys = n_todo * nks;
+    // UNR passes of 8 keys per warp have their loads in flight together (decode: 3, its CTAs are few; 4 spills at 128 registers).
+    // (Tried: A fragments in shared memory to free 32 registers for 4 passes in flight at 4 CTAs/SM: 50.6 ->
+    // 56.6 ms at 128K on an H100, slower; the scoring rounds are not what limits this kernel.)
+    constexpr int UNR = NT <= 128 ? 2 : 3;
+    for (int pass0 = warp * 8; pass0 < n_keys; pass0 += kEstWarps * 8 * UNR) {
+      uint4 kr[UNR][D / 32];
+      int kpos[UNR];
+#pragma unroll
+      for (int u = 0; u < UNR; ++u) {
+        const int ki = pass0 + u * kEstWarps * 8 + g;
+        int kp = INT_MAX;
+        if (ki < n_keys) {
+          const int ci = sm.todo[nks_div.div(ki)], j = nks_div.mod(ki);
+          const int r = sm.cand_start[ci] + sm.cand_size[ci] / 2;  // center block
+          kp = lo + r * bk + j * cfg.stride_k + cfg.stride_k - 1;
+        }
+        kpos[u] = kp;
+        const bool load = kp <= lim_max;  // keys no sampled row may score are not read
+        const uint4* src = reinterpret_cast<const uint4*>(kbase + int64_t(load ? kp : 0) * p.kv_pos_stride);
+#pragma unroll
+        for (int v = 0; v < D / 32; ++v) kr[u][v] = load ? __ldg(src + 4 * v) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < UNR; ++u) {
+        const int pbase = pass0 + u * kEstWarps * 8;
+        if (pbase >= n_keys) break;  // warp-uniform
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        const uint32_t* kw = reinterpret_cast<const uint32_t*>(kr[u]);
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) mma_bf16(acc, af[kk], kw[2 * kk], kw[2 * kk + 1]);
+        // acc[e]: row (e < 2 ? g : g + 8), key column 2c + (e & 1) of this pass.
+        float best[2];
+#pragma unroll
+        for (int e2 = 0; e2 < 2; ++e2) {
+          const int kp = __shfl_sync(0xffffffffu, kpos[u], (2 * c4 + e2) * 4);  // lane of key 2c+e2
+          const float x_lo = lim_lo == INT_MIN ? -INFINITY : (kp > lim_lo ? kMaskedScore : acc[e2]);
+          const float x_hi = lim_hi == INT_MIN ? -INFINITY : (kp > lim_hi ? kMaskedScore : acc[2 + e2]);
+          best[e2] = fmaxf(x_lo, x_hi);
+        }
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+          best[0] = fmaxf(best[0], __shfl_xor_sync(0xffffffffu, best[0], off));
+          best[1] = fmaxf(best[1], __shfl_xor_sync(0xffffffffu, best[1], off));
+        }
+        if (g == 0) {
+          if (nks == 2) {  // keys 2c, 2c + 1 of this pass are child (pbase + 2c) / 2's two keys (pbase is even)
+            const int ki = pbase + 2 * c4;
+            if (ki < n_keys) sm.cand_score[sm.todo[ki >> 1]] = fmaxf(best[0], best[1]);
+          } else if (nks == 1) {
+#pragma unroll
+            for (int e2 = 0; e2 < 2; ++e2) {
+              const int ki = pbase + 2 * c4 + e2;
+              if (ki < n_keys) sm.cand_score[sm.todo[ki]] = best[e2];
+            }
+          } else {
+#pragma unroll
+            for (int e2 = 0; e2 < 2; ++e2) {
+              const int ki = pbase + 2 * c4 + e2;
+              if (ki < n_keys) sm.kmax[ki] = best[e2];
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+    if (nks > 2) {  // block-uniform
+      for (int t = tid; t < n_todo; t += kEstThreads) {
+        float s = sm.kmax[t * nks];
+        for (int j = 1; j < nks; ++j) s = fmaxf(s, sm.kmax[t * nks + j]);
+        sm.cand_score[sm.todo[t]] = s;
+      }
+      __syncthreads();
+    }
+
+    // Select the K_b best candidates (score descending, then lower start = lower index).
+    int n_keep = n_cand;
+    int* const max_slot = shared_vals + 3 * (iter & 1);
+    if (n_cand > Kb) {
+      uint32_t prefix_mask = 0;
+      for (int shift = 24; shift >= 0; shift -= 8) {
+        // Pass (24 - shift) / 8 counts into hist buffer ((24 - shift) / 8) & 1, cleared during the pass before
+        // (or before the first iteration); meanwhile it clears the other one for the next pass (the 4th pass
+        // clears buffer 0 for the next iteration's first).
+        int* const hist = sm.hist + (((24 - shift) >> 3) & 1) * 256;
+        int* const hist_next = sm.hist + ((((24 - shift) >> 3) + 1) & 1) * 256;
+        for (int i = tid; i < 256; i += kEstThreads) hist_next[i] = 0;
+        const uint32_t prefix = uint32_t(shared_vals[1]);
+        // Most candidates share the high digits, so lanes with equal digits add once, together (an atomic to
+        // one address from a whole warp would serialize 32 ways). The loop bound is warp-uniform.
+        for (int i0 = 0; i0 < n_cand; i0 += kEstThreads) {
+          const int i = i0 + tid;
+          int digit = 256;  // not counted
+          if (i < n_cand) {
+            const uint32_t key = desc_order(sm.cand_score[i]);
+            if ((key & prefix_mask) == prefix) digit = int((key >> shift) & 255);
+          }
+          const unsigned peers = __match_any_sync(0xffffffffu, digit);
+          if (digit < 256 && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+        }
+        __syncthreads();
+        if (warp == 0) {  // the digit where the running count reaches `need`
+          const int need = shared_vals[2];
+          int cnt[8], lsum = 0;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            cnt[i] = hist[lane * 8 + i];
+            lsum += cnt[i];
+          }
+          int incl = lsum;
+#pragma unroll
+          for (int off = 1; off < 32; off <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, incl, off);
+            if (lane >= off) incl += y;
+          }
+          const int excl = incl - lsum;
+          if (excl < need && need <= incl) {  // exactly one lane
+            int run = excl, d = 0;
+            while (run + cnt[d] < need) run += cnt[d++];
+            shared_vals[1] = int(prefix | (uint32_t(lane * 8 + d) << shift));
+            shared_vals[2] = need - run;
+          }
+        }
+        prefix_mask |= 255u << shift;
+        __syncthreads();
+      }
+      const uint32_t thresh = uint32_t(shared_vals[1]);
+      const int need_eq = shared_vals[2];  // how many of those equal to the threshold are kept
+      // Packed counts: below the threshold (better) in the low 16 bits, equal to it in the high.
+      auto below_eq = [&](int i) {
+        const uint32_t key = desc_order(sm.cand_score[i]);
+        return key < thresh ? 1 : (key == thresh ? 1 << 16 : 0);
+      };
+      n_keep = block_scan_f<NT>(sm.scan, n_cand, warp_tot, below_eq);
+      n_keep = (n_keep & 0xffff) + min(n_keep >> 16, need_eq);  // == Kb
+      for (int i = tid; i < n_cand; i += kEstThreads) {
+        const int v = below_eq(i), ex = sm.scan[i], eq_ex = ex >> 16;
+        if (v == 1 || (v != 0 && eq_ex < need_eq)) {
+          const int at = (ex & 0xffff) + min(eq_ex, need_eq);
+          sm.node_start[at] = sm.cand_start[i];
+          sm.node_size[at] = sm.cand_size[i];
+          sm.node_score[at] = sm.cand_score[i];
+          atomicMax(max_slot, sm.cand_size[i]);
+        }
+      }
+    } else {
+      for (int i = tid; i < n_cand; i += kEstThreads) {
+        sm.node_start[i] = sm.cand_start[i];
+        sm.node_size[i] = sm.cand_size[i];
+        sm.node_score[i] = sm.cand_score[i];
+        atomicMax(max_slot, sm.cand_size[i]);
+      }
+    }
+    __syncthreads();
+    n_nodes = n_keep;
+    max_size = *max_slot;  // the next iteration writes the other slot (this one is reset only in two iterations)
+  }
+  for (int i = tid; i < n_nodes; i += kEstThreads) out[i] = base_blk + sm.node_start[i];
+  if (tid == 0) a.mask.counts[mrow] = n_nodes;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 5. Host side
 
@@ -1057,6 +1412,34 @@ int sm_count() {
   return n;
 }
 
+// Shared memory of hip_estimate_kernel and hip_estimate_kernel_prev (which uses one of the two histograms).
+int64_t est_smem_bytes(const HipParams& cfg, int32_t head_dim) {
+  const int64_t Kb = cfg.k / cfg.block_k, nks = cfg.block_k / cfg.stride_k;
+  auto r16 = [](int64_t b) { return (b + 15) / 16 * 16; };
+  return r16(16 * head_dim * 2) + 3 * r16(Kb * 4) + 3 * r16(2 * Kb * 4) + r16((2 * Kb + 1) * 4) +
+         r16(2 * Kb * 4) + r16(2 * Kb * nks * 4) + r16(16 * 4) + r16(2 * 256 * 4) + r16(kEstMaxWarps * 4 + 32);
+}
+
+template <int D>
+cudaError_t est_dispatch(const HipParams& cfg, const EstArgs& a, int n_head, int n_qblocks, bool decode,
+                         int variant, cudaStream_t s) {
+  const dim3 grid(n_head, n_qblocks);
+  const int smem = int(est_smem_bytes(cfg, a.p.head_dim));
+  constexpr int P = kEstThreadsPrefill, Q = kEstThreadsDecode;
+  if (!decode) {
+    switch (variant) {
+      case 1: return launch_with_smem(hip_estimate_kernel_prev<D, P>, grid, dim3(P), smem, s, a);
+      case 2: return launch_with_smem(hip_estimate_kernel<D, 64, 9>, grid, dim3(64), smem, s, a);
+      default: return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
+    }
+  }
+  switch (variant) {
+    case 1: return launch_with_smem(hip_estimate_kernel_prev<D, Q>, grid, dim3(Q), smem, s, a);
+    case 2: return launch_with_smem(hip_estimate_kernel<D, 128, 1>, grid, dim3(128), smem, s, a);
+    default: return launch_with_smem(hip_estimate_kernel<D, Q, 1>, grid, dim3(Q), smem, s, a);
+  }
+}
+
 }  // namespace
 
 int64_t decode_workspace_floats(int32_t n_head, int32_t head_dim, int32_t max_splits) {
@@ -1064,10 +1447,7 @@ int64_t decode_workspace_floats(int32_t n_head, int32_t head_dim, int32_t max_sp
 }
 
 int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim) {
-  const int64_t Kb = cfg.k / cfg.block_k, nks = cfg.block_k / cfg.stride_k;
-  auto r16 = [](int64_t b) { return (b + 15) / 16 * 16; };
-  return r16(16 * head_dim * 2) + 3 * r16(Kb * 4) + 3 * r16(2 * Kb * 4) + r16((2 * Kb + 1) * 4) +
-         r16(2 * Kb * 4) + r16(2 * Kb * nks * 4) + r16(16 * 4) + r16(256 * 4) + r16(kEstMaxWarps * 4 + 32);
+  return est_smem_bytes(cfg, head_dim);
 }
 
 cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream, int variant) {
@@ -1113,21 +1493,15 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
 }
 
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, int variant) {
   if (!head_dim_ok(p.head_dim) || cfg.block_q / cfg.stride_q > 16 || cfg.k / cfg.block_k > 1024 ||
       mask.kb_stride < cfg.k / cfg.block_k || mask.n_qblocks != (p.n_q + cfg.block_q - 1) / cfg.block_q)
     return cudaErrorInvalidValue;
   if (p.n_q == 0) return cudaSuccess;
   EstArgs a{p, cfg, mask};
-  const int smem = int(hip_estimate_smem_bytes(cfg, p.head_dim));
-  const dim3 grid(p.n_head, mask.n_qblocks);
   const bool decode = p.n_q == 1;
-  constexpr int P = kEstThreadsPrefill, Q = kEstThreadsDecode;
-  if (p.head_dim == 128)
-    return decode ? launch_with_smem(hip_estimate_kernel<128, Q>, grid, dim3(Q), smem, stream, a)
-                  : launch_with_smem(hip_estimate_kernel<128, P>, grid, dim3(P), smem, stream, a);
-  return decode ? launch_with_smem(hip_estimate_kernel<64, Q>, grid, dim3(Q), smem, stream, a)
-                : launch_with_smem(hip_estimate_kernel<64, P>, grid, dim3(P), smem, stream, a);
+  return p.head_dim == 128 ? est_dispatch<128>(cfg, a, p.n_head, mask.n_qblocks, decode, variant, stream)
+                           : est_dispatch<64>(cfg, a, p.n_head, mask.n_qblocks, decode, variant, stream);
 }
 
 namespace {

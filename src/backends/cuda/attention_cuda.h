@@ -71,9 +71,11 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
 
 // HiP mask estimation for every (head, query block) of p (query block m = rows [m*block_q, ...) of the call; a
 // call with n_q == 1 is a decode refresh and shrinks the window by refresh - 1, as the CPU does). One CTA per
-// (head, query block) runs all tree iterations. mask.n_qblocks must be ceil(n_q / block_q).
+// (head, query block) runs all tree iterations. mask.n_qblocks must be ceil(n_q / block_q). variant (kept for the
+// benchmark, attention_cuda.cu): 0 = default; 1 = the previous kernel (more barriers per iteration); 2 = the
+// default kernel with fewer threads per CTA (prefill 64, decode 128).
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                              cudaStream_t stream);
+                              cudaStream_t stream, int variant = 0);
 // HiP block-sparse prefill attention over mask's blocks U sink U window (CPU: hip_attention's attend_block).
 // variant: 0 = default, 1 and 2 = alternatives kept for the benchmark (attention_cuda.cu).
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,

@@ -315,18 +315,18 @@ MaskAgreement compare_masks(const HipConfig& cfg, const Problem& pr, const std::
   return a;
 }
 
-MaskAgreement check_estimate(const HipConfig& cfg, const Problem& pr, const char* what) {
+MaskAgreement check_estimate(const HipConfig& cfg, const Problem& pr, const char* what, int variant = 0) {
   DevProblem dp(pr);
   const int32_t nqb = (pr.n_q + cfg.block_q - 1) / cfg.block_q, Kb = cfg.k / cfg.block_k;
   DevMask mask(pr.H, nqb, Kb);
   EXPECT_EQ(cudaMemset(mask.blocks.ptr, 0xFF, mask.blocks.n * 4), cudaSuccess);
   EXPECT_EQ(cudaMemset(mask.counts.ptr, 0xFF, mask.counts.n * 4), cudaSuccess);
-  EXPECT_EQ(cuda::hip_estimate_mask(to_gpu(cfg), dp.p, mask.dev(), nullptr), cudaSuccess);
+  EXPECT_EQ(cuda::hip_estimate_mask(to_gpu(cfg), dp.p, mask.dev(), nullptr, variant), cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const MaskAgreement a = compare_masks(cfg, pr, mask.download());
-  std::printf("hip estimate [%s] D=%d H=%d/%d n_q=%d n_kv=%d: %lld/%lld (head, block) masks identical, block recall "
+  std::printf("hip estimate [%s, variant %d] D=%d H=%d/%d n_q=%d n_kv=%d: %lld/%lld (head, block) masks identical, block recall "
               "%.5f (min %.4f)\n",
-              what, pr.D, pr.H, pr.Hkv, pr.n_q, pr.n_kv, (long long)a.exact_rows, (long long)a.rows, a.recall(),
+              what, variant, pr.D, pr.H, pr.Hkv, pr.n_q, pr.n_kv, (long long)a.exact_rows, (long long)a.rows, a.recall(),
               a.min_recall);
   return a;
 }
@@ -337,17 +337,26 @@ TEST(CudaHip, EstimateIdenticalWhenScoresAreExact) {
   // bit-identical and so must the selections be, including the many exact ties (tie rule).
   uint32_t seed = std::random_device{}();
   HipConfig cfg;
-  for (int D : {128, 64}) {
-    const MaskAgreement a = check_estimate(cfg, Problem(2048 + 17, 2048 + 17, 0, 4, 2, D, seed++, Fill::kQuarterInts), "exact");
-    EXPECT_EQ(a.exact_rows, a.rows);
-  }
   HipConfig small;  // a small k: deep trees at a test-sized context
   small.k = 64, small.window = 32, small.n_sink = 4;
-  const MaskAgreement a = check_estimate(small, Problem(3000, 3100, 100, 4, 1, 128, seed++, Fill::kQuarterInts), "exact small k");
-  EXPECT_EQ(a.exact_rows, a.rows);
-  // Decode (one row, window shrunk by refresh - 1).
-  const MaskAgreement d = check_estimate(cfg, Problem(1, 9000, 8999, 8, 2, 128, seed++, Fill::kQuarterInts), "exact decode");
-  EXPECT_EQ(d.exact_rows, d.rows);
+  for (int variant : {0, 1, 2}) {  // prefill variants (attention_cuda.h)
+    for (int D : {128, 64}) {
+      const MaskAgreement a = check_estimate(cfg, Problem(2048 + 17, 2048 + 17, 0, 4, 2, D, seed++, Fill::kQuarterInts), "exact", variant);
+      EXPECT_EQ(a.exact_rows, a.rows);
+    }
+    const MaskAgreement a = check_estimate(small, Problem(3000, 3100, 100, 4, 1, 128, seed++, Fill::kQuarterInts), "exact small k", variant);
+    EXPECT_EQ(a.exact_rows, a.rows);
+  }
+  // Decode (one row, window shrunk by refresh - 1), every variant (attention_cuda.h), D 128 and 64, and a deep
+  // tree (small k) at decode.
+  for (int variant : {0, 1, 2}) {
+    const MaskAgreement d = check_estimate(cfg, Problem(1, 9000, 8999, 8, 2, 128, seed++, Fill::kQuarterInts), "exact decode", variant);
+    EXPECT_EQ(d.exact_rows, d.rows);
+    const MaskAgreement d64 = check_estimate(cfg, Problem(1, 30000, 29999, 6, 2, 64, seed++, Fill::kQuarterInts), "exact decode", variant);
+    EXPECT_EQ(d64.exact_rows, d64.rows);
+    const MaskAgreement ds = check_estimate(small, Problem(1, 5000, 4999, 4, 1, 128, seed++, Fill::kQuarterInts), "exact decode small k", variant);
+    EXPECT_EQ(ds.exact_rows, ds.rows);
+  }
 }
 
 TEST(CudaHip, EstimateRecallOnRandomInputs) {
@@ -358,8 +367,10 @@ TEST(CudaHip, EstimateRecallOnRandomInputs) {
   uint32_t seed = std::random_device{}();
   HipConfig cfg;
   for (Fill f : {Fill::kNormal, Fill::kSmooth}) {
-    const MaskAgreement a = check_estimate(cfg, Problem(4096, 4096, 0, 8, 2, 128, seed++, f), f == Fill::kNormal ? "normal" : "smooth");
-    EXPECT_GE(a.recall(), 0.97);
+    for (int variant : {0, 1, 2}) {
+      const MaskAgreement a = check_estimate(cfg, Problem(4096, 4096, 0, 8, 2, 128, seed++, f), f == Fill::kNormal ? "normal" : "smooth", variant);
+      EXPECT_GE(a.recall(), 0.97);
+    }
     const MaskAgreement d = check_estimate(cfg, Problem(1, 20000, 19999, 8, 2, 128, seed++, f), "decode");
     EXPECT_GE(d.recall(), 0.97);
   }
