@@ -449,7 +449,51 @@ class ServerTest(unittest.TestCase):
                                            max_tokens=100000)
 
 
-class ApiKeyAndShutdownTest(unittest.TestCase):
+class OtherServersTest(unittest.TestCase):
+    def test_long_prompt_with_hip_and_paged_kv_equals_hipserve_run(self):
+        # ~700 tokens: beyond HiP's sink + window (272), so the sparse path runs, over 3 KV pages of 256; with the
+        # same prefill chunks as the CLI (512) the server must give the CLI's greedy text.
+        import random
+        rng = random.Random(1)
+        words = ("the of and to in a is that for it as was with be by on not he this are or his from at which but "
+                 "have an they you were her she there been one all we their").split()
+        text = " ".join(rng.choice(words) for _ in range(700)) + "\n"
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write(text)
+        args = [HIPSERVE, "run", "-f", f.name, "-n", "24", "--temp", "0", "--no-display-prompt", "-c", "2048",
+                "-t", THREADS]
+        expected = subprocess.run(args, capture_output=True, check=True, timeout=600 * SLOW).stdout.decode()[:-1]
+        os.unlink(f.name)
+        srv = Server("-c", "2048", "--prefill-chunk", "512")
+        try:
+            srv.wait_ready()
+            status, _, body = request(srv, "POST", "/v1/completions",
+                                      {"prompt": text, "max_tokens": 24, "temperature": 0})
+            self.assertEqual(status, 200, body)
+            r = json.loads(body)
+            self.assertGreater(r["usage"]["prompt_tokens"], 600)
+            self.assertEqual(r["choices"][0]["text"], expected)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_small_kv_pool_queues_instead_of_failing(self):
+        # Room for one request of <= 256 tokens at a time although there are 4 slots: the others wait.
+        srv = Server("--kv-size", "256", "--kv-page", "256")
+        try:
+            srv.wait_ready()
+            body = chat_body("Name a fruit.", 16)
+            with concurrent.futures.ThreadPoolExecutor(3) as ex:
+                results = list(ex.map(lambda _: request(srv, "POST", "/v1/chat/completions", body), range(3)))
+            texts = {json.loads(b)["choices"][0]["message"]["content"] for st, _, b in results if st == 200}
+            self.assertEqual([st for st, _, _ in results], [200, 200, 200])
+            self.assertEqual(len(texts), 1)  # greedy: all the same
+            # A request that could never fit the pool is refused, not queued forever.
+            self.assertEqual(request(srv, "POST", "/v1/chat/completions", chat_body("hi", 600))[0], 400)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    # (API key and shutdown below)
+
     def test_api_key(self):
         srv = Server("--api-key", "s3cret", "-np", "1")
         try:
