@@ -18,9 +18,9 @@ KvPagePool::KvPagePool(const ModelConfig& c, int32_t page_size, int32_t n_pages)
   HS_CHECK(n_pages >= 1, "the KV page pool needs at least one page (got %d)", n_pages);
   const size_t per_layer = size_t(n_pages) * size_t(page_stride());
   for (int32_t l = 0; l < n_layer_; ++l) {
-    // new T[] without () leaves the memory untouched: pages become resident when first written.
-    k_.emplace_back(new uint16_t[per_layer]);
-    v_.emplace_back(new uint16_t[per_layer]);
+    // Mapped, not touched: pages become resident when first written.
+    k_.emplace_back(per_layer * sizeof(uint16_t));
+    v_.emplace_back(per_layer * sizeof(uint16_t));
   }
   free_.resize(size_t(n_pages));
   is_free_.assign(size_t(n_pages), 1);
@@ -90,10 +90,10 @@ void KvCache::reserve(int32_t n) {
   const int32_t new_cap = int32_t(std::max<int64_t>(want, n));
   for (auto* bufs : {&k_, &v_}) {
     for (auto& buf : *bufs) {
-      std::vector<uint16_t> grown(size_t(n_head_kv_) * new_cap * head_dim_);
+      HugeBuffer grown(size_t(n_head_kv_) * new_cap * head_dim_ * sizeof(uint16_t));
       for (int32_t h = 0; h < n_head_kv_ && n_past_ > 0; ++h)
-        std::memcpy(grown.data() + size_t(h) * new_cap * head_dim_, buf.data() + size_t(h) * capacity_ * head_dim_,
-                    size_t(n_past_) * head_dim_ * sizeof(uint16_t));
+        std::memcpy(grown.as<uint16_t>() + size_t(h) * new_cap * head_dim_,
+                    buf.as<uint16_t>() + size_t(h) * capacity_ * head_dim_, size_t(n_past_) * head_dim_ * sizeof(uint16_t));
       buf.swap(grown);
     }
   }
@@ -117,8 +117,8 @@ void KvCache::release() {
     pool_->release(block_table_);
     block_table_.clear();
   } else {
-    for (auto& b : k_) std::vector<uint16_t>().swap(b);
-    for (auto& b : v_) std::vector<uint16_t>().swap(b);
+    for (auto& b : k_) b = HugeBuffer();
+    for (auto& b : v_) b = HugeBuffer();
   }
   capacity_ = 0;
 }
@@ -142,12 +142,12 @@ void KvCache::bind_attention(int32_t layer, AttentionParams& p) {
 
 uint16_t* KvCache::k(int32_t layer) {
   HS_CHECK(!pool_, "KvCache::k(): a paged cache has no contiguous layout (use bind_attention)");
-  return k_[layer].data();
+  return k_[layer].as<uint16_t>();
 }
 
 uint16_t* KvCache::v(int32_t layer) {
   HS_CHECK(!pool_, "KvCache::v(): a paged cache has no contiguous layout (use bind_attention)");
-  return v_[layer].data();
+  return v_[layer].as<uint16_t>();
 }
 
 size_t KvCache::bytes() const { return size_t(2) * n_layer_ * n_head_kv_ * size_t(capacity_) * head_dim_ * 2; }

@@ -19,6 +19,7 @@
 #include "model/config.h"
 #include "ops/attention.h"
 #include "ops/hip_attention.h"
+#include "util/huge_buffer.h"
 
 namespace hs {
 
@@ -42,8 +43,8 @@ class KvPagePool {
   bool allocate(int32_t n, std::vector<int32_t>& out);
   void release(const std::vector<int32_t>& pages);
 
-  uint16_t* k(int32_t layer) { return k_[layer].get(); }
-  uint16_t* v(int32_t layer) { return v_[layer].get(); }
+  uint16_t* k(int32_t layer) { return k_[layer].as<uint16_t>(); }
+  uint16_t* v(int32_t layer) { return v_[layer].as<uint16_t>(); }
   int64_t page_stride() const { return int64_t(n_head_kv_) * page_size_ * head_dim_; }  // elements per page
   int64_t head_stride() const { return int64_t(page_size_) * head_dim_; }  // between KV heads in a page
   int64_t pos_stride() const { return head_dim_; }
@@ -51,7 +52,7 @@ class KvPagePool {
  private:
   int32_t n_layer_, n_head_kv_, head_dim_;
   int32_t page_size_, n_pages_;
-  std::vector<std::unique_ptr<uint16_t[]>> k_, v_;
+  std::vector<HugeBuffer> k_, v_;  // per layer; huge pages (util/huge_buffer.h), resident when first written
   std::vector<int32_t> free_;  // free page ids, highest first (allocation pops from the back)
   std::vector<uint8_t> is_free_;  // [n_pages], catches double releases
   std::atomic<int32_t> n_free_{0};
@@ -105,8 +106,8 @@ class KvCache {
   void set_hip_refresh_pos(int32_t pos) { hip_refresh_pos_ = pos; }
 
  private:
-  uint16_t* k_base(int32_t layer) { return pool_ ? pool_->k(layer) : k_[layer].data(); }
-  uint16_t* v_base(int32_t layer) { return pool_ ? pool_->v(layer) : v_[layer].data(); }
+  uint16_t* k_base(int32_t layer) { return pool_ ? pool_->k(layer) : k_[layer].as<uint16_t>(); }
+  uint16_t* v_base(int32_t layer) { return pool_ ? pool_->v(layer) : v_[layer].as<uint16_t>(); }
   int64_t offset(int32_t kv_head, int32_t pos) const {
     if (!pool_) return int64_t(kv_head) * capacity_ * head_dim_ + int64_t(pos) * head_dim_;
     const int32_t ps = pool_->page_size();
@@ -118,7 +119,7 @@ class KvCache {
   int32_t n_ctx_max_;
   int32_t capacity_ = 0;
   int32_t n_past_ = 0;
-  std::vector<std::vector<uint16_t>> k_, v_;  // contiguous storage
+  std::vector<HugeBuffer> k_, v_;  // contiguous storage, per layer, on huge pages (util/huge_buffer.h)
   KvPagePool* pool_ = nullptr;                // paged storage
   std::vector<int32_t> block_table_;
   std::vector<HipMask> hip_masks_;

@@ -4,7 +4,9 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "util/common.h"
 
@@ -12,7 +14,15 @@ namespace hs {
 
 namespace {
 constexpr size_t kHugePage = size_t(2) << 20;
+// HIPSERVE_HUGE_PAGES=0 turns the request off (e.g. where THP compaction stalls are unwelcome, or to measure).
+bool huge_pages_wanted() {
+  static const bool wanted = [] {
+    const char* e = std::getenv("HIPSERVE_HUGE_PAGES");
+    return !(e && std::string(e) == "0");
+  }();
+  return wanted;
 }
+}  // namespace
 
 HugeBuffer::HugeBuffer(size_t bytes) {
   if (bytes == 0) return;
@@ -31,7 +41,7 @@ HugeBuffer::HugeBuffer(size_t bytes) {
     if (tail > 0) munmap(aligned + len, tail);
     base = aligned;
 #ifdef MADV_HUGEPAGE
-    madvise(base, len, MADV_HUGEPAGE);  // advisory: if refused, the buffer has 4 KiB pages
+    if (huge_pages_wanted()) madvise(base, len, MADV_HUGEPAGE);  // advisory: if refused, 4 KiB pages
 #endif
   }
   data_ = base;

@@ -5,7 +5,7 @@
 // pages most such reads also miss the TLB. bench/hip_decode_cold_bench measured HiP decode at 8K with every
 // layer's cache cold: 2 MiB pages cut a cached-mask step by 12 % (2 threads) to 25 % (1 thread). Debian's
 // default THP mode is "madvise", so anonymous memory gets huge pages only when asked. The request is advisory:
-// where THP is off the buffer simply has ordinary pages. Memory is committed as it is touched (mmap), so a
+// where THP is off the buffer simply has ordinary pages; HIPSERVE_HUGE_PAGES=0 turns the request off. Memory is committed as it is touched (mmap), so a
 // large reservation costs nothing until used.
 #pragma once
 
