@@ -464,6 +464,8 @@ struct GpuModel::Impl {
       pf_mask_counts = DeviceBuffer(size_t(cfg.n_head) * nqb * 4);
     }
     decode_ws = DeviceBuffer(size_t(decode_workspace_floats(cfg.n_head, cfg.head_dim, kMaxDecodeSplits)) * 4);
+    // The decode kernels' arrival counters live at its end and must start at 0 (the kernels leave them at 0).
+    HS_CUDA(cudaMemset(decode_ws.as<void>(), 0, decode_ws.bytes()));
     const std::vector<float> f = rope_inv_freq(cfg.rope);
     inv_freq = upload_floats(f.data(), int64_t(f.size()));
   }
@@ -542,7 +544,7 @@ struct GpuModel::Impl {
   // Enqueues the layers for rows tokens[0, n) (already in `tokens`) at positions [pos0, pos0 + n). For a decode
   // step (n == 1), `estimate` says whether the HiP layers refresh their cached masks.
   void enqueue_layers(int32_t n, int32_t pos0, bool estimate) {
-    const int E_ = E(), QD_ = QD(), KVD_ = KVD(), FF_ = FF();
+    const int E_ = E(), QD_ = QD(), FF_ = FF();
     const int threads = 256;
     phase(kOther, [&] {
       embed_kernel<<<n, threads, 0, stream>>>(tokens.as<int32_t>(), tok_embd.as<bf16>(), E_, x.as<float>());
@@ -615,7 +617,6 @@ struct GpuModel::Impl {
       });
       phase(kGemm, [&] { gemm(L.w_down.as<bf16>(), E_, FF_, act.as<bf16>(), n, x.as<float>(), true); });
     }
-    (void)KVD_;
   }
 
   // Final norm of row `row`, logits, and the sampled token into next_token.
