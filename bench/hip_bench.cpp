@@ -19,6 +19,7 @@
 #include <random>
 #include <vector>
 
+#include "hip_bench_data.h"
 #include "ops/attention.h"
 #include "ops/hip_attention.h"
 #include "util/common.h"
@@ -26,7 +27,9 @@
 
 namespace {
 
-constexpr int32_t kHeads = 9, kKvHeads = 3, kHeadDim = 64;
+using hs::bench::kHeadDim;
+using hs::bench::kHeads;
+using hs::bench::kKvHeads;
 
 struct Layer {
   std::vector<float> q, out;
@@ -39,29 +42,11 @@ struct Layer {
     q.resize(size_t(512) * kHeads * kHeadDim);
     for (auto& x : q) x = N(rng);
     out.resize(q.size());
-    k.resize(size_t(n_kv) * kKvHeads * kHeadDim);
-    v.resize(k.size());
-    for (int32_t g = 0; g < kKvHeads; ++g) {
-      std::vector<float> walk(kHeadDim, 0.0f);
-      for (int32_t pos = 0; pos < n_kv; ++pos)
-        for (int32_t d = 0; d < kHeadDim; ++d) {
-          walk[d] = 0.97f * walk[d] + 0.25f * N(rng);
-          const size_t at = (size_t(g) * n_kv + pos) * kHeadDim + d;
-          k[at] = hs::fp32_to_fp16(walk[d] + 0.1f * N(rng));
-          v[at] = hs::fp32_to_fp16(N(rng));
-        }
-    }
+    hs::bench::fill_walk_kv(rng, N, n_kv, k, v);
   }
 
   hs::AttentionParams params(int32_t n_q) {
-    hs::AttentionParams p;
-    p.q = q.data(), p.q_stride = kHeads * kHeadDim;
-    p.k = k.data(), p.v = v.data(), p.kv_head_stride = int64_t(n_kv) * kHeadDim, p.kv_pos_stride = kHeadDim;
-    p.out = out.data(), p.out_stride = kHeads * kHeadDim;
-    p.n_q = n_q, p.n_kv = n_kv, p.q_pos0 = n_kv - n_q;
-    p.n_head = kHeads, p.n_kv_head = kKvHeads, p.head_dim = kHeadDim;
-    p.scale = 1.0f / std::sqrt(float(kHeadDim));
-    return p;
+    return hs::bench::bench_params(q.data(), k.data(), v.data(), out.data(), n_kv, n_q);
   }
 };
 

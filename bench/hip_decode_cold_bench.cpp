@@ -2,10 +2,8 @@
 // of SmolLM2-135M at 8K context: ~170 MB, far beyond the CPU's caches), so a layer's keys are never in cache when
 // its turn comes. hip_bench times one layer over and over (warm caches) and so misses what the scattered reads of
 // the selected blocks cost in the model. Prints ms per layer (min / median over --reps steps) for the cached-mask
-// step and the refresh step, with the KV buffers on ordinary pages and on transparent huge pages (madvise).
+// step and the refresh step, with the KV buffers on ordinary pages and on transparent huge pages (HugeBuffer).
 // Usage: hip_decode_cold_bench [--threads N] [--reps N] [--n-kv N] [--layers N]
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -15,28 +13,21 @@
 #include <random>
 #include <vector>
 
+#include "hip_bench_data.h"
 #include "ops/attention.h"
 #include "ops/hip_attention.h"
 #include "util/common.h"
+#include "util/huge_buffer.h"
 #include "util/thread_pool.h"
 
 namespace {
 
-constexpr int32_t kHeads = 9, kKvHeads = 3, kHeadDim = 64;
+using hs::bench::kHeadDim;
+using hs::bench::kHeads;
+using hs::bench::kKvHeads;
 
 double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// bytes of zeroed memory, on huge pages when asked (2 MiB-aligned mapping, MADV_HUGEPAGE before first touch).
-uint16_t* map_buffer(size_t bytes, bool huge) {
-  const size_t page = size_t(2) << 20;
-  const size_t len = (bytes + page - 1) / page * page + page;
-  char* p = static_cast<char*>(mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-  HS_CHECK(p != MAP_FAILED, "mmap failed");
-  char* a = p + (page - reinterpret_cast<uintptr_t>(p) % page) % page;
-  if (huge) madvise(a, len - size_t(a - p), MADV_HUGEPAGE);
-  return reinterpret_cast<uint16_t*>(a);
 }
 
 }  // namespace
@@ -53,20 +44,11 @@ int main(int argc, char** argv) {
   const hs::HipConfig cfg;
   // One layer's keys (a smooth random walk: attention locality) and values, copied into every layer.
   const size_t elems = size_t(n_kv) * kKvHeads * kHeadDim;
-  std::vector<uint16_t> k0(elems), v0(elems);
+  std::vector<uint16_t> k0, v0;
   {
     std::mt19937 rng(1);
     std::normal_distribution<float> N(0.0f, 1.0f);
-    for (int32_t g = 0; g < kKvHeads; ++g) {
-      std::vector<float> walk(kHeadDim, 0.0f);
-      for (int32_t pos = 0; pos < n_kv; ++pos)
-        for (int32_t d = 0; d < kHeadDim; ++d) {
-          walk[d] = 0.97f * walk[d] + 0.25f * N(rng);
-          const size_t at = (size_t(g) * n_kv + pos) * kHeadDim + d;
-          k0[at] = hs::fp32_to_fp16(walk[d] + 0.1f * N(rng));
-          v0[at] = hs::fp32_to_fp16(N(rng));
-        }
-    }
+    hs::bench::fill_walk_kv(rng, N, n_kv, k0, v0);
   }
   std::vector<float> q(size_t(kHeads) * kHeadDim), out(q.size());
   {
@@ -78,23 +60,19 @@ int main(int argc, char** argv) {
               "of %d steps\n\n", layers, n_kv, 2.0 * layers * elems * 2 / 1e6, threads, reps);
   std::printf("%-12s | %15s | %15s | %15s\n", "pages", "HiP cached", "HiP refresh", "dense");
   for (const bool huge : {false, true}) {
-    std::vector<uint16_t*> k(static_cast<size_t>(layers)), v(static_cast<size_t>(layers));
+    std::vector<hs::HugeBuffer> kb, vb;  // per layer
+    std::vector<uint16_t*> k, v;
     for (int l = 0; l < layers; ++l) {
-      k[size_t(l)] = map_buffer(elems * 2, huge);
-      v[size_t(l)] = map_buffer(elems * 2, huge);
-      std::memcpy(k[size_t(l)], k0.data(), elems * 2);
-      std::memcpy(v[size_t(l)], v0.data(), elems * 2);
+      kb.emplace_back(elems * 2, huge);
+      vb.emplace_back(elems * 2, huge);
+      k.push_back(kb.back().as<uint16_t>());
+      v.push_back(vb.back().as<uint16_t>());
+      std::memcpy(k.back(), k0.data(), elems * 2);
+      std::memcpy(v.back(), v0.data(), elems * 2);
     }
     std::vector<hs::HipMask> masks(static_cast<size_t>(layers));
     auto params = [&](int l) {
-      hs::AttentionParams p;
-      p.q = q.data(), p.q_stride = kHeads * kHeadDim;
-      p.k = k[size_t(l)], p.v = v[size_t(l)], p.kv_head_stride = int64_t(n_kv) * kHeadDim, p.kv_pos_stride = kHeadDim;
-      p.out = out.data(), p.out_stride = kHeads * kHeadDim;
-      p.n_q = 1, p.n_kv = n_kv, p.q_pos0 = n_kv - 1;
-      p.n_head = kHeads, p.n_kv_head = kKvHeads, p.head_dim = kHeadDim;
-      p.scale = 1.0f / std::sqrt(float(kHeadDim));
-      return p;
+      return hs::bench::bench_params(q.data(), k[size_t(l)], v[size_t(l)], out.data(), n_kv, 1);
     };
     auto step = [&](int kind) {  // 0 cached, 1 refresh, 2 dense: one pass over every layer, ms per layer
       const double t0 = now_ms();
@@ -118,9 +96,6 @@ int main(int argc, char** argv) {
     }
     std::printf("%-12s | %6.3f / %6.3f | %6.3f / %6.3f | %6.3f / %6.3f\n", huge ? "huge (THP)" : "4 KiB", res[0][0],
                 res[0][1], res[1][0], res[1][1], res[2][0], res[2][1]);
-    for (int l = 0; l < layers; ++l) {
-      (void)l;  // buffers are left mapped: the process ends right after
-    }
   }
   return 0;
 }

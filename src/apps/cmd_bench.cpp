@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "apps/bench_result.h"
 #include "apps/cli.h"
 #include "apps/commands.h"
 #include "apps/gpu_commands.h"
@@ -23,23 +24,8 @@ namespace hs::cli {
 
 namespace {
 
-struct BenchResult {
-  std::string test;  // "pp512", "tg128", "tg128@d4096"
-  int n_prompt = 0, n_gen = 0, depth = 0;
-  std::vector<double> tok_per_s;
+struct CpuBenchResult : BenchResult {
   HipStats hip;  // summed over the timed repetitions
-  double mean() const {
-    double s = 0;
-    for (double x : tok_per_s) s += x;
-    return tok_per_s.empty() ? 0 : s / tok_per_s.size();
-  }
-  double stddev() const {
-    if (tok_per_s.size() < 2) return 0;
-    const double m = mean();
-    double s = 0;
-    for (double x : tok_per_s) s += (x - m) * (x - m);
-    return std::sqrt(s / (tok_per_s.size() - 1));
-  }
 };
 
 }  // namespace
@@ -106,13 +92,13 @@ int cmd_bench(const std::vector<std::string>& args) {
   std::vector<float> logits(c.n_vocab);
   using clock = std::chrono::steady_clock;
 
-  std::vector<BenchResult> results;
+  std::vector<CpuBenchResult> results;
   // A decode test at depth d reuses the cache of a prefill test of d tokens instead of prefilling again.
   std::map<int, std::unique_ptr<KvCache>> prefilled;
   const int first_rep = warmup ? -1 : 0;
   for (int p : prompts) {
     if (p <= 0) continue;
-    BenchResult r;
+    CpuBenchResult r;
     r.test = strfmt("pp%d", p);
     r.n_prompt = p;
     const std::vector<int32_t> toks = random_tokens(p);
@@ -135,7 +121,7 @@ int cmd_bench(const std::vector<std::string>& args) {
       for (int b : batches) {
       if (b == 1) continue;  // the single-sequence tests below
       // b sequences, each at depth d, decode g steps together: one forward call with b rows per step.
-      BenchResult r;
+      CpuBenchResult r;
       r.test = strfmt("tg%d x%d", g, b) + (d > 0 ? strfmt("@d%d", d) : std::string());
       r.n_gen = g;
       r.depth = d;
@@ -164,7 +150,7 @@ int cmd_bench(const std::vector<std::string>& args) {
       results.push_back(r);
       }
       if (std::find(batches.begin(), batches.end(), 1) == batches.end()) continue;
-      BenchResult r;
+      CpuBenchResult r;
       r.test = d > 0 ? strfmt("tg%d@d%d", g, d) : strfmt("tg%d", g);
       r.n_gen = g;
       r.depth = d;
@@ -199,7 +185,7 @@ int cmd_bench(const std::vector<std::string>& args) {
   const double peak = peak_rss_mib();
   if (json) {
     nlohmann::json out = nlohmann::json::array();
-    for (const BenchResult& r : results)
+    for (const CpuBenchResult& r : results)
       out.push_back({{"model", c.name},
                      {"model_size_bytes", model.weight_bytes()},
                      {"params", params},
@@ -221,7 +207,7 @@ int cmd_bench(const std::vector<std::string>& args) {
   }
   std::printf("| model                          |       size |     params | backend | threads |         test |              t/s |\n");
   std::printf("| ------------------------------ | ---------: | ---------: | ------- | ------: | -----------: | ---------------: |\n");
-  for (const BenchResult& r : results)
+  for (const CpuBenchResult& r : results)
     std::printf("| %-30s | %6.2f MiB | %8.2f M | CPU     | %7d | %12s | %8.2f ± %5.2f |\n", c.name.substr(0, 30).c_str(),
                 size_mib, params / 1e6, lm.pool->size(), r.test.c_str(), r.mean(), r.stddev());
   std::printf("\nattention: %s\npeak memory (max RSS): %.1f MiB\n", model.attention().describe().c_str(), peak);

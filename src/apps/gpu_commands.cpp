@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "apps/bench_result.h"
 #include "apps/loader.h"
 #include "engine/sampler.h"
 #include "engine/stop_strings.h"
@@ -34,23 +35,8 @@ double ms_since(clock_type::time_point t0) {
   return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
 }
 
-struct GpuResult {
-  std::string test;
-  int n_prompt = 0, n_gen = 0, depth = 0;
-  std::vector<double> tok_per_s;
+struct GpuResult : BenchResult {
   cuda::GpuProfile prof;  // of the profiled run (tg tests), per token below
-  double mean() const {
-    double s = 0;
-    for (double x : tok_per_s) s += x;
-    return tok_per_s.empty() ? 0 : s / double(tok_per_s.size());
-  }
-  double stddev() const {
-    if (tok_per_s.size() < 2) return 0;
-    const double m = mean();
-    double s = 0;
-    for (double x : tok_per_s) s += (x - m) * (x - m);
-    return std::sqrt(s / double(tok_per_s.size() - 1));
-  }
 };
 
 cuda::GpuModelOptions gpu_options(const CommonArgs& common, int32_t n_ctx) {

@@ -1,11 +1,26 @@
 #include "ops/rope.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "util/common.h"
 
 namespace hs {
+
+std::vector<float> rope_inv_freq(const RopeParams& p) {
+  // As HF computes it: base ** (arange(0, n_rot, 2).float() / n_rot) in float32, then 1 / that.
+  const int32_t half = p.n_rot / 2;
+  std::vector<float> inv_freq(size_t(std::max(half, 0)));
+  for (int32_t i = 0; i < half; ++i) {
+    const float expo = float(2 * i) / float(p.n_rot);
+    float f = 1.0f / ::powf(p.freq_base, expo);  // float32 pow, like torch
+    if (p.freq_scale != 1.0f) f *= p.freq_scale;
+    if (p.freq_factors) f /= p.freq_factors[i];
+    inv_freq[size_t(i)] = f;
+  }
+  return inv_freq;
+}
 
 void rope_inplace(float* x, int64_t n_tok, int64_t ld, int32_t n_head, int32_t head_dim, const int32_t* pos,
                   const RopeParams& p) {
@@ -14,15 +29,7 @@ void rope_inplace(float* x, int64_t n_tok, int64_t ld, int32_t n_head, int32_t h
   const int32_t half = p.n_rot / 2;
   if (half == 0 || n_tok == 0) return;
 
-  // inv_freq as HF computes it: base ** (arange(0, n_rot, 2).float() / n_rot) in float32, then 1 / that.
-  std::vector<float> inv_freq(half);
-  for (int32_t i = 0; i < half; ++i) {
-    const float expo = float(2 * i) / float(p.n_rot);
-    float f = 1.0f / ::powf(p.freq_base, expo);  // float32 pow, like torch
-    if (p.freq_scale != 1.0f) f *= p.freq_scale;
-    if (p.freq_factors) f /= p.freq_factors[i];
-    inv_freq[i] = f;
-  }
+  const std::vector<float> inv_freq = rope_inv_freq(p);
 
   std::vector<float> cs(2 *
                         size_t(half));  // (cos, sin) of pair i at cs[2i], cs[2i+1]; shared by the row's heads

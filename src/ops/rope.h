@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace hs {
 
@@ -22,6 +23,9 @@ struct RopeParams {
 //   inv_freq_i = 1 / base^(float(2i)/n_rot) * freq_scale / factor_i, theta_i = float(pos) * inv_freq_i,
 // then cos/sin of that float theta (glibc sincosf, < 1 ulp), so logits track the HF reference.
 // (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos).
+// inv_freq_i for i < n_rot/2 as rope_inplace uses them (also uploaded by the CUDA backend, so both agree).
+std::vector<float> rope_inv_freq(const RopeParams& p);
+
 void rope_inplace(float* x, int64_t n_tok, int64_t ld, int32_t n_head, int32_t head_dim, const int32_t* pos,
                   const RopeParams& p);
 

@@ -24,7 +24,7 @@ bool huge_pages_wanted() {
 }
 }  // namespace
 
-HugeBuffer::HugeBuffer(size_t bytes) {
+HugeBuffer::HugeBuffer(size_t bytes, bool huge_pages) {
   if (bytes == 0) return;
   // A buffer of a huge page or more: whole huge pages at a 2 MiB-aligned address (map one page more, unmap the
   // unaligned head and the tail), so that every page of it can be huge. Smaller ones: a plain mapping.
@@ -41,7 +41,7 @@ HugeBuffer::HugeBuffer(size_t bytes) {
     if (tail > 0) munmap(aligned + len, tail);
     base = aligned;
 #ifdef MADV_HUGEPAGE
-    if (huge_pages_wanted()) madvise(base, len, MADV_HUGEPAGE);  // advisory: if refused, 4 KiB pages
+    if (huge_pages && huge_pages_wanted()) madvise(base, len, MADV_HUGEPAGE);  // advisory: if refused, 4 KiB pages
 #endif
   }
   data_ = base;

@@ -17,7 +17,9 @@ namespace hs {
 class HugeBuffer {
  public:
   HugeBuffer() = default;
-  explicit HugeBuffer(size_t bytes);  // zero-filled; throws hs::Error when the memory cannot be mapped
+  // Zero-filled; throws hs::Error when the memory cannot be mapped. huge_pages = false: the same mapping without
+  // the THP request (benchmarks compare the two).
+  explicit HugeBuffer(size_t bytes, bool huge_pages = true);
   ~HugeBuffer();
   HugeBuffer(HugeBuffer&& o) noexcept { swap(o); }
   HugeBuffer& operator=(HugeBuffer&& o) noexcept {

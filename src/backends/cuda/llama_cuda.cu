@@ -27,6 +27,7 @@
 #include "backends/cpu/quants.h"
 #include "backends/cuda/attention_cuda.h"
 #include "model/llama.h"
+#include "ops/rope.h"
 #include "util/common.h"
 
 namespace hs::cuda {
@@ -340,18 +341,6 @@ DeviceBuffer upload_floats(const float* p, int64_t n) {
   return b;
 }
 
-// inv_freq_i exactly as rope_inplace computes it on the CPU.
-std::vector<float> rope_inv_freq(const RopeParams& p) {
-  std::vector<float> f(size_t(std::max(1, p.n_rot / 2)), 0.0f);
-  for (int32_t i = 0; i < p.n_rot / 2; ++i) {
-    float v = 1.0f / ::powf(p.freq_base, float(2 * i) / float(p.n_rot));
-    if (p.freq_scale != 1.0f) v *= p.freq_scale;
-    if (p.freq_factors) v /= p.freq_factors[i];
-    f[size_t(i)] = v;
-  }
-  return f;
-}
-
 // Events around the phases of a step (profiling only).
 enum Phase { kGemm, kAttn, kMask, kOther, kPhases };
 
@@ -466,7 +455,8 @@ struct GpuModel::Impl {
     decode_ws = DeviceBuffer(size_t(decode_workspace_floats(cfg.n_head, cfg.head_dim, kMaxDecodeSplits)) * 4);
     // The decode kernels' arrival counters live at its end and must start at 0 (the kernels leave them at 0).
     HS_CUDA(cudaMemset(decode_ws.as<void>(), 0, decode_ws.bytes()));
-    const std::vector<float> f = rope_inv_freq(cfg.rope);
+    std::vector<float> f = rope_inv_freq(cfg.rope);  // the CPU's values (ops/rope.h)
+    if (f.empty()) f.push_back(0.0f);                 // n_rot 0: nothing rotates, but keep a valid pointer
     inv_freq = upload_floats(f.data(), int64_t(f.size()));
   }
 
