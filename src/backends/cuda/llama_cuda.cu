@@ -72,13 +72,6 @@ class DeviceBuffer {
 
 using bf16 = __nv_bfloat16;
 
-uint16_t f32_to_bf16_bits(float f) {  // round to nearest even (NaN kept quiet)
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels
@@ -329,7 +322,7 @@ void upload_matrix(const cpu::MatmulWeight& w, bf16* dst, int64_t row0, std::vec
     for (int64_t r = 0; r < nr; ++r) {
       cpu::dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + size_t(r0 + r) * w.row_bytes, tmp.data(),
                           cols);
-      for (int64_t c = 0; c < cols; ++c) staging[size_t(r * cols + c)] = f32_to_bf16_bits(tmp[size_t(c)]);
+      for (int64_t c = 0; c < cols; ++c) staging[size_t(r * cols + c)] = fp32_to_bf16(tmp[size_t(c)]);
     }
     HS_CUDA(cudaMemcpy(dst + (row0 + r0) * cols, staging.data(), staging.size() * 2, cudaMemcpyHostToDevice));
   }
