@@ -8,6 +8,7 @@
 
 #include "apps/cli.h"
 #include "apps/commands.h"
+#include "apps/gpu_commands.h"
 #include "apps/loader.h"
 #include "engine/evaluate.h"
 #include "util/common.h"
@@ -86,8 +87,11 @@ int cmd_eval(const std::vector<std::string>& args) {
   HS_CHECK(pos.size() == 1, "unexpected argument '%s'", pos[1].c_str());
   HS_CHECK(what == "passkey" || !file.empty(), "eval %s needs a text file: -f TEXT", what.c_str());
 
-  HS_CHECK(common.device != "cuda" && common.random_weights.empty(),
-           "eval runs on the CPU for now (drop --device cuda / --random-weights)");
+  HS_CHECK(common.random_weights.empty(), "--random-weights has no tokenizer: use it with `hipserve bench`");
+  // ppl and passkey run on the chosen device; recall and mask read the CPU model's Q/K (CPU only).
+  const bool on_gpu = (what == "ppl" || what == "passkey") ? common.use_cuda() : false;
+  HS_CHECK(!(what == "recall" || what == "mask") || common.device != "cuda",
+           "eval %s reads the CPU model's queries and keys: it runs on the CPU only (drop --device cuda)", what.c_str());
   LoadedModel lm = load_model(common, json);
   Model& model = *lm.model;
   const int32_t ctx = lm.n_ctx;
@@ -106,7 +110,8 @@ int cmd_eval(const std::vector<std::string>& args) {
   nlohmann::json out = {{"eval", what}, {"ctx", ctx}, {"attention", attn}, {"model", model.config().name}};
   if (what == "ppl") {
     const std::vector<int32_t> toks = tokenize_file(model.tokenizer(), file);
-    const PerplexityResult r = evaluate_perplexity(model, toks, ctx, chunks, *lm.pool, progress);
+    std::unique_ptr<Sequence> seq = make_sequence(common, lm, on_gpu);
+    const PerplexityResult r = evaluate_perplexity(*seq, toks, ctx, chunks, progress);
     finish_bar();
     out.update({{"file", file}, {"tokens_in_file", toks.size()}, {"windows", r.n_windows}, {"scored", r.n_scored},
                 {"ppl", r.ppl()}, {"window_ppl", r.window_ppl}, {"seconds", r.seconds}});
@@ -117,7 +122,8 @@ int cmd_eval(const std::vector<std::string>& args) {
                   r.seconds > 0 ? r.n_windows * double(ctx) / r.seconds : 0.0);
     }
   } else if (what == "passkey") {
-    const PasskeyResult r = evaluate_passkey(model, ctx, depths, trials, seed, *lm.pool, progress);
+    std::unique_ptr<Sequence> seq = make_sequence(common, lm, on_gpu);
+    const PasskeyResult r = evaluate_passkey(*seq, model.tokenizer(), ctx, depths, trials, seed, progress);
     finish_bar();
     nlohmann::json rows = nlohmann::json::array();
     for (size_t i = 0; i < r.depths.size(); ++i)

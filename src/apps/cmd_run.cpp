@@ -105,11 +105,10 @@ int cmd_run(const std::vector<std::string>& args, bool interactive_chat) {
 
   HS_CHECK(common.random_weights.empty(), "--random-weights has no tokenizer: use it with `hipserve bench`");
   const bool on_gpu = common.use_cuda();
-  HS_CHECK(!(on_gpu && interactive_chat), "chat runs on the CPU for now: add --device cpu");
   LoadedModel lm = load_model(common);
-  Model& model = *lm.model;
-  const Tokenizer& tok = model.tokenizer();
-  Session session(model, lm.n_ctx, *lm.pool);
+  const Tokenizer& tok = lm.model->tokenizer();
+  std::unique_ptr<Sequence> seq = make_sequence(common, lm, on_gpu);
+  Session session(*seq, tok);
 
   if (!interactive_chat) {
     std::string text = prompt;
@@ -130,7 +129,6 @@ int cmd_run(const std::vector<std::string>& args, bool interactive_chat) {
       if (chat) std::fputc('\n', stdout);
       std::fflush(stdout);
     }
-    if (on_gpu) return gpu_run(common, lm, ids, gen);
     const GenerationResult r = session.generate(ids, gen, [](const std::string& s) {
       std::fwrite(s.data(), 1, s.size(), stdout);
       std::fflush(stdout);
@@ -140,6 +138,7 @@ int cmd_run(const std::vector<std::string>& args, bool interactive_chat) {
     std::fflush(stdout);
     const double total = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_start).count();
     print_timings(r.stats, lm.load_ms, total);
+    std::fprintf(stderr, "hipserve: device: %s\n", seq->backend_name().c_str());
     std::fprintf(stderr, "hipserve: stop reason: %s\n", stop_reason_name(r.reason));
     return 0;
   }

@@ -9,8 +9,6 @@
 
 #include "apps/bench_result.h"
 #include "apps/loader.h"
-#include "engine/sampler.h"
-#include "engine/stop_strings.h"
 #include "util/common.h"
 
 #ifdef HIPSERVE_CUDA
@@ -22,8 +20,9 @@ namespace hs::cli {
 #ifndef HIPSERVE_CUDA
 
 int gpu_bench(const CommonArgs&, const BenchPlan&) { fail("this build has no CUDA backend"); }
-int gpu_run(const CommonArgs&, LoadedModel&, const std::vector<int32_t>&, const GenerateOptions&) {
-  fail("this build has no CUDA backend");
+std::unique_ptr<Sequence> make_sequence(const CommonArgs&, LoadedModel& lm, bool on_gpu) {
+  HS_CHECK(!on_gpu, "this build has no CUDA backend");
+  return std::make_unique<CpuSequence>(*lm.model, lm.n_ctx, *lm.pool);
 }
 
 #else
@@ -185,77 +184,14 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
   return 0;
 }
 
-int gpu_run(const CommonArgs& common, LoadedModel& lm, const std::vector<int32_t>& ids, const GenerateOptions& gen) {
+std::unique_ptr<Sequence> make_sequence(const CommonArgs& common, LoadedModel& lm, bool on_gpu) {
+  if (!on_gpu) return std::make_unique<CpuSequence>(*lm.model, lm.n_ctx, *lm.pool);
   const auto t_up = clock_type::now();
   auto gm = cuda::GpuModel::upload(*lm.model, gpu_options(common, lm.n_ctx));
-  const double upload_ms = ms_since(t_up);
-  const Tokenizer& tok = lm.model->tokenizer();
-  std::fprintf(stderr, "hipserve: running on %s (weights %.1f MiB bf16, uploaded in %.0f ms)\n",
-               cuda::device_name().c_str(), double(gm->weight_bytes()) / (1 << 20), upload_ms);
-
-  // Greedy and plain temperature sampling run on the GPU (no logits copied back); top-k / top-p / min-p /
-  // penalties use the CPU sampler on the copied logits, exactly as the CPU path samples.
-  const SamplingParams& sp = gen.sampling;
-  const bool gpu_sampling = sp.temperature <= 0.0f || (sp.top_k <= 0 && sp.top_p >= 1.0f && sp.min_p <= 0.0f &&
-                                                        sp.repeat_penalty == 1.0f && sp.presence_penalty == 0.0f &&
-                                                        sp.frequency_penalty == 0.0f);
-  Sampler sampler(sp, gm->config().n_vocab);
-  const uint64_t seed = sampler.seed();
-  std::vector<float> logits(size_t(gm->config().n_vocab));
-
-  const auto t0 = clock_type::now();
-  gm->prefill(ids, logits.data());
-  const double prompt_ms = ms_since(t0);
-  StreamDecoder decoder(tok);
-  StopStringMatcher stops(gen.stop);
-  auto emit = [](const std::string& s) {
-    std::fwrite(s.data(), 1, s.size(), stdout);
-    std::fflush(stdout);
-  };
-  // The first token comes from the prefill's logits (sampled on the CPU: they are on the host already).
-  int32_t next = sampler.sample(logits.data());
-  sampler.accept(next);
-  int n_gen = 0;
-  const char* reason = "length";
-  const auto t1 = clock_type::now();
-  for (;;) {
-    ++n_gen;
-    if (!gen.ignore_eos && tok.is_end_of_generation(next)) {
-      reason = "end of generation";
-      break;
-    }
-    emit(stops.push(decoder.push(next)));
-    if (stops.stopped()) {
-      reason = "stop string";
-      break;
-    }
-    if (gen.n_predict >= 0 && n_gen >= gen.n_predict) break;
-    if (gm->n_past() + 1 > lm.n_ctx - 1) {
-      reason = "context full";
-      break;
-    }
-    if (gpu_sampling) {
-      next = gm->decode(next, sp.temperature, seed, nullptr);
-    } else {
-      gm->decode(next, 0.0f, 0, logits.data());
-      next = sampler.sample(logits.data());
-    }
-    sampler.accept(next);
-  }
-  if (!stops.stopped()) emit(stops.push(decoder.flush()) + stops.flush());
-  const double gen_ms = ms_since(t1);
-  std::fputc('\n', stdout);
-  const int n_decoded = std::max(0, n_gen - 1);
-  std::fprintf(stderr, "\nhipserve: device           = %s (%s sampling)\n", cuda::device_name().c_str(),
-               gpu_sampling ? "GPU" : "CPU");
-  std::fprintf(stderr, "hipserve:        load time = %10.2f ms (+ %.2f ms upload)\n", lm.load_ms, upload_ms);
-  std::fprintf(stderr,
-               "hipserve: prompt eval time = %10.2f ms / %5zu tokens (%8.2f ms per token, %8.2f tokens per second)\n",
-               prompt_ms, ids.size(), prompt_ms / double(ids.size()), 1000.0 * double(ids.size()) / prompt_ms);
-  std::fprintf(stderr, "hipserve:        eval time = %10.2f ms / %5d runs   (%8.2f ms per token, %8.2f tokens per second)\n",
-               gen_ms, n_decoded, n_decoded ? gen_ms / n_decoded : 0.0, gen_ms > 0 ? 1000.0 * n_decoded / gen_ms : 0.0);
-  std::fprintf(stderr, "hipserve: stop reason: %s\n", reason);
-  return 0;
+  std::fprintf(stderr, "hipserve: running on %s (weights %.1f MiB bf16, K/V cache %.1f MiB, uploaded in %.0f ms)\n",
+               cuda::device_name().c_str(), double(gm->weight_bytes()) / (1 << 20), double(gm->kv_bytes()) / (1 << 20),
+               ms_since(t_up));
+  return std::make_unique<cuda::GpuSequence>(std::move(gm));
 }
 
 #endif

@@ -1,12 +1,15 @@
-// The GPU paths of `hipserve bench` and `hipserve run` (--device cuda). Built into every binary; without the
-// CUDA backend these functions only report that (CommonArgs::use_cuda() keeps them from being called).
+// The GPU paths of the apps (--device cuda): `hipserve bench` on the GPU, and the Sequence (CPU or GPU) that
+// `run`, `chat` and `eval ppl|passkey` drive. Built into every binary; without the CUDA backend the GPU paths
+// only report that (CommonArgs::use_cuda() keeps them from being called).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "apps/cli.h"
-#include "engine/session.h"
+#include "apps/loader.h"
+#include "model/sequence.h"
 
 namespace hs::cli {
 
@@ -19,7 +22,8 @@ struct BenchPlan {
 };
 int gpu_bench(const CommonArgs& common, const BenchPlan& plan);
 
-// Generates from the token ids on the GPU, streaming text to stdout; prints llama.cpp-style timings.
-int gpu_run(const CommonArgs& common, struct LoadedModel& lm, const std::vector<int32_t>& ids, const GenerateOptions& gen);
+// A sequence of lm.n_ctx positions: on the GPU (the model's weights uploaded as bf16; prints the device and the
+// upload time) when on_gpu, else on the CPU with lm's thread pool.
+std::unique_ptr<Sequence> make_sequence(const CommonArgs& common, LoadedModel& lm, bool on_gpu);
 
 }  // namespace hs::cli

@@ -48,31 +48,30 @@ double nll(const float* logits, int32_t n_vocab, int32_t target) {
 
 double PerplexityResult::ppl() const { return n_scored ? std::exp(nll_sum / double(n_scored)) : 0.0; }
 
-PerplexityResult evaluate_perplexity(Model& model, const std::vector<int32_t>& tokens, int32_t ctx,
-                                     int32_t max_windows, ThreadPool& pool, const EvalProgress& progress) {
+PerplexityResult evaluate_perplexity(Sequence& seq, const std::vector<int32_t>& tokens, int32_t ctx,
+                                     int32_t max_windows, const EvalProgress& progress) {
+  HS_CHECK(ctx <= seq.n_ctx(), "perplexity window %d exceeds the sequence's context %d", ctx, seq.n_ctx());
   HS_CHECK(ctx >= 16, "perplexity needs a context of at least 16 tokens (got %d)", ctx);
   const int64_t n_windows_avail = int64_t(tokens.size()) / ctx;
   HS_CHECK(n_windows_avail >= 1, "the text has %zu tokens, fewer than one window of %d", tokens.size(), ctx);
   const int32_t n_windows = int32_t(max_windows > 0 ? std::min<int64_t>(max_windows, n_windows_avail) : n_windows_avail);
   const auto t0 = std::chrono::steady_clock::now();
-  const int32_t V = model.config().n_vocab;
-  const int32_t chunk = model.max_batch_tokens();
+  const int32_t V = seq.config().n_vocab;
+  const int32_t chunk = seq.max_batch_tokens();
   const int32_t first_scored = ctx / 2 - 1;  // logits row predicting token first_scored + 1
   PerplexityResult res;
   res.ctx = ctx;
   res.n_windows = n_windows;
   std::vector<float> logits(size_t(chunk) * V);
-  KvCache cache(model.config(), ctx);
   for (int32_t w = 0; w < n_windows; ++w) {
-    cache.clear();
+    seq.truncate(0);
     const int32_t* win = tokens.data() + int64_t(w) * ctx;
     double window_nll = 0;
     int64_t window_n = 0;
     for (int32_t start = 0; start < ctx; start += chunk) {
       const int32_t n = std::min(chunk, ctx - start);
       const bool want = start + n - 1 >= first_scored;
-      SeqBatch s{&cache, win + start, n, true, want ? logits.data() : nullptr};
-      model.forward(std::span<const SeqBatch>(&s, 1), pool);
+      seq.append(std::span<const int32_t>(win + start, size_t(n)), want ? logits.data() : nullptr, true);
       if (want) {
         for (int32_t i = 0; i < n; ++i) {
           const int32_t pos = start + i;
@@ -119,18 +118,17 @@ PasskeyPrompt make_passkey_prompt(const Tokenizer& tok, int32_t ctx, double dept
   return p;
 }
 
-PasskeyResult evaluate_passkey(Model& model, int32_t ctx, const std::vector<double>& depths, int32_t trials,
-                               uint64_t seed, ThreadPool& pool, const EvalProgress& progress) {
+PasskeyResult evaluate_passkey(Sequence& seq, const Tokenizer& tok, int32_t ctx, const std::vector<double>& depths,
+                               int32_t trials, uint64_t seed, const EvalProgress& progress) {
   HS_CHECK(trials >= 1, "passkey needs at least one trial");
+  HS_CHECK(ctx <= seq.n_ctx(), "passkey context %d exceeds the sequence's context %d", ctx, seq.n_ctx());
   const auto t0 = std::chrono::steady_clock::now();
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int32_t> pick(10000, 99999);
-  const Tokenizer& tok = model.tokenizer();
-  const int32_t V = model.config().n_vocab;
+  const int32_t V = seq.config().n_vocab;
   PasskeyResult res;
   res.depths = depths;
   std::vector<float> logits(V);
-  KvCache cache(model.config(), ctx);
   int64_t done = 0;
   for (double depth : depths) {
     int32_t correct = 0;
@@ -138,14 +136,14 @@ PasskeyResult evaluate_passkey(Model& model, int32_t ctx, const std::vector<doub
     for (int32_t t = 0; t < trials; ++t) {
       const PasskeyPrompt p = make_passkey_prompt(tok, ctx, depth, pick(rng));
       res.prompt_tokens = int32_t(p.tokens.size());
-      cache.clear();
-      model.prefill(cache, p.tokens, logits.data(), pool);
+      seq.truncate(0);
+      seq.append(p.tokens, logits.data());
       std::string answer;
       for (int32_t i = 0; i < 8; ++i) {
         const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
         if (tok.is_end_of_generation(next)) break;
         answer += tok.token_to_bytes(next);
-        if (i + 1 < 8) model.prefill(cache, std::span<const int32_t>(&next, 1), logits.data(), pool);
+        if (i + 1 < 8) seq.append(std::span<const int32_t>(&next, 1), logits.data());
       }
       // The first run of 5 digits in the answer.
       std::string digits;

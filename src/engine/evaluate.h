@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/llama.h"
+#include "model/sequence.h"
 #include "util/thread_pool.h"
 
 namespace hs {
@@ -27,8 +28,9 @@ struct PerplexityResult {
   double seconds = 0;
   double ppl() const;
 };
-PerplexityResult evaluate_perplexity(Model& model, const std::vector<int32_t>& tokens, int32_t ctx,
-                                     int32_t max_windows, ThreadPool& pool, const EvalProgress& progress = {});
+// Runs on any backend: `seq` (its n_ctx() >= ctx) is cleared before each window.
+PerplexityResult evaluate_perplexity(Sequence& seq, const std::vector<int32_t>& tokens, int32_t ctx,
+                                     int32_t max_windows, const EvalProgress& progress = {});
 
 // Passkey retrieval (Mohtashami & Jaggi 2023): a 5-digit key hidden at a relative depth in repeated filler
 // text, asked for at the end; answered by greedy decoding of 8 tokens. A trial is correct when the first
@@ -47,8 +49,9 @@ struct PasskeyResult {
   int32_t prompt_tokens = 0;
   double seconds = 0;
 };
-PasskeyResult evaluate_passkey(Model& model, int32_t ctx, const std::vector<double>& depths, int32_t trials,
-                               uint64_t seed, ThreadPool& pool, const EvalProgress& progress = {});
+// Runs on any backend: `seq` (its n_ctx() >= ctx) is cleared before each trial.
+PasskeyResult evaluate_passkey(Sequence& seq, const Tokenizer& tok, int32_t ctx, const std::vector<double>& depths,
+                               int32_t trials, uint64_t seed, const EvalProgress& progress = {});
 
 // Mask recall on real Q/K: after prefilling `ctx - n_query` tokens of the text, the last `n_query` rows are run
 // and, in every layer (dense ones too, as if they ran HiP), HiP's mask is estimated for each (head, query

@@ -27,15 +27,19 @@ const char* stop_reason_name(StopReason r) {
 }
 
 Session::Session(Model& model, int32_t n_ctx, ThreadPool& pool)
-    : model_(model), pool_(pool), n_ctx_(n_ctx), cache_(model.config(), n_ctx),
+    : owned_(std::make_unique<CpuSequence>(model, n_ctx, pool)), seq_(*owned_), tok_(model.tokenizer()),
       logits_(size_t(model.config().n_vocab)) {}
+
+Session::Session(Sequence& seq, const Tokenizer& tok)
+    : seq_(seq), tok_(tok), logits_(size_t(seq.config().n_vocab)) {}
 
 GenerationResult Session::generate(const std::vector<int32_t>& prompt, const GenerateOptions& options,
                                    const std::function<bool(const std::string&)>& on_text) {
   HS_CHECK(!prompt.empty(), "the prompt is empty (nothing to condition on)");
-  HS_CHECK(int64_t(prompt.size()) < n_ctx_,
+  const int32_t n_ctx = seq_.n_ctx();
+  HS_CHECK(int64_t(prompt.size()) < n_ctx,
            "the prompt is %zu tokens, which does not fit the context of %d tokens (raise -c or shorten it)",
-           prompt.size(), n_ctx_);
+           prompt.size(), n_ctx);
   const std::string why = options.sampling.validate();
   HS_CHECK(why.empty(), "%s", why.c_str());
 
@@ -44,7 +48,7 @@ GenerationResult Session::generate(const std::vector<int32_t>& prompt, const Gen
   size_t common = 0;
   while (common < history_.size() && common < prompt.size() && history_[common] == prompt[common]) ++common;
   common = std::min(common, prompt.size() - 1);
-  cache_.truncate(int32_t(common));
+  seq_.truncate(int32_t(common));
   history_.resize(common);
   res.stats.n_reused_tokens = int32_t(common);
 
@@ -52,20 +56,20 @@ GenerationResult Session::generate(const std::vector<int32_t>& prompt, const Gen
   const std::span<const int32_t> todo(prompt.data() + common, prompt.size() - common);
   {
     const bool bar_on =
-        options.show_progress && ProgressBar::default_enabled() && int64_t(todo.size()) > model_.max_batch_tokens();
+        options.show_progress && ProgressBar::default_enabled() && int64_t(todo.size()) > seq_.max_batch_tokens();
     ProgressBar bar("prefill", int64_t(todo.size()), bar_on);
-    model_.prefill(cache_, todo, logits_.data(), pool_, [&](int64_t done, int64_t) { bar.update(done); });
+    seq_.append(todo, logits_.data(), false, [&](int64_t done, int64_t) { bar.update(done); });
     bar.finish();
   }
   history_.insert(history_.end(), todo.begin(), todo.end());
   res.stats.n_prompt_tokens = int32_t(todo.size());
   res.stats.prompt_ms = ms_since(t_prompt);
 
-  Sampler sampler(options.sampling, model_.config().n_vocab);
+  Sampler sampler(options.sampling, seq_.config().n_vocab);
   for (int32_t t : prompt) sampler.accept(t);
   StopStringMatcher stops(options.stop);
-  StreamDecoder detok(model_.tokenizer());
-  const Tokenizer& tok = model_.tokenizer();
+  StreamDecoder detok(tok_);
+  const Tokenizer& tok = tok_;
   auto emit = [&](const std::string& s) {
     if (s.empty()) return true;
     res.text += s;
@@ -94,12 +98,12 @@ GenerationResult Session::generate(const std::vector<int32_t>& prompt, const Gen
       break;
     }
     if (options.n_predict >= 0 && i + 1 >= options.n_predict) break;  // no need to feed the last token
-    if (cache_.n_past() + 1 >= n_ctx_) {
+    if (seq_.n_past() + 1 >= n_ctx) {
       res.reason = StopReason::ContextFull;
       break;
     }
     const auto t_d = std::chrono::steady_clock::now();
-    model_.prefill(cache_, std::span<const int32_t>(&next, 1), logits_.data(), pool_);
+    seq_.append(std::span<const int32_t>(&next, 1), logits_.data());
     res.stats.decode_ms += ms_since(t_d);
     res.stats.n_decoded++;
     history_.push_back(next);

@@ -1,5 +1,6 @@
-// A single-sequence generation session: one KV cache, the tokens it holds, and the generate loop used by
-// `hipserve run` and `hipserve chat`. A chat keeps its cache between turns and re-feeds only what changed.
+// A single-sequence generation session: one Sequence (a KV cache on some backend), the tokens it holds, and the
+// generate loop used by `hipserve run` and `hipserve chat`. A chat keeps its cache between turns and re-feeds
+// only what changed. Sampling runs on the CPU from the logits the sequence returns, whatever the backend.
 #pragma once
 
 #include <cstdint>
@@ -8,8 +9,11 @@
 #include <vector>
 
 #include "engine/sampler.h"
-#include "model/kv_cache.h"
+#include <memory>
+
 #include "model/llama.h"
+#include "model/sequence.h"
+#include "model/tokenizer.h"
 #include "util/thread_pool.h"
 
 namespace hs {
@@ -42,7 +46,10 @@ struct GenerationResult {
 
 class Session {
  public:
+  // On the CPU: a CpuSequence of n_ctx positions, owned by the session.
   Session(Model& model, int32_t n_ctx, ThreadPool& pool);
+  // On any backend: `seq` (and `tok`) must outlive the session.
+  Session(Sequence& seq, const Tokenizer& tok);
 
   // Makes the cache hold `prompt` (reusing the longest common prefix with what it holds), then samples up to
   // n_predict tokens. on_text receives each piece of complete UTF-8 text as it becomes safe to show; returning
@@ -51,14 +58,13 @@ class Session {
                             const std::function<bool(const std::string&)>& on_text = {});
 
   const std::vector<int32_t>& tokens_in_cache() const { return history_; }
-  const KvCache& cache() const { return cache_; }
-  int32_t n_ctx() const { return n_ctx_; }
+  const Sequence& sequence() const { return seq_; }
+  int32_t n_ctx() const { return seq_.n_ctx(); }
 
  private:
-  Model& model_;
-  ThreadPool& pool_;
-  int32_t n_ctx_;
-  KvCache cache_;
+  std::unique_ptr<Sequence> owned_;  // the CpuSequence of the CPU constructor
+  Sequence& seq_;
+  const Tokenizer& tok_;
   std::vector<int32_t> history_;  // tokens whose K/V are in the cache, in order
   std::vector<float> logits_;
 };

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <vector>
 
@@ -365,6 +366,7 @@ struct GpuModel::Impl {
 
   // Scratch for B = max_batch_tokens rows.
   DeviceBuffer tokens, x, xn, qkv, q, att, gu, act, logits, next_token;
+  DeviceBuffer logits_rows;  // [kHeadRows][n_vocab], allocated on the first all-logits prefill
   int32_t* h_token = nullptr;  // pinned: [0] input token, [1] sampled token
   float* h_logits = nullptr;   // pinned [V]
 
@@ -623,29 +625,54 @@ struct GpuModel::Impl {
       HS_CHECK(t >= 0 && t < cfg.n_vocab, "token id %d is out of range [0, %d)", t, cfg.n_vocab);
   }
 
-  void prefill(std::span<const int32_t> toks, float* last_logits) {
+  // Logits of rows [0, n) of the chunk just run (x holds their residual stream) into host `out` ([n][n_vocab]),
+  // kHeadRows rows at a time (the final norm into xn, the output GEMM into logits_rows, a copy back).
+  static constexpr int32_t kHeadRows = 64;
+  void copy_all_logits(int32_t n, float* out) {
+    const int E_ = E();
+    const int64_t V = cfg.n_vocab;
+    if (!logits_rows.bytes()) logits_rows = DeviceBuffer(size_t(kHeadRows) * size_t(V) * 4);
+    for (int32_t r0 = 0; r0 < n; r0 += kHeadRows) {
+      const int32_t m = std::min(kHeadRows, n - r0);
+      rmsnorm_kernel<<<m, 256, 0, stream>>>(x.as<float>() + int64_t(r0) * E_, E_, output_norm.as<float>(), E_,
+                                            cfg.norm_eps, xn.as<bf16>(), E_);
+      HS_CUDA_LAUNCH("rmsnorm_kernel");
+      gemm(output_w, cfg.n_vocab, E_, xn.as<bf16>(), m, logits_rows.as<float>(), false);
+      HS_CUDA(cudaMemcpyAsync(out + int64_t(r0) * V, logits_rows.as<float>(), size_t(m) * size_t(V) * 4,
+                              cudaMemcpyDeviceToHost, stream));
+      HS_CUDA(cudaStreamSynchronize(stream));
+    }
+  }
+
+  void prefill(std::span<const int32_t> toks, float* out_logits, bool all_logits,
+               const std::function<void(int64_t, int64_t)>& on_chunk) {
     HS_CHECK(!toks.empty(), "empty prompt");
     check_tokens(toks);
     HS_CHECK(int64_t(n_past) + int64_t(toks.size()) <= opt.n_ctx,
              "context overflow: %lld positions needed but the context size is %d (raise -c)",
              (long long)(n_past + int64_t(toks.size())), opt.n_ctx);
+    hip_refresh_pos = -1;  // as on the CPU: a prefill invalidates the cached decode masks
     for (size_t done = 0; done < toks.size();) {
       const int32_t n = int32_t(std::min<size_t>(size_t(opt.max_batch_tokens), toks.size() - done));
       HS_CUDA(cudaMemcpyAsync(tokens.as<int32_t>(), toks.data() + done, size_t(n) * 4, cudaMemcpyHostToDevice,
                               stream));
       enqueue_layers(n, n_past, true);
+      if (out_logits && all_logits) copy_all_logits(n, out_logits + int64_t(done) * cfg.n_vocab);
       done += size_t(n);
       n_past += n;
-      if (done == toks.size() && last_logits) {
+      if (done == toks.size() && out_logits && !all_logits) {
         enqueue_head(n - 1, 0.0f, 0);
         HS_CUDA(cudaMemcpyAsync(h_logits, logits.as<float>(), size_t(cfg.n_vocab) * 4, cudaMemcpyDeviceToHost,
                                 stream));
       }
       collect_profile();
+      if (on_chunk) {
+        HS_CUDA(cudaStreamSynchronize(stream));
+        on_chunk(int64_t(done), int64_t(toks.size()));
+      }
     }
     HS_CUDA(cudaStreamSynchronize(stream));
-    if (last_logits) std::memcpy(last_logits, h_logits, size_t(cfg.n_vocab) * 4);
-    hip_refresh_pos = -1;  // as on the CPU: a prefill invalidates the cached decode masks
+    if (out_logits && !all_logits) std::memcpy(out_logits, h_logits, size_t(cfg.n_vocab) * 4);
   }
 
   // What a decode step's graph depends on besides the data: positions, which phases run, the sampling.
@@ -954,7 +981,10 @@ void GpuModel::truncate(int32_t n) {
   impl_->n_past = n;
   if (impl_->hip_refresh_pos >= n) impl_->hip_refresh_pos = -1;
 }
-void GpuModel::prefill(std::span<const int32_t> tokens, float* last_logits) { impl_->prefill(tokens, last_logits); }
+void GpuModel::prefill(std::span<const int32_t> tokens, float* logits, bool all_logits,
+                       const std::function<void(int64_t, int64_t)>& on_chunk) {
+  impl_->prefill(tokens, logits, all_logits, on_chunk);
+}
 int32_t GpuModel::decode(int32_t token, float temperature, uint64_t seed, float* logits) {
   return impl_->decode(token, temperature, seed, logits);
 }
@@ -970,5 +1000,22 @@ void GpuModel::set_profiling(bool on) {
   impl_->prof = GpuProfile();
 }
 GpuProfile GpuModel::profile() const { return impl_->prof; }
+
+GpuSequence::GpuSequence(std::unique_ptr<GpuModel> model) : gm_(std::move(model)) {
+  HS_CHECK(gm_ != nullptr, "GpuSequence needs a model");
+}
+std::string GpuSequence::backend_name() const { return device_name(); }
+void GpuSequence::append(std::span<const int32_t> tokens, float* logits, bool all_logits,
+                         const std::function<void(int64_t, int64_t)>& on_chunk) {
+  // One token after a prompt: the decode step (CUDA graphs, cached HiP masks), as `hipserve bench` runs it.
+  if (tokens.size() == 1 && !all_logits && gm_->n_past() > 0) {
+    HS_CHECK(gm_->n_past() < gm_->options().n_ctx, "context overflow: the context of %d tokens is full",
+             gm_->options().n_ctx);
+    gm_->decode(tokens[0], 0.0f, 0, logits);
+    if (on_chunk) on_chunk(1, 1);
+    return;
+  }
+  gm_->prefill(tokens, logits, all_logits, on_chunk);
+}
 
 }  // namespace hs::cuda

@@ -12,12 +12,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
 
 #include "model/attention_config.h"
 #include "model/config.h"
+#include "model/sequence.h"
 
 namespace hs {
 class Model;
@@ -67,9 +69,11 @@ class GpuModel {
   // Forgets positions >= n (n <= n_past).
   void truncate(int32_t n);
 
-  // Appends `tokens` (in chunks of max_batch_tokens). When last_logits is non-null, the last token's logits
-  // (n_vocab floats) are copied there. Waits for the GPU.
-  void prefill(std::span<const int32_t> tokens, float* last_logits);
+  // Appends `tokens` (in chunks of max_batch_tokens). When `logits` is non-null, the last token's logits
+  // (n_vocab floats) are copied there, or with all_logits every token's ([tokens.size()][n_vocab]).
+  // on_chunk(done, total) after each chunk has finished on the GPU. Waits for the GPU.
+  void prefill(std::span<const int32_t> tokens, float* logits, bool all_logits = false,
+               const std::function<void(int64_t, int64_t)>& on_chunk = {});
   // Appends one token and returns the next one, sampled on the GPU: greedy (argmax, ties -> lowest id) when
   // temperature <= 0, else a draw from softmax(logits / temperature) (Gumbel-max, seeded by seed and position).
   // When logits is non-null, the step's logits are copied there too.
@@ -85,6 +89,28 @@ class GpuModel {
  private:
   explicit GpuModel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+};
+
+// The Sequence interface (model/sequence.h) on a GpuModel: what `hipserve run`, `chat` and `eval ppl|passkey`
+// use with --device cuda. Single tokens after the first go through GpuModel::decode (graphs, cached HiP
+// masks); the rest through prefill. Sampling happens on the host from the copied logits (Session).
+class GpuSequence final : public Sequence {
+ public:
+  explicit GpuSequence(std::unique_ptr<GpuModel> model);
+
+  const ModelConfig& config() const override { return gm_->config(); }
+  std::string backend_name() const override;
+  int32_t n_ctx() const override { return gm_->options().n_ctx; }
+  int32_t n_past() const override { return gm_->n_past(); }
+  int32_t max_batch_tokens() const override { return gm_->options().max_batch_tokens; }
+  void truncate(int32_t n) override { gm_->truncate(n); }
+  void append(std::span<const int32_t> tokens, float* logits, bool all_logits = false,
+              const std::function<void(int64_t, int64_t)>& on_chunk = {}) override;
+
+  GpuModel& model() { return *gm_; }
+
+ private:
+  std::unique_ptr<GpuModel> gm_;
 };
 
 }  // namespace hs::cuda

@@ -19,7 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "engine/evaluate.h"
+#include "engine/session.h"
 #include "model/kv_cache.h"
+#include "model/sequence.h"
 #include "model/llama.h"
 #include "model/test_model.h"
 #include "util/common.h"
@@ -241,6 +244,93 @@ TEST(LlamaCuda, RandomPresetsAndBadInput) {
   EXPECT_GE(t, 0);
   EXPECT_LT(t, m->config().n_vocab);
   EXPECT_EQ(m->n_past(), 4);
+}
+
+
+// The Sequence interface on the GPU (what run, chat and eval use with --device cuda) against the CPU's.
+cuda::GpuModelOptions seq_options(const AttentionConfig& attn, int n_ctx) {
+  cuda::GpuModelOptions o;
+  o.n_ctx = n_ctx;
+  o.max_batch_tokens = 256;
+  o.attn = attn;
+  return o;
+}
+
+TEST(GpuSequence, AllLogitsMatchCpuRowByRow) {
+  HS_REQUIRE_GPU();
+  HS_REQUIRE_SMOLLM2();
+  Model& m = *testing::smollm2();
+  for (const bool hip : {false, true}) {
+    AttentionConfig attn = hip ? AttentionConfig() : dense();
+    attn.dense_layers = 1;
+    m.set_attention(attn);
+    ThreadPool pool(2);
+    const int V = m.config().n_vocab, n = 600;  // 3 chunks of 256 on the GPU; 64-row head pieces
+    const std::vector<int32_t> ids = text_tokens(m, n);
+    CpuSequence cpu(m, 1024, pool);
+    cuda::GpuSequence gpu(cuda::GpuModel::upload(m, seq_options(attn, 1024)));
+    std::vector<float> lc(size_t(n) * V), lg(size_t(n) * V);
+    cpu.append(ids, lc.data(), true);
+    int64_t chunks = 0;
+    gpu.append(ids, lg.data(), true, [&](int64_t, int64_t) { ++chunks; });
+    EXPECT_EQ(chunks, 3);
+    EXPECT_EQ(gpu.n_past(), n);
+    double worst = 0;
+    for (int r = 0; r < n; ++r) {
+      const std::vector<float> a(lg.begin() + int64_t(r) * V, lg.begin() + int64_t(r + 1) * V);
+      const std::vector<float> b(lc.begin() + int64_t(r) * V, lc.begin() + int64_t(r + 1) * V);
+      worst = std::max(worst, rel_l2(a, b));
+    }
+    std::printf("  %s: all-logits rows 0..%d, worst relative L2 vs CPU %.4f\n", attn.describe().c_str(), n - 1,
+                worst);
+    EXPECT_LE(worst, hip ? 6e-2 : 3e-2);
+    // Last-token logits (the decode head path) agree with the all-logits row of the same position.
+    gpu.truncate(n - 50);
+    std::vector<float> last(size_t(V));
+    gpu.append(std::span<const int32_t>(ids.data() + n - 50, 50), last.data());
+    const std::vector<float> row(lg.end() - V, lg.end());
+    EXPECT_LE(rel_l2(last, row), 1e-2);
+    // One token after the prompt takes the decode step; its logits match the CPU's next row.
+    gpu.truncate(n - 1);
+    cpu.truncate(n - 1);
+    std::vector<float> dg(size_t(V)), dc(size_t(V));
+    gpu.append(std::span<const int32_t>(&ids[size_t(n - 1)], 1), dg.data());
+    cpu.append(std::span<const int32_t>(&ids[size_t(n - 1)], 1), dc.data());
+    EXPECT_LE(rel_l2(dg, dc), hip ? 6e-2 : 3e-2);
+    EXPECT_THROW(gpu.append(std::vector<int32_t>(2000, 1), nullptr), Error);  // past n_ctx
+    EXPECT_EQ(gpu.n_past(), n);
+  }
+}
+
+TEST(GpuSequence, PerplexityAndGreedySessionMatchCpu) {
+  HS_REQUIRE_GPU();
+  HS_REQUIRE_SMOLLM2();
+  Model& m = *testing::smollm2();
+  AttentionConfig attn;
+  attn.dense_layers = 1;
+  m.set_attention(attn);
+  ThreadPool pool(2);
+  const std::vector<int32_t> ids = text_tokens(m, 1024);
+  CpuSequence cpu(m, 512, pool);
+  cuda::GpuSequence gpu(cuda::GpuModel::upload(m, seq_options(attn, 512)));
+  const PerplexityResult pc = evaluate_perplexity(cpu, ids, 512, 2);
+  const PerplexityResult pg = evaluate_perplexity(gpu, ids, 512, 2);
+  std::printf("  perplexity over 2 x 512 tokens: CPU %.4f, GPU %.4f\n", pc.ppl(), pg.ppl());
+  EXPECT_EQ(pc.n_scored, pg.n_scored);
+  EXPECT_NEAR(pg.ppl() / pc.ppl(), 1.0, 0.01);
+
+  GenerateOptions g;
+  g.n_predict = 24;
+  g.sampling.temperature = 0.0f;
+  g.ignore_eos = true;
+  g.show_progress = false;
+  const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 300);
+  Session sc(cpu, m.tokenizer()), sg(gpu, m.tokenizer());
+  const GenerationResult rc = sc.generate(prompt, g), rg = sg.generate(prompt, g);
+  size_t same = 0;
+  while (same < rc.tokens.size() && same < rg.tokens.size() && rc.tokens[same] == rg.tokens[same]) ++same;
+  std::printf("  greedy session, 24 tokens: first %zu identical on CPU and GPU\n", same);
+  EXPECT_GE(same, size_t(12)) << "CPU: " << rc.text << "\nGPU: " << rg.text;
 }
 
 }  // namespace
