@@ -27,6 +27,7 @@
 
 #include "backends/cpu/quants.h"
 #include "backends/cuda/attention_cuda.h"
+#include "backends/cuda/llama_cuda_kernels.h"
 #include "model/llama.h"
 #include "ops/rope.h"
 #include "util/common.h"
@@ -1019,3 +1020,101 @@ void GpuSequence::append(std::span<const int32_t> tokens, float* logits, bool al
 }
 
 }  // namespace hs::cuda
+
+// ---- per-kernel test entry points (llama_cuda_kernels.h) ---------------------------------------------------
+namespace hs::cuda::kernel_test {
+namespace {
+template <class T>
+DeviceBuffer to_device(const std::vector<T>& v) {
+  DeviceBuffer b(v.size() * sizeof(T));
+  if (!v.empty()) HS_CUDA(cudaMemcpy(b.as<void>(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return b;
+}
+std::vector<float> f32_from_device(const DeviceBuffer& b, size_t n) {
+  std::vector<float> v(n);
+  HS_CUDA(cudaDeviceSynchronize());
+  HS_CUDA(cudaMemcpy(v.data(), b.as<void>(), n * 4, cudaMemcpyDeviceToHost));
+  return v;
+}
+std::vector<float> bf16_from_device(const DeviceBuffer& b, size_t n) {
+  std::vector<uint16_t> h(n);
+  HS_CUDA(cudaDeviceSynchronize());
+  HS_CUDA(cudaMemcpy(h.data(), b.as<void>(), n * 2, cudaMemcpyDeviceToHost));
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = bf16_to_fp32(h[i]);
+  return v;
+}
+}  // namespace
+
+std::vector<float> embed(const std::vector<int32_t>& tokens, const std::vector<uint16_t>& table, int E) {
+  DeviceBuffer t = to_device(tokens), tab = to_device(table), x(tokens.size() * size_t(E) * 4);
+  embed_kernel<<<unsigned(tokens.size()), 256>>>(t.as<int32_t>(), tab.as<bf16>(), E, x.as<float>());
+  HS_CUDA_LAUNCH("embed_kernel");
+  return f32_from_device(x, tokens.size() * size_t(E));
+}
+
+std::vector<float> rmsnorm(const std::vector<float>& x, int rows, int E, const std::vector<float>& w, float eps) {
+  DeviceBuffer dx = to_device(x), dw = to_device(w), y(size_t(rows) * E * 2);
+  rmsnorm_kernel<<<rows, 256>>>(dx.as<float>(), E, dw.as<float>(), E, eps, y.as<bf16>(), E);
+  HS_CUDA_LAUNCH("rmsnorm_kernel");
+  return bf16_from_device(y, size_t(rows) * E);
+}
+
+RopeOut rope_store(const std::vector<float>& qkv, const std::vector<float>& bias, int rows, int n_head,
+                   int n_head_kv, int head_dim, const RopeParams& rope, int pos0, int n_ctx) {
+  const int QD = n_head * head_dim, KVD = n_head_kv * head_dim;
+  const size_t cache = size_t(n_head_kv) * n_ctx * head_dim;
+  DeviceBuffer dqkv = to_device(qkv), db = to_device(bias), inv = to_device(rope_inv_freq(rope));
+  DeviceBuffer q(size_t(rows) * QD * 2), k(cache * 2), v(cache * 2);
+  HS_CUDA(cudaMemset(k.as<void>(), 0, cache * 2));
+  HS_CUDA(cudaMemset(v.as<void>(), 0, cache * 2));
+  RopeArgs a;
+  a.qkv = dqkv.as<float>();
+  a.bias = bias.empty() ? nullptr : db.as<float>();
+  a.ld = QD + 2 * KVD;
+  a.inv_freq = inv.as<float>();
+  a.n_head = n_head;
+  a.n_head_kv = n_head_kv;
+  a.head_dim = head_dim;
+  a.n_rot = rope.n_rot;
+  a.neox = rope.type == RopeType::NeoX;
+  a.pos0 = pos0;
+  a.q = q.as<bf16>();
+  a.k_cache = k.as<bf16>();
+  a.v_cache = v.as<bf16>();
+  a.kv_head_stride = int64_t(n_ctx) * head_dim;
+  rope_store_kernel<<<rows, 256>>>(a);
+  HS_CUDA_LAUNCH("rope_store_kernel");
+  return RopeOut{bf16_from_device(q, size_t(rows) * QD), bf16_from_device(k, cache), bf16_from_device(v, cache)};
+}
+
+std::vector<float> swiglu(const std::vector<float>& gu, int rows, int FF) {
+  DeviceBuffer dgu = to_device(gu), act(size_t(rows) * FF * 2);
+  swiglu_kernel<<<grid_for(int64_t(rows) * FF, 256), 256>>>(dgu.as<float>(), rows, FF, act.as<bf16>());
+  HS_CUDA_LAUNCH("swiglu_kernel");
+  return bf16_from_device(act, size_t(rows) * FF);
+}
+
+int32_t sample(const std::vector<float>& logits, float temperature, uint64_t seed) {
+  DeviceBuffer dl = to_device(logits), out(4);
+  sample_kernel<<<1, 1024>>>(dl.as<float>(), int(logits.size()), temperature, seed, out.as<int32_t>());
+  HS_CUDA_LAUNCH("sample_kernel");
+  int32_t t = -1;
+  HS_CUDA(cudaMemcpy(&t, out.as<void>(), 4, cudaMemcpyDeviceToHost));
+  return t;
+}
+
+std::vector<float> gemv(const std::vector<uint16_t>& w, int rows, int cols, const std::vector<uint16_t>& x,
+                        const std::vector<float>& y0, bool accumulate) {
+  HS_CHECK(cols % 8 == 0, "gemv needs cols %% 8 == 0 (got %d)", cols);
+  DeviceBuffer dw = to_device(w), dx = to_device(x);
+  DeviceBuffer y = accumulate ? to_device(y0) : DeviceBuffer(size_t(rows) * 4);
+  const int64_t per_block = int64_t(kGemvWarps) * kGemvRowsPerWarp;
+  gemv_bf16_kernel<<<unsigned((rows + per_block - 1) / per_block), kGemvWarps * 32>>>(dw.as<bf16>(), rows, cols,
+                                                                                     dx.as<bf16>(), y.as<float>(),
+                                                                                     accumulate);
+  HS_CUDA_LAUNCH("gemv_bf16_kernel");
+  return f32_from_device(y, size_t(rows));
+}
+
+}  // namespace hs::cuda::kernel_test

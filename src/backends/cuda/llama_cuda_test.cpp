@@ -269,7 +269,7 @@ TEST(GpuSequence, AllLogitsMatchCpuRowByRow) {
     const std::vector<int32_t> ids = text_tokens(m, n);
     CpuSequence cpu(m, 1024, pool);
     cuda::GpuSequence gpu(cuda::GpuModel::upload(m, seq_options(attn, 1024)));
-    std::vector<float> lc(size_t(n) * V), lg(size_t(n) * V);
+    std::vector<float> lc(size_t(n) * V, 0.0f), lg(size_t(n) * V, 0.0f);
     cpu.append(ids, lc.data(), true);
     int64_t chunks = 0;
     gpu.append(ids, lg.data(), true, [&](int64_t, int64_t) { ++chunks; });
@@ -286,14 +286,14 @@ TEST(GpuSequence, AllLogitsMatchCpuRowByRow) {
     EXPECT_LE(worst, hip ? 6e-2 : 3e-2);
     // Last-token logits (the decode head path) agree with the all-logits row of the same position.
     gpu.truncate(n - 50);
-    std::vector<float> last(size_t(V));
+    std::vector<float> last(size_t(V), 0.0f);
     gpu.append(std::span<const int32_t>(ids.data() + n - 50, 50), last.data());
     const std::vector<float> row(lg.end() - V, lg.end());
     EXPECT_LE(rel_l2(last, row), 1e-2);
     // One token after the prompt takes the decode step; its logits match the CPU's next row.
     gpu.truncate(n - 1);
     cpu.truncate(n - 1);
-    std::vector<float> dg(size_t(V)), dc(size_t(V));
+    std::vector<float> dg(size_t(V), 0.0f), dc(size_t(V), 0.0f);
     gpu.append(std::span<const int32_t>(&ids[size_t(n - 1)], 1), dg.data());
     cpu.append(std::span<const int32_t>(&ids[size_t(n - 1)], 1), dc.data());
     EXPECT_LE(rel_l2(dg, dc), hip ? 6e-2 : 3e-2);
