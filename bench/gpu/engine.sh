@@ -38,6 +38,14 @@ for d in cuda cpu; do
   timeout 60 "$HS" run --device $d -p "The capital of France is" -n 24 --temp 0 -c 512 2>"$OUT/run_$d.err" > "$OUT/run_$d.txt"
   echo "[$d] $(tr '\n' ' ' < "$OUT/run_$d.txt")"; grep -E "eval time" "$OUT/run_$d.err"
 done
+if [ -f gpu-data/text.txt ]; then
+  log "eval and chat through the Sequence interface, GPU vs CPU (reduced SmolLM2)"
+  for d in cuda cpu; do
+    echo "[$d] $(timeout 120 "$HS" eval ppl -f gpu-data/text.txt -c 1024 --chunks 4 --device $d 2>/dev/null | head -1)"
+    timeout 120 "$HS" eval passkey -c 1024 --depths 0.5 --trials 2 --device $d 2>/dev/null | tail -3
+    printf 'Name a color.\n/exit\n' | timeout 60 "$HS" chat --device $d -n 12 --temp 0 -c 512 2>/dev/null | tr '\n' ' '; echo
+  done
+fi
 log "bench: reduced SmolLM2 on the GPU"
 timeout 120 "$HS" bench -p 512,4096 -n 128 -r 3 2>&1 | tail -8
 if [ "${E2E:-full}" = full ]; then
