@@ -10,9 +10,10 @@
 //                           (variants), both; hip_bq64_* the same with b_q 64, b_sq 4
 //   hip_estimate_v{0,1,2}   estimation variants at 128K (attention_cuda.h; v0 again last: the spread), quick too
 //   dense_decode            split-K decode of the last position, per step (graph of 8 steps)
-//   hip_decode_cached       HiP decode step over a cached mask
-//   hip_decode_refresh      one mask refresh (estimate, n_q = 1); _v1, _v2 the numbered variants, _again the
-//                           default once more (run-to-run spread)
+//   hip_decode_cached       HiP decode step over a cached mask; _v1, _v2 the numbered variants
+//   hip_decode_refresh      one mask refresh (estimate, n_q = 1); _v1 .. _v8 the numbered variants (v3: the
+//                           one-CTA kernel that was the default before the cluster kernel), _again the default
+//                           once more (run-to-run spread)
 //   hip_decode_amortized    graph of 8 steps: 1 refresh + 8 attention steps, per step
 #include <cuda_runtime.h>
 
@@ -151,13 +152,15 @@ double causal_flops(int T, int H, int D) { return 4.0 * 0.5 * double(T) * double
 
 int main(int argc, char** argv) {
   Json js;
-  bool quick = false;
+  bool quick = false, decode_only = false;
   std::vector<int> prefill_T = {32768, 131072, 262144};
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) js.f = std::fopen(argv[++i], "w");
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--decode-only")) decode_only = true;
   }
   if (quick) prefill_T = {32768};
+  if (decode_only) prefill_T.clear();
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
@@ -206,7 +209,7 @@ int main(int argc, char** argv) {
   }
 
   // Estimation variants (attention_cuda.h) at 128K, the paper defaults; in the quick run too.
-  {
+  if (!decode_only) {
     const int T = 131072;
     Problem pr(T);
     const AttnParams p = pr.params(false);
@@ -226,7 +229,7 @@ int main(int argc, char** argv) {
 
   // HiP at 128K on keys with locality (fill_smooth_keys): how much of the random-key cost is the scattered
   // reads that random scores cause.
-  if (!quick) {
+  if (!quick && !decode_only) {
     const int T = 131072;
     Problem pr(T);
     fill_smooth_keys<<<(pr.Hkv * pr.D + 127) / 128, 128>>>(pr.k, pr.Hkv, T, pr.D, 77u);
@@ -285,11 +288,32 @@ int main(int argc, char** argv) {
     per_step("hip_decode_cached", graph_of([&] {
                for (int i = 0; i < steps; ++i) CHECK(hip_attention_decode(hip, p, mask, w, s));
              }), steps);
+    for (int v : {1, 2})  // attention_cuda.h: 1 = the previous split, 2 = half the keys per CTA
+      per_step(("hip_decode_cached_v" + std::to_string(v)).c_str(), graph_of([&] {
+                 for (int i = 0; i < steps; ++i) CHECK(hip_attention_decode(hip, p, mask, w, s, v));
+               }), steps);
     per_step("hip_decode_refresh", graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }), 1);
-    // Numbered refresh variants (attention_cuda.h): 1 = the previous kernel, 2 = 128 threads.
-    for (int v : {1, 2})
+    // Numbered refresh variants (attention_cuda.h): 1 = the previous kernel, 2 = one CTA of 128 threads, 3 = one
+    // CTA of 512 threads (the default before the cluster kernel), 4..9 = cluster configurations, 13 = the first
+    // selection, 14, 15 = odd heads start later.
+    for (int v : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 14, 15})
       per_step(("hip_decode_refresh_v" + std::to_string(v)).c_str(),
                graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s, v)); }), 1);
+    // Phase timing variants (10: the default, 11: cluster 4 x 256 with the first selection, 12: one CTA of
+    // 512): clock64 cycles
+    // per CTA and iteration, summed over thread 0 of every CTA (hip_estimate_debug_phases).
+    for (int v : {10, 11, 12}) {
+      uint64_t ph[8] = {};
+      CHECK(hip_estimate_debug_phases(ph, true));
+      per_step(("hip_decode_refresh_timed_v" + std::to_string(v)).c_str(),
+               graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s, v)); }), 1);
+      CHECK(cudaDeviceSynchronize());
+      CHECK(hip_estimate_debug_phases(ph, false));
+      const double it = double(ph[6]), ctas = double(ph[7]);
+      std::printf("  v%d phases: %.1f iterations/CTA; cycles per CTA-iteration: scoring %.0f, cluster barrier %.0f, "
+                  "bare barrier %.0f, selection %.0f, emit %.0f; setup %.0f cycles per CTA\n",
+                  v, it / ctas, ph[1] / it, ph[2] / it, ph[3] / it, ph[4] / it, ph[5] / it, ph[0] / ctas);
+    }
     per_step("hip_decode_refresh_again", graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }), 1);
     per_step("hip_decode_amortized", graph_of([&] {
                CHECK(hip_estimate_mask(hip, p, mask, s));

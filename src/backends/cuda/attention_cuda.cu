@@ -3,12 +3,14 @@
 //   2. prefill_kernel: FlashAttention-2 style causal prefill, dense or HiP block-sparse (KeySource policy);
 //   3. dense_decode_kernel, hip_decode_kernel: split-K decode, dense (per KV group) or HiP (per head);
 //   4. hip_estimate_kernel: the whole hierarchical top-k search of one (head, query block) in one CTA;
+//      hip_estimate_cluster_kernel: the same search for decode, one thread-block cluster per (head, query block);
 //   5. host wrappers.
 //
 // Tensor-core fragment layouts (PTX ISA, mma.m16n8k16 .bf16), with g = lane / 4 and c = lane % 4:
 //   A (16x16, rows x k): a0 = A[g][2c..2c+1], a1 = A[g+8][2c..], a2 = A[g][2c+8..], a3 = A[g+8][2c+8..]
 //   B (16x8,  k x cols): b0 = B[2c..2c+1][g], b1 = B[2c+8..2c+9][g]
 //   C (16x8,  fp32):     c0, c1 = C[g][2c..2c+1], c2, c3 = C[g+8][2c..2c+1]
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -21,6 +23,8 @@
 namespace hs::cuda {
 
 namespace {
+
+namespace cg = cooperative_groups;
 
 // ---------------------------------------------------------------------------------------------------------------
 // 1. Device helpers
@@ -466,7 +470,7 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& u, float (&f)[8]) {
   }
 }
 
-template <int D, int GH, class Keys>
+template <int D, int GH, class Keys, int UNR = kDecodeUnroll>
 __device__ void decode_split_body(const DecodeArgs& a, const Keys& keys, int head0, int split) {
   constexpr int LPK = D / 8;          // lanes per key
   constexpr int KPW = 32 / LPK;       // keys per warp step
@@ -497,21 +501,21 @@ __device__ void decode_split_body(const DecodeArgs& a, const Keys& keys, int hea
   const int i0 = split * a.keys_per_split, i1 = min(keys.count(), i0 + a.keys_per_split);
   (void)KPW;
   // The loop bounds are uniform over the CTA (the shuffles below need whole warps); keys past i1 are -1.
-  for (int step0 = i0; step0 < i1; step0 += NG * kDecodeUnroll) {
+  for (int step0 = i0; step0 < i1; step0 += NG * UNR) {
     const int base = step0 + grp;
-    int kp[kDecodeUnroll];
-    uint4 kr[kDecodeUnroll], vr[kDecodeUnroll];
+    int kp[UNR];
+    uint4 kr[UNR], vr[UNR];
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
+    for (int u = 0; u < UNR; ++u) {
       const int i = base + u * NG;
       kp[u] = i < i1 ? keys.pos(i) : -1;
       const int64_t off = int64_t(kp[u] < 0 ? 0 : kp[u]) * p.kv_pos_stride;
       kr[u] = kp[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(kbase + off)) : make_uint4(0, 0, 0, 0);
       vr[u] = kp[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(vbase + off)) : make_uint4(0, 0, 0, 0);
     }
-    float sc[GH][kDecodeUnroll];
+    float sc[GH][UNR];
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
+    for (int u = 0; u < UNR; ++u) {
       float kf[8];
       bf16x8_to_float(kr[u], kf);
 #pragma unroll
@@ -528,7 +532,7 @@ __device__ void decode_split_body(const DecodeArgs& a, const Keys& keys, int hea
     for (int h = 0; h < GH; ++h) {
       float mx = m[h];
 #pragma unroll
-      for (int u = 0; u < kDecodeUnroll; ++u) mx = fmaxf(mx, sc[h][u]);
+      for (int u = 0; u < UNR; ++u) mx = fmaxf(mx, sc[h][u]);
       if (mx == -INFINITY) continue;  // nothing valid yet
       const float alpha = fast_exp2(m[h] - mx);
       m[h] = mx;
@@ -536,7 +540,7 @@ __device__ void decode_split_body(const DecodeArgs& a, const Keys& keys, int hea
 #pragma unroll
       for (int d = 0; d < 8; ++d) o[h][d] *= alpha;
 #pragma unroll
-      for (int u = 0; u < kDecodeUnroll; ++u) {
+      for (int u = 0; u < UNR; ++u) {
         const float pu = fast_exp2(sc[h][u] - mx);
         float vf[8];
         bf16x8_to_float(vr[u], vf);
@@ -613,8 +617,8 @@ __global__ void __launch_bounds__(kDecodeThreads) dense_decode_kernel(const Deco
   decode_split_body<D, GH>(a, keys, blockIdx.x * GH, blockIdx.y);
 }
 
-// Grid: (n_head, n_splits).
-template <int D>
+// Grid: (n_head, n_splits). UNR: keys in flight per lane group and step.
+template <int D, int UNR>
 __global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const DecodeArgs a) {
   const int head = blockIdx.x;
   const int t = a.p.q_pos0, w = a.hip.window;
@@ -627,7 +631,7 @@ __global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const Decode
   keys.n_a = keys.n_sink_eff + a.mask.counts[int64_t(head) * a.mask.n_qblocks] * a.hip.block_k;
   keys.win_lo = max(0, t - w + 1);
   keys.n = keys.n_a + (w > 0 ? t + 1 - keys.win_lo : 0);
-  decode_split_body<D, 1>(a, keys, head, blockIdx.y);
+  decode_split_body<D, 1, HipDecodeKeys, UNR>(a, keys, head, blockIdx.y);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -661,6 +665,7 @@ struct EstArgs {
   AttnParams p;
   HipParams hip;
   HipMaskDev mask;
+  int stagger_ns = 0;  // cluster kernel (benchmark variants): odd heads start this much later
 };
 
 // Ascending 32-bit order of the descending score order (-0 folded into +0); the CPU's desc_order.
@@ -1372,6 +1377,474 @@ __global__ void __launch_bounds__(NT, MINB) hip_estimate_kernel(const EstArgs a)
   if (tid == 0) a.mask.counts[mrow] = n_nodes;
 }
 
+// Decode (few query blocks): a thread-block cluster of CL CTAs per (head, query block). Every CTA keeps the
+// whole tree state (the same candidates in the same order) and runs the same selection on the same scores, so
+// the CTAs stay identical without exchanging node lists; only the scoring is split: CTA r scores slice r of
+// the children to score and stores each score into every CTA's shared memory (distributed shared memory),
+// then one cluster barrier. With one CTA per head (32 CTAs on 132 SMs) the ~1024 dependent key gathers of an
+// iteration were a few rounds of loads from one SM; with CL CTAs they are one round spread over CL SMs.
+// The selection is rebuilt for few barriers: each thread holds CPT candidates in registers (slot
+// (warp * CPT + j) * 32 + lane, so candidate order is (warp, j, lane) order and in-warp prefixes are ballot
+// popcounts); the radix select counts each 8-bit digit into a shared histogram and then every warp reads the
+// histogram and finds the threshold digit itself (one barrier per pass instead of two), stopping as soon as
+// the candidates matching the threshold prefix are exactly the ones still needed (usually after 3 of 4
+// passes); the equal-to-threshold rank (the CPU's tie rule: lower start wins) needs its own scan only when the
+// 32-bit keys really tie across the threshold. Compaction and halving are one step: a kept candidate's
+// children are placed by a ballot prefix (1 or 2 children each) with one barrier (a __syncthreads_or that also
+// says whether any kept node still has size > 1). Scores live in two buffers by iteration parity: a CTA that
+// is ahead may store the next iteration's scores while a slower one still reads this iteration's.
+// PF: after scoring, prefetch into L2 the keys of every scored child's children (twice the keys the next
+// iteration needs; only half of them are kept).
+// TIMING (benchmark only): thread 0 of every CTA adds clock64 cycles per phase to g_est_phase (see
+// hip_estimate_debug_phases).
+__device__ unsigned long long g_est_phase[8];
+
+template <int D, int NT, int CL, int CPT, bool PF, bool TIMING = false, bool SEL2 = true>
+__global__ void __launch_bounds__(NT, NT <= 128 ? 4 : (NT <= 256 ? 2 : 1)) hip_estimate_cluster_kernel(const EstArgs a) {
+  constexpr int NW = NT / 32, CAP = NT * CPT;
+  constexpr unsigned kFull = 0xffffffffu;
+  extern __shared__ __align__(16) unsigned char est_smem[];
+  const AttnParams& p = a.p;
+  const HipParams& cfg = a.hip;
+  int crank = 0;
+  if constexpr (CL > 1) crank = int(cg::this_cluster().block_rank());
+  const int head = blockIdx.x / CL, qb = blockIdx.y;
+  if (a.stagger_ns > 0 && (head & 1)) __nanosleep(a.stagger_ns);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const unsigned lt_mask = (1u << lane) - 1u;
+  const int bk = cfg.block_k, Kb = cfg.k / bk, nks = bk / cfg.stride_k;
+  const int row0 = qb * cfg.block_q, n_rows = min(cfg.block_q, p.n_q - row0);
+  const int t_max = p.q_pos0 + row0 + n_rows - 1;
+  const int w_est = p.n_q == 1 ? cfg.window - (cfg.refresh - 1) : cfg.window;
+  const int lo = cfg.n_sink, hi = t_max + 1 - w_est, base_blk = lo / bk;
+  const int64_t mrow = int64_t(head) * a.mask.n_qblocks + qb;
+  int32_t* out = a.mask.blocks + mrow * a.mask.kb_stride;
+  // Phases: 0 setup, 1 scoring (this thread's warp), 2 cluster barrier after scoring, 3 a second cluster
+  // barrier (its bare cost; TIMING only), 4 selection, 5 emit, 6 iterations, 7 CTAs.
+  unsigned long long t_prev = 0, t_acc[6] = {0, 0, 0, 0, 0, 0};
+  if constexpr (TIMING) t_prev = clock64();
+  auto tick = [&](int phase) {
+    if constexpr (TIMING) {
+      const unsigned long long t = clock64();
+      t_acc[phase] += t - t_prev;
+      t_prev = t;
+    }
+  };
+
+  if (hi - lo <= cfg.k) {  // everything searchable fits: take it all (no shared memory of other CTAs touched)
+    if (crank != 0) return;
+    const int n = hi > lo ? (hi - lo + bk - 1) / bk : 0;
+    for (int s = tid; s < n; s += NT) out[s] = base_blk + s;
+    if (tid == 0) a.mask.counts[mrow] = n;
+    return;
+  }
+  const int N = (hi - lo + bk - 1) / bk;
+  const int pow2 = 1 << (31 - __clz(N));
+  const int A = (pow2 + Kb - 1) / Kb;
+
+  // Shared memory (sizes match est_cluster_smem_bytes).
+  int *c_start, *c_size, *todo, *hist, *weq;
+  float* c_score;
+  int4* wt;
+  uint2* wred;
+  {
+    unsigned char* ptr = est_smem;
+    auto take = [&](size_t bytes) {
+      unsigned char* r = ptr;
+      ptr += (bytes + 15) & ~size_t(15);
+      return r;
+    };
+    c_start = reinterpret_cast<int*>(take(CAP * 4));
+    c_size = reinterpret_cast<int*>(take(CAP * 4));
+    todo = reinterpret_cast<int*>(take(CAP * 4));
+    c_score = reinterpret_cast<float*>(take(2 * CAP * 4));
+    hist = reinterpret_cast<int*>(take(2 * 4 * 256 * 4));
+    wt = reinterpret_cast<int4*>(take(NW * 16));
+    weq = reinterpret_cast<int*>(take(NW * 4));
+    wred = reinterpret_cast<uint2*>(take(NW * 8));
+  }
+
+  // Sampled rows: the last of each stride_q group (R < n_full), plus a partial block's last row; -1: padding.
+  const int n_full = n_rows / cfg.stride_q, n_samp = min(16, n_full + (n_rows % cfg.stride_q != 0));
+  auto row_of = [&](int R) { return R < n_full ? R * cfg.stride_q + cfg.stride_q - 1 : (R < n_samp ? n_rows - 1 : -1); };
+  // A fragments of the sampled rows in the permuted dim order (as hip_estimate_kernel), straight from global
+  // memory: the loads are in flight during the setup below.
+  const int g = lane >> 2, c4 = lane & 3;
+  constexpr int KS = D / 16;
+  uint32_t af[KS][4];
+  const int rr_lo = row_of(g), rr_hi = row_of(g + 8);
+  {
+    const uint16_t* q_lo = p.q + int64_t(row0 + max(rr_lo, 0)) * p.q_stride + int64_t(head) * D;
+    const uint16_t* q_hi = p.q + int64_t(row0 + max(rr_hi, 0)) * p.q_stride + int64_t(head) * D;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      const int d = (kk >> 1) * 32 + c4 * 8 + (kk & 1) * 4;
+      af[kk][0] = rr_lo >= 0 ? __ldg(reinterpret_cast<const uint32_t*>(q_lo + d)) : 0u;
+      af[kk][1] = rr_hi >= 0 ? __ldg(reinterpret_cast<const uint32_t*>(q_hi + d)) : 0u;
+      af[kk][2] = rr_lo >= 0 ? __ldg(reinterpret_cast<const uint32_t*>(q_lo + d + 2)) : 0u;
+      af[kk][3] = rr_hi >= 0 ? __ldg(reinterpret_cast<const uint32_t*>(q_hi + d + 2)) : 0u;
+    }
+  }
+  const int pos_base = p.q_pos0 + row0 - w_est;  // lim of row rr: the last key it may score
+  const int lim_lo = rr_lo >= 0 ? pos_base + rr_lo : INT_MIN, lim_hi = rr_hi >= 0 ? pos_base + rr_hi : INT_MIN;
+  const int lim_max = pos_base + row_of(n_samp - 1);  // rows ascend: the last sampled row's
+  for (int i = tid; i < 1024; i += NT) hist[i] = 0;  // the first iteration's histograms
+
+  // Candidates held by this thread: slot (warp * CPT + j) * 32 + lane.
+  bool kept[CPT];
+  int st[CPT], sz[CPT];
+  float sc[CPT];
+  // Initial nodes (aligned boundaries, the last at N: the CPU's tail fix) as "kept candidates" without a score.
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    const int i = (warp * CPT + j) * 32 + lane;
+    int b0 = 0, b1 = 0;
+    if (i < Kb) {
+      if (int64_t(Kb) * N < INT_MAX) {  // 32-bit division (a 64-bit one is a long subroutine)
+        b0 = i == 0 ? 0 : min((i * N / Kb) / A * A, N);
+        b1 = i + 1 == Kb ? N : min(((i + 1) * N / Kb) / A * A, N);
+      } else {
+        b0 = i == 0 ? 0 : min(int((int64_t(i) * N / Kb) / A * A), N);
+        b1 = i + 1 == Kb ? N : min(int((int64_t(i + 1) * N / Kb) / A * A), N);
+      }
+    }
+    kept[j] = b1 > b0;
+    st[j] = b0;
+    sz[j] = b1 - b0;
+    sc[j] = __int_as_float(0x7fc00000);  // NaN: not scored yet
+  }
+
+  // Emit: kept candidates (in slot order = ascending start) become the next candidates: a size-1 node passes
+  // through (keeping its score), a larger one splits in two halves. Returns whether any kept node had size > 1;
+  // if none had, the kept candidates are the result and are written out instead. Sets n_cand, n_todo.
+  int n_cand = 0, n_todo = 0;
+  auto emit = [&](float* score_next) -> bool {
+    int pk[CPT], pc[CPT], pt[CPT];
+    int rk = 0, rc = 0, rt = 0;
+    bool any_split = false;
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) {
+      const bool split = kept[j] && sz[j] > 1;
+      const bool t1 = kept[j] && sz[j] == 1 && isnan(sc[j]);
+      const unsigned bkp = __ballot_sync(kFull, kept[j]), bsp = __ballot_sync(kFull, split),
+                     bt1 = __ballot_sync(kFull, t1);
+      const int lk = __popc(bkp & lt_mask), ls = __popc(bsp & lt_mask), l1 = __popc(bt1 & lt_mask);
+      pk[j] = rk + lk;
+      pc[j] = rc + lk + ls;
+      pt[j] = rt + 2 * ls + l1;
+      rk += __popc(bkp);
+      rc += __popc(bkp) + __popc(bsp);
+      rt += 2 * __popc(bsp) + __popc(bt1);
+      any_split |= split;
+    }
+    if (lane == 0) wt[warp] = make_int4(rk, rc, rt, 0);
+    const bool more = __syncthreads_or(any_split);
+    int bk_ = 0, bc_ = 0, bt_ = 0, tk = 0, tc = 0, tt = 0;
+#pragma unroll
+    for (int w2 = 0; w2 < NW; ++w2) {
+      const int4 v = wt[w2];
+      if (w2 < warp) bk_ += v.x, bc_ += v.y, bt_ += v.z;
+      tk += v.x, tc += v.y, tt += v.z;
+    }
+    if (!more) {
+      if (crank == 0) {
+#pragma unroll
+        for (int j = 0; j < CPT; ++j)
+          if (kept[j]) out[bk_ + pk[j]] = base_blk + st[j];
+        if (tid == 0) a.mask.counts[mrow] = tk;
+      }
+      return false;
+    }
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) {
+      if (!kept[j]) continue;
+      const int at = bc_ + pc[j], tat = bt_ + pt[j];
+      if (sz[j] > 1) {
+        const int hl = sz[j] / 2;
+        c_start[at] = st[j];
+        c_size[at] = hl;
+        c_start[at + 1] = st[j] + hl;
+        c_size[at + 1] = sz[j] - hl;
+        todo[tat] = at;
+        todo[tat + 1] = at + 1;
+      } else {
+        c_start[at] = st[j];
+        c_size[at] = 1;
+        if (isnan(sc[j]))
+          todo[tat] = at;
+        else
+          score_next[at] = sc[j];
+      }
+    }
+    n_cand = tc;
+    n_todo = tt;
+    return true;
+  };
+
+  bool more = emit(c_score);
+  // Every CTA of the cluster has started (its shared memory may be written) and this CTA's lists are complete.
+  if constexpr (CL > 1) cg::this_cluster().sync(); else __syncthreads();
+  if (!more) return;
+
+  const int kvh = head / (p.n_head / p.n_kv_head);
+  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + c4 * 8;
+  const DivPow2OrNot nks_div(nks);
+  tick(0);
+
+  int iter = 0;
+  for (; more && iter < 40; ++iter) {
+    const int par = iter & 1;
+    float* const sc_cur = c_score + par * CAP;
+    int* const H = hist + par * 1024;
+    for (int i = tid; i < 1024; i += NT) hist[(par ^ 1) * 1024 + i] = 0;  // the next iteration's histograms
+
+    // Score this CTA's slice of the children to score (8 keys per warp pass; slices are multiples of 8 keys,
+    // so a child's nks <= 8 keys share one pass).
+    const int n_keys = n_todo * nks;
+    const int per = ((n_keys + CL - 1) / CL + 7) & ~7;
+    const int k0 = crank * per, k1 = min(n_keys, k0 + per);
+    auto store = [&](int ci, float v) {
+      if constexpr (CL == 1) {
+        sc_cur[ci] = v;
+      } else {
+        cg::cluster_group cl = cg::this_cluster();
+#pragma unroll
+        for (int r = 0; r < CL; ++r) *cl.map_shared_rank(sc_cur + ci, r) = v;
+      }
+    };
+    constexpr int UNR = NT <= 128 ? 4 : 2;
+    for (int pass0 = k0 + warp * 8; pass0 < k1; pass0 += NW * 8 * UNR) {
+      uint4 kr[UNR][D / 32];
+      int kpos[UNR];
+#pragma unroll
+      for (int u = 0; u < UNR; ++u) {
+        const int ki = pass0 + u * NW * 8 + g;
+        int kp = INT_MAX;
+        if (ki < k1) {
+          const int ci = todo[nks_div.div(ki)], j = nks_div.mod(ki);
+          const int r = c_start[ci] + c_size[ci] / 2;  // center block
+          kp = lo + r * bk + j * cfg.stride_k + cfg.stride_k - 1;
+        }
+        kpos[u] = kp;
+        const bool load = kp <= lim_max;
+        const uint4* src = reinterpret_cast<const uint4*>(kbase + int64_t(load ? kp : 0) * p.kv_pos_stride);
+#pragma unroll
+        for (int v = 0; v < D / 32; ++v) kr[u][v] = load ? __ldg(src + 4 * v) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < UNR; ++u) {
+        const int pbase = pass0 + u * NW * 8;
+        if (pbase >= k1) break;  // warp-uniform
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        const uint32_t* kw = reinterpret_cast<const uint32_t*>(kr[u]);
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) mma_bf16(acc, af[kk], kw[2 * kk], kw[2 * kk + 1]);
+        float best[2];
+#pragma unroll
+        for (int e2 = 0; e2 < 2; ++e2) {
+          const int kp = __shfl_sync(kFull, kpos[u], (2 * c4 + e2) * 4);
+          const float x_lo = lim_lo == INT_MIN ? -INFINITY : (kp > lim_lo ? kMaskedScore : acc[e2]);
+          const float x_hi = lim_hi == INT_MIN ? -INFINITY : (kp > lim_hi ? kMaskedScore : acc[2 + e2]);
+          best[e2] = fmaxf(x_lo, x_hi);
+        }
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+          best[0] = fmaxf(best[0], __shfl_xor_sync(kFull, best[0], off));
+          best[1] = fmaxf(best[1], __shfl_xor_sync(kFull, best[1], off));
+        }
+        if (nks == 1) {
+#pragma unroll
+          for (int e2 = 0; e2 < 2; ++e2) {
+            const int ki = pbase + 2 * c4 + e2;
+            if (g == 0 && ki < k1) store(todo[ki], best[e2]);
+          }
+        } else {
+          float m = fmaxf(best[0], best[1]);               // keys 2c, 2c + 1
+          if (nks >= 4) m = fmaxf(m, __shfl_xor_sync(kFull, m, 1));  // + keys of lane c ^ 1
+          if (nks >= 8) m = fmaxf(m, __shfl_xor_sync(kFull, m, 2));
+          const int ki = pbase + 2 * c4;
+          if (g == 0 && (c4 & (nks / 2 - 1)) == 0 && ki < k1) store(todo[nks_div.div(ki)], m);
+        }
+      }
+    }
+    if constexpr (PF) {  // the children of this slice's children, into L2
+      const int t0 = k0 / nks, t1 = (k1 + nks - 1) / nks;
+      for (int t = t0 + tid; t < t1; t += NT) {
+        const int ci = todo[t], s = c_start[ci], h = c_size[ci];
+        if (h <= 1) continue;
+        const int hl = h / 2;
+#pragma unroll
+        for (int side = 0; side < 2; ++side) {
+          const int r = side == 0 ? s + hl / 2 : s + hl + (h - hl) / 2;
+          for (int j = 0; j < nks; ++j) {
+            const int kp = lo + r * bk + j * cfg.stride_k + cfg.stride_k - 1;
+            if (kp > lim_max) continue;
+            const char* src = reinterpret_cast<const char*>(p.k + int64_t(kvh) * p.kv_head_stride + int64_t(kp) * p.kv_pos_stride);
+#pragma unroll
+            for (int off = 0; off < D * 2; off += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(src + off));
+          }
+        }
+      }
+    }
+    tick(1);
+    if constexpr (CL > 1) cg::this_cluster().sync(); else __syncthreads();
+    tick(2);
+    if constexpr (TIMING) {
+      if constexpr (CL > 1) cg::this_cluster().sync(); else __syncthreads();
+      tick(3);
+    }
+
+    // This thread's candidates and their order keys.
+    bool valid[CPT];
+    uint32_t key[CPT];
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) {
+      const int i = (warp * CPT + j) * 32 + lane;
+      valid[j] = i < n_cand;
+      st[j] = valid[j] ? c_start[i] : 0;
+      sz[j] = valid[j] ? c_size[i] : 0;
+      sc[j] = valid[j] ? sc_cur[i] : 0.f;
+      key[j] = desc_order(sc[j]);
+      kept[j] = valid[j];
+    }
+    // Select the K_b best (score descending, then lower start = lower slot).
+    if (n_cand > Kb) {
+      uint32_t prefix = 0, pmask = 0;
+      int need = Kb, bincnt = n_cand;
+      // Every warp: the digit of histogram h where the running count reaches `need`; sets digit, run (count
+      // before it) and bc (its count).
+      auto find_digit = [&](const int* h, int& digit_sel, int& run_sel, int& bc_sel) {
+        const int4 v0 = *reinterpret_cast<const int4*>(h + lane * 8);
+        const int4 v1 = *reinterpret_cast<const int4*>(h + lane * 8 + 4);
+        const int cnt[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+        int lsum = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) lsum += cnt[i];
+        int incl = lsum;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const int y = __shfl_up_sync(kFull, incl, off);
+          if (lane >= off) incl += y;
+        }
+        const int excl = incl - lsum;
+        const bool mine = excl < need && need <= incl;  // exactly one lane
+        int run = excl, dsel = 0, bc = 0;
+        bool found = false;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          if (!found) {
+            if (run + cnt[i] >= need) {
+              found = true;
+              dsel = i;
+              bc = cnt[i];
+            } else {
+              run += cnt[i];
+            }
+          }
+        }
+        const int src = __ffs(__ballot_sync(kFull, mine)) - 1;
+        digit_sel = __shfl_sync(kFull, lane * 8 + dsel, src);
+        run_sel = __shfl_sync(kFull, run, src);
+        bc_sel = __shfl_sync(kFull, bc, src);
+      };
+      if constexpr (SEL2) {
+        // The bits all candidates share (AND == OR) need no pass: the first 8-bit window starts at the highest
+        // bit where they differ, so the candidates spread over its bins (and the plain shared atomics below
+        // rarely collide); a pass stops once the threshold bin holds exactly the candidates still needed.
+        uint32_t wa = ~0u, wo = 0u;
+#pragma unroll
+        for (int j = 0; j < CPT; ++j)
+          if (valid[j]) wa &= key[j], wo |= key[j];
+        wa = __reduce_and_sync(kFull, wa);
+        wo = __reduce_or_sync(kFull, wo);
+        if (lane == 0) wred[warp] = make_uint2(wa, wo);
+        __syncthreads();
+        uint32_t all_and = ~0u, all_or = 0u;
+#pragma unroll
+        for (int w2 = 0; w2 < NW; ++w2) {
+          const uint2 v = wred[w2];
+          all_and &= v.x;
+          all_or |= v.y;
+        }
+        const uint32_t diff = all_and ^ all_or;
+        if (diff == 0) {  // all keys equal: the tie rule alone decides
+          prefix = all_and;
+          pmask = ~0u;
+        } else {
+          int top = 31 - __clz(int(diff));
+          pmask = top == 31 ? 0u : ~((2u << top) - 1u);
+          prefix = all_and & pmask;
+          for (int pass = 0; top >= 0 && pass < 4; ++pass) {  // uniform; <= 4 windows of 8 bits
+            const int low = max(0, top - 7);
+            const uint32_t dmask = (1u << (top - low + 1)) - 1u;
+            int* const h = H + pass * 256;
+#pragma unroll
+            for (int j = 0; j < CPT; ++j)
+              if (valid[j] && (key[j] & pmask) == prefix) atomicAdd(&h[(key[j] >> low) & dmask], 1);
+            __syncthreads();
+            int digit, run_sel;
+            find_digit(h, digit, run_sel, bincnt);
+            prefix |= uint32_t(digit) << low;
+            pmask |= dmask << low;
+            need -= run_sel;
+            top = low - 1;
+            if (bincnt == need) break;  // uniform: all of the threshold bin is kept
+          }
+        }
+      } else {
+        for (int pass = 0; pass < 4; ++pass) {
+          const int shift = 24 - 8 * pass;
+          int* const h = H + pass * 256;
+#pragma unroll
+          for (int j = 0; j < CPT; ++j) {
+            const int digit = valid[j] && (key[j] & pmask) == prefix ? int((key[j] >> shift) & 255) : 256;
+            const unsigned peers = __match_any_sync(kFull, digit);
+            if (digit < 256 && lane == __ffs(peers) - 1) atomicAdd(&h[digit], __popc(peers));
+          }
+          __syncthreads();
+          int digit, run_sel;
+          find_digit(h, digit, run_sel, bincnt);
+          prefix |= uint32_t(digit) << shift;
+          pmask |= 255u << shift;
+          need -= run_sel;
+          if (bincnt == need) break;  // uniform: all of the threshold bin is kept
+        }
+      }
+      if (bincnt == need) {
+#pragma unroll
+        for (int j = 0; j < CPT; ++j) kept[j] = valid[j] && (key[j] & pmask) <= prefix;
+      } else {  // exact ties across the threshold: keep the `need` lowest slots among those equal to it
+        int pe[CPT], re = 0;
+#pragma unroll
+        for (int j = 0; j < CPT; ++j) {
+          const unsigned be = __ballot_sync(kFull, valid[j] && key[j] == prefix);
+          pe[j] = re + __popc(be & lt_mask);
+          re += __popc(be);
+        }
+        if (lane == 0) weq[warp] = re;
+        __syncthreads();
+        int base = 0;
+#pragma unroll
+        for (int w2 = 0; w2 < NW; ++w2) base += w2 < warp ? weq[w2] : 0;
+#pragma unroll
+        for (int j = 0; j < CPT; ++j)
+          kept[j] = valid[j] && (key[j] < prefix || (key[j] == prefix && base + pe[j] < need));
+      }
+    }
+    tick(4);
+    more = emit(c_score + (par ^ 1) * CAP);
+    __syncthreads();  // the next candidates and todo list are complete
+    tick(5);
+  }
+  if constexpr (TIMING) {
+    if (tid == 0) {
+      for (int i = 0; i < 6; ++i) atomicAdd(&g_est_phase[i], t_acc[i]);
+      atomicAdd(&g_est_phase[6], (unsigned long long)iter);
+      atomicAdd(&g_est_phase[7], 1ull);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 5. Host side
 
@@ -1420,30 +1893,142 @@ int64_t est_smem_bytes(const HipParams& cfg, int32_t head_dim) {
          r16(2 * Kb * 4) + r16(2 * Kb * nks * 4) + r16(16 * 4) + r16(2 * 256 * 4) + r16(kEstMaxWarps * 4 + 32);
 }
 
+// Shared memory of hip_estimate_cluster_kernel<D, NT, ., CPT, .>.
+int64_t est_cluster_smem_bytes(int32_t head_dim, int nt, int cpt) {
+  auto r16 = [](int64_t b) { return (b + 15) / 16 * 16; };
+  const int64_t cap = int64_t(nt) * cpt, nw = nt / 32;
+  (void)head_dim;
+  return 3 * r16(cap * 4) + r16(2 * cap * 4) + r16(2 * 4 * 256 * 4) + r16(nw * 16) + r16(nw * 4) + r16(nw * 8);
+}
+
+// Launches hip_estimate_cluster_kernel<D, NT, CL, CPT, PF, TIMING> with the smallest CPT of the list that holds
+// 2 K_b candidates; false (nothing launched) if none does or the sampled keys per block are not 1, 2, 4 or 8.
+template <int D, int NT, int CL, bool PF, bool TIMING, bool SEL2, int CPT, int... MORE>
+bool launch_est_cluster_t(const EstArgs& a, int n_head, int n_qblocks, cudaStream_t s, cudaError_t& err) {
+  const int Kb = a.hip.k / a.hip.block_k, nks = a.hip.block_k / a.hip.stride_k;
+  if (nks != 1 && nks != 2 && nks != 4 && nks != 8) return false;
+  if (2 * Kb > NT * CPT) {
+    if constexpr (sizeof...(MORE) > 0)
+      return launch_est_cluster_t<D, NT, CL, PF, TIMING, SEL2, MORE...>(a, n_head, n_qblocks, s, err);
+    else
+      return false;
+  }
+  auto kernel = hip_estimate_cluster_kernel<D, NT, CL, CPT, PF, TIMING, SEL2>;
+  const int smem = int(est_cluster_smem_bytes(D, NT, CPT));
+  if (smem > 48 * 1024) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return true;
+  }
+  if (CL > 8) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err != cudaSuccess) return true;
+  }
+  cudaLaunchConfig_t lc = {};
+  lc.gridDim = dim3(n_head * CL, n_qblocks);
+  lc.blockDim = dim3(NT);
+  lc.dynamicSmemBytes = smem;
+  lc.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = CL;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  lc.attrs = attr;
+  lc.numAttrs = 1;
+  err = cudaLaunchKernelEx(&lc, kernel, a);
+  if (err == cudaSuccess) err = last_launch_error();
+  return true;
+}
+template <int D, int NT, int CL, bool PF, int CPT, int... MORE>
+bool launch_est_cluster(const EstArgs& a, int n_head, int n_qblocks, cudaStream_t s, cudaError_t& err) {
+  return launch_est_cluster_t<D, NT, CL, PF, false, true, CPT, MORE...>(a, n_head, n_qblocks, s, err);
+}
+
+// The default cluster configuration: 8 CTAs of 128 threads per (head, query block) (4 candidates per thread:
+// K_b <= 256); larger K_b: 4 CTAs of 256 threads (K_b <= 512). Small CTAs let all 32 heads' clusters of a
+// decode step be resident at once on an H100 (clusters of 8 x 256 or 4 x 512 threads did not: 85 and 106 us).
+template <int D>
+bool launch_est_cluster_default(const EstArgs& a, int n_head, int n_qblocks, cudaStream_t s, cudaError_t& err) {
+  return launch_est_cluster<D, 128, 8, false, 4>(a, n_head, n_qblocks, s, err) ||
+         launch_est_cluster<D, 256, 4, false, 2, 4>(a, n_head, n_qblocks, s, err);
+}
+
+// Variants (attention_cuda.h). Decode (n_q == 1, or (head, query block) pairs for at most half the SMs): 0 =
+// the cluster kernel, 8 CTAs x 128 threads; 1 = the previous one-CTA kernel; 2 = the one-CTA kernel with 128
+// threads; 3 = the one-CTA kernel with 512 threads (the default before the cluster kernel); 4 = cluster 8 x
+// 256; 5 = cluster 4 x 256; 6 = the default with the L2 prefetch of the next children; 7 = the cluster
+// kernel's selection in one CTA of 512 threads (no cluster); 8 = cluster 16 x 128 (non-portable size); 9 =
+// cluster 4 x 128; 10 = the default with phase timing (hip_estimate_debug_phases); 11 = cluster 4 x 256 with
+// the first selection (a match_any histogram of fixed 8-bit digits from the top bit) and phase timing; 12 = 7
+// with phase timing; 13 = the default with the first selection; 14, 15 = the default with odd heads starting
+// 1 or 2 us later. Prefill (many query blocks): 0 = the one-CTA kernel, 128 threads; 1 = the previous kernel;
+// 2 = the one-CTA kernel with 64 threads; 3 and up = the default cluster kernel. Cluster variants that cannot
+// hold the candidates fall back to the default.
 template <int D>
 cudaError_t est_dispatch(const HipParams& cfg, const EstArgs& a, int n_head, int n_qblocks, bool decode,
                          int variant, cudaStream_t s) {
   const dim3 grid(n_head, n_qblocks);
   const int smem = int(est_smem_bytes(cfg, a.p.head_dim));
   constexpr int P = kEstThreadsPrefill, Q = kEstThreadsDecode;
-  if (!decode) {
+  const bool few = decode || int64_t(n_head) * n_qblocks * 2 <= sm_count();
+  cudaError_t err = cudaSuccess;
+  if (!few) {
     switch (variant) {
+      case 0: return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
       case 1: return launch_with_smem(hip_estimate_kernel_prev<D, P>, grid, dim3(P), smem, s, a);
       case 2: return launch_with_smem(hip_estimate_kernel<D, 64, 9>, grid, dim3(64), smem, s, a);
-      default: return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
+      default:
+        if (launch_est_cluster_default<D>(a, n_head, n_qblocks, s, err)) return err;
+        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
     }
   }
   switch (variant) {
     case 1: return launch_with_smem(hip_estimate_kernel_prev<D, Q>, grid, dim3(Q), smem, s, a);
     case 2: return launch_with_smem(hip_estimate_kernel<D, 128, 1>, grid, dim3(128), smem, s, a);
-    default: return launch_with_smem(hip_estimate_kernel<D, Q, 1>, grid, dim3(Q), smem, s, a);
+    case 3: return launch_with_smem(hip_estimate_kernel<D, Q, 1>, grid, dim3(Q), smem, s, a);
+    default: break;
   }
+  if constexpr (D == 128) {
+    bool done = false;
+    switch (variant) {
+      case 4: done = launch_est_cluster<D, 256, 8, false, 2>(a, n_head, n_qblocks, s, err); break;
+      case 5: done = launch_est_cluster<D, 256, 4, false, 2>(a, n_head, n_qblocks, s, err); break;
+      case 6: done = launch_est_cluster<D, 128, 8, true, 4>(a, n_head, n_qblocks, s, err); break;
+      case 7: done = launch_est_cluster<D, 512, 1, false, 1>(a, n_head, n_qblocks, s, err); break;
+      case 8: done = launch_est_cluster<D, 128, 16, false, 4>(a, n_head, n_qblocks, s, err); break;
+      case 9: done = launch_est_cluster<D, 128, 4, false, 4>(a, n_head, n_qblocks, s, err); break;
+      case 10: done = launch_est_cluster_t<D, 128, 8, false, true, true, 4>(a, n_head, n_qblocks, s, err); break;
+      case 11: done = launch_est_cluster_t<D, 256, 4, false, true, false, 2>(a, n_head, n_qblocks, s, err); break;
+      case 12: done = launch_est_cluster_t<D, 512, 1, false, true, true, 1>(a, n_head, n_qblocks, s, err); break;
+      case 13: done = launch_est_cluster_t<D, 128, 8, false, false, false, 4>(a, n_head, n_qblocks, s, err); break;
+      case 14:
+      case 15: {
+        EstArgs b = a;
+        b.stagger_ns = variant == 14 ? 1000 : 2000;
+        done = launch_est_cluster<D, 128, 8, false, 4>(b, n_head, n_qblocks, s, err);
+        break;
+      }
+      default: break;
+    }
+    if (done) return err;
+  }
+  if (launch_est_cluster_default<D>(a, n_head, n_qblocks, s, err)) return err;
+  return launch_with_smem(hip_estimate_kernel<D, Q, 1>, grid, dim3(Q), smem, s, a);
 }
 
 }  // namespace
 
 int64_t decode_workspace_floats(int32_t n_head, int32_t head_dim, int32_t max_splits) {
   return int64_t(n_head) * max_splits * (head_dim + 2) + n_head;  // partials, then one counter per head
+}
+
+cudaError_t hip_estimate_debug_phases(uint64_t (&phases)[8], bool reset) {
+  static_assert(sizeof(uint64_t) == sizeof(unsigned long long));
+  if (reset) {
+    const unsigned long long zero[8] = {};
+    return cudaMemcpyToSymbol(g_est_phase, zero, sizeof(zero));
+  }
+  return cudaMemcpyFromSymbol(phases, g_est_phase, sizeof(phases));
 }
 
 int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim) {
@@ -1544,7 +2129,7 @@ cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, con
 }
 
 cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                                 const DecodeWorkspace& ws, cudaStream_t stream) {
+                                 const DecodeWorkspace& ws, cudaStream_t stream, int variant) {
   if (!head_dim_ok(p.head_dim) || p.n_q != 1 || mask.n_qblocks != 1) return cudaErrorInvalidValue;
   DecodeArgs a{};
   a.p = p;
@@ -1554,18 +2139,29 @@ cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, cons
   a.arrived = reinterpret_cast<int*>(ws.partial + ws.n_floats - p.n_head);
   // Upper bound of the list length (sink + k selected keys + window); CTAs past a head's list end are idle.
   const int max_keys = cfg.n_sink + cfg.k + cfg.window;
-  // ~64 keys per CTA: with 8 lane groups x 4 keys in flight that is two rounds of loads per CTA (the step is a
-  // chain of dependent round trips, so short chains beat fewer CTAs).
-  a.n_splits = std::max(1, std::min(kMaxDecodeSplits, (max_keys + 63) / 64));
+  // The step is a chain of dependent round trips (mask -> K/V -> partial -> merge), so short chains beat fewer
+  // CTAs. Variants: 0 = one round of loads per CTA (8 keys per lane group in flight: 64 keys per CTA at head dim
+  // 128); 1 = the previous split (64 keys per CTA in two rounds of 4); 2 = 4 keys per lane group in one round
+  // (32 keys per CTA at head dim 128, twice the CTAs).
+  const int groups = kDecodeThreads / (p.head_dim / 8);  // lane groups per CTA
+  const int unr = variant == 0 ? 8 : 4;
+  const int per_cta = variant == 1 ? 64 : groups * unr;
+  a.n_splits = std::max(1, std::min(kMaxDecodeSplits, (max_keys + per_cta - 1) / per_cta));
   a.keys_per_split = (max_keys + a.n_splits - 1) / a.n_splits;
   if (ws.n_floats < decode_workspace_floats(p.n_head, p.head_dim, a.n_splits)) return cudaErrorInvalidValue;
   const dim3 grid(p.n_head, a.n_splits);
-  if (p.head_dim == 128)
-    hip_decode_kernel<128><<<grid, kDecodeThreads, 0, stream>>>(a);
-  else
-    hip_decode_kernel<64><<<grid, kDecodeThreads, 0, stream>>>(a);
-  cudaError_t e = last_launch_error();
-  return e;
+  if (p.head_dim == 128) {
+    if (unr == 8)
+      hip_decode_kernel<128, 8><<<grid, kDecodeThreads, 0, stream>>>(a);
+    else
+      hip_decode_kernel<128, 4><<<grid, kDecodeThreads, 0, stream>>>(a);
+  } else {
+    if (unr == 8)
+      hip_decode_kernel<64, 8><<<grid, kDecodeThreads, 0, stream>>>(a);
+    else
+      hip_decode_kernel<64, 4><<<grid, kDecodeThreads, 0, stream>>>(a);
+  }
+  return last_launch_error();
 }
 
 }  // namespace hs::cuda

@@ -70,10 +70,14 @@ cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream, in
 cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& ws, cudaStream_t stream);
 
 // HiP mask estimation for every (head, query block) of p (query block m = rows [m*block_q, ...) of the call; a
-// call with n_q == 1 is a decode refresh and shrinks the window by refresh - 1, as the CPU does). One CTA per
-// (head, query block) runs all tree iterations. mask.n_qblocks must be ceil(n_q / block_q). variant (kept for the
-// benchmark, attention_cuda.cu): 0 = default; 1 = the previous kernel (more barriers per iteration); 2 = the
-// default kernel with fewer threads per CTA (prefill 64, decode 128).
+// call with n_q == 1 is a decode refresh and shrinks the window by refresh - 1, as the CPU does). Prefill: one
+// CTA per (head, query block) runs all tree iterations. Decode (n_q == 1, or so few (head, query block) pairs
+// that one CTA each would fill at most half the SMs): a cluster of 8 CTAs per (head, query block) that split
+// each iteration's scoring (distributed shared memory). mask.n_qblocks must be ceil(n_q / block_q). variant
+// (kept for the benchmark, attention_cuda.cu est_dispatch): 0 = default; prefill 1 = the previous kernel (more
+// barriers per iteration), 2 = the one-CTA kernel with 64 threads, 3 = the cluster kernel; decode 1 = the
+// previous kernel, 2 = the one-CTA kernel with 128 threads, 3 = the one-CTA kernel with 512 threads (the decode
+// default before the cluster kernel), 4..9 = other cluster shapes, 10..12 = with phase timing.
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                               cudaStream_t stream, int variant = 0);
 // HiP block-sparse prefill attention over mask's blocks U sink U window (CPU: hip_attention's attend_block).
@@ -81,9 +85,16 @@ cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const H
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                                   cudaStream_t stream, int variant = 0);
 // HiP decode (n_q == 1) over a cached mask of one query block per head: split-K over sink, selected blocks
-// and window, partials merged.
+// and window, partials merged. variant (benchmark): 0 = default, 1 = the previous split (two rounds of loads
+// per CTA), 2 = half the keys per CTA (attention_cuda.cu).
 cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                                 const DecodeWorkspace& ws, cudaStream_t stream);
+                                 const DecodeWorkspace& ws, cudaStream_t stream, int variant = 0);
+
+// Benchmark instrumentation: the phase cycle counters of the timing variants of hip_estimate_mask (decode
+// variants 10..12): [0] setup, [1] scoring, [2] cluster barrier after scoring, [3] a second bare cluster
+// barrier, [4] selection, [5] emit (clock64 cycles summed over thread 0 of every CTA), [6] iterations summed
+// over CTAs, [7] CTAs. reset: zero them (phases untouched); else read them (synchronous).
+cudaError_t hip_estimate_debug_phases(uint64_t (&phases)[8], bool reset);
 
 // Shared-memory bytes the estimation kernel needs for cfg (tests and sizing).
 int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim);

@@ -339,7 +339,7 @@ TEST(CudaHip, EstimateIdenticalWhenScoresAreExact) {
   HipConfig cfg;
   HipConfig small;  // a small k: deep trees at a test-sized context
   small.k = 64, small.window = 32, small.n_sink = 4;
-  for (int variant : {0, 1, 2}) {  // prefill variants (attention_cuda.h)
+  for (int variant : {0, 1, 2, 3}) {  // prefill variants (attention_cuda.h; 3: the cluster kernel)
     for (int D : {128, 64}) {
       const MaskAgreement a = check_estimate(cfg, Problem(2048 + 17, 2048 + 17, 0, 4, 2, D, seed++, Fill::kQuarterInts), "exact", variant);
       EXPECT_EQ(a.exact_rows, a.rows);
@@ -349,7 +349,7 @@ TEST(CudaHip, EstimateIdenticalWhenScoresAreExact) {
   }
   // Decode (one row, window shrunk by refresh - 1), every variant (attention_cuda.h), D 128 and 64, and a deep
   // tree (small k) at decode.
-  for (int variant : {0, 1, 2}) {
+  for (int variant : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}) {
     const MaskAgreement d = check_estimate(cfg, Problem(1, 9000, 8999, 8, 2, 128, seed++, Fill::kQuarterInts), "exact decode", variant);
     EXPECT_EQ(d.exact_rows, d.rows);
     const MaskAgreement d64 = check_estimate(cfg, Problem(1, 30000, 29999, 6, 2, 64, seed++, Fill::kQuarterInts), "exact decode", variant);
@@ -371,8 +371,10 @@ TEST(CudaHip, EstimateRecallOnRandomInputs) {
       const MaskAgreement a = check_estimate(cfg, Problem(4096, 4096, 0, 8, 2, 128, seed++, f), f == Fill::kNormal ? "normal" : "smooth", variant);
       EXPECT_GE(a.recall(), 0.97);
     }
-    const MaskAgreement d = check_estimate(cfg, Problem(1, 20000, 19999, 8, 2, 128, seed++, f), "decode");
-    EXPECT_GE(d.recall(), 0.97);
+    for (int variant : {0, 3, 13}) {  // the cluster kernel (both selections) and the one-CTA kernel
+      const MaskAgreement d = check_estimate(cfg, Problem(1, 20000, 19999, 8, 2, 128, seed++, f), "decode", variant);
+      EXPECT_GE(d.recall(), 0.97);
+    }
   }
 }
 
@@ -425,7 +427,7 @@ TEST(CudaHip, PrefillAttentionMatchesCpu) {
   check_hip_prefill(dense_equiv, Problem(2000, 2000, 0, 4, 2, 128, seed++), false);
 }
 
-void check_hip_decode(const HipConfig& cfg, const Problem& pr) {
+void check_hip_decode(const HipConfig& cfg, const Problem& pr, int variant = 0) {
   DevProblem dp(pr);
   const int32_t Kb = cfg.k / cfg.block_k;
   std::vector<float> ref(size_t(pr.H) * pr.D);
@@ -435,9 +437,9 @@ void check_hip_decode(const HipConfig& cfg, const Problem& pr) {
   CUDA_OK(mask.upload(cpu_mask));
   DevBuf<float> ws(cuda::decode_workspace_floats(pr.H, pr.D, cuda::kMaxDecodeSplits));
   CUDA_OK(cudaMemset(ws.ptr, 0, ws.n * sizeof(float)));
-  CUDA_OK(cuda::hip_attention_decode(to_gpu(cfg), dp.p, mask.dev(), {ws.ptr, int64_t(ws.n)}, nullptr));
+  CUDA_OK(cuda::hip_attention_decode(to_gpu(cfg), dp.p, mask.dev(), {ws.ptr, int64_t(ws.n)}, nullptr, variant));
   CUDA_OK(dp.out.poison());
-  CUDA_OK(cuda::hip_attention_decode(to_gpu(cfg), dp.p, mask.dev(), {ws.ptr, int64_t(ws.n)}, nullptr));
+  CUDA_OK(cuda::hip_attention_decode(to_gpu(cfg), dp.p, mask.dev(), {ws.ptr, int64_t(ws.n)}, nullptr, variant));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<uint16_t> got;
   CUDA_OK(dp.out.download(got));
@@ -445,16 +447,18 @@ void check_hip_decode(const HipConfig& cfg, const Problem& pr) {
   const double err = rel_error(got, ref, &unwritten);
   EXPECT_EQ(unwritten, 0);
   EXPECT_LT(err, kMaxRelError);
-  std::printf("hip decode D=%d H=%d/%d n_kv=%d: rel error %.2e\n", pr.D, pr.H, pr.Hkv, pr.n_kv, err);
+  std::printf("hip decode variant %d D=%d H=%d/%d n_kv=%d: rel error %.2e\n", variant, pr.D, pr.H, pr.Hkv, pr.n_kv, err);
 }
 
 TEST(CudaHip, DecodeAttentionMatchesCpu) {
   SKIP_WITHOUT_GPU();
   uint32_t seed = std::random_device{}();
   HipConfig cfg;
-  check_hip_decode(cfg, Problem(1, 20000, 19999, 32, 8, 128, seed++));
-  check_hip_decode(cfg, Problem(1, 600, 599, 8, 2, 128, seed++));  // shorter than sink + k + window
-  check_hip_decode(cfg, Problem(1, 5000, 4999, 9, 3, 64, seed++));
+  for (int variant : {0, 1, 2}) {  // attention_cuda.h
+    check_hip_decode(cfg, Problem(1, 20000, 19999, 32, 8, 128, seed++), variant);
+    check_hip_decode(cfg, Problem(1, 600, 599, 8, 2, 128, seed++), variant);  // shorter than sink + k + window
+    check_hip_decode(cfg, Problem(1, 5000, 4999, 9, 3, 64, seed++), variant);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
