@@ -72,5 +72,11 @@ PY
     echo "[no_gemv=$v] $(timeout 120 "$HS" bench --random-weights llama3.1-8b -p 0 -n 32 -r 3 2>&1 | grep -E 'tg32|of that bound')"
   done
   unset HIPSERVE_CUDA_NO_GEMV
+  log "decode: programmatic dependent launch on / off (HiP, depth 0 and 128K)"
+  for v in 0 1; do
+    if [ $v = 1 ]; then export HIPSERVE_CUDA_NO_PDL=1; fi
+    echo "[no_pdl=$v] $(timeout 200 "$HS" bench --random-weights llama3.1-8b -p 0 -n 32 -d 0,131072 -r 3 2>&1 | grep -E 'tg32' | awk -F'|' '{print $7 $8}' | tr '\n' ' ')"
+  done
+  unset HIPSERVE_CUDA_NO_PDL
 fi
 exit $rc

@@ -78,6 +78,23 @@ using bf16 = __nv_bfloat16;
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels
 
+// Programmatic dependent launch (sm_90): a kernel launched with the PDL attribute (launch_pdl below) may start
+// while its predecessor in the stream still runs; it must call pdl_wait() before it reads anything the
+// predecessor writes, or writes anything the predecessor reads. Work before the wait may touch only data no
+// earlier kernel of the step writes (the GEMV streams its first weights there: the weights are constant).
+// pdl_launch_dependents() lets the next PDL kernel be scheduled once every block of this one has called it.
+// Both are no-ops when the kernel was launched normally.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 // Block-wide sum of one float per thread (blockDim.x a multiple of 32, <= 1024).
 __device__ float block_sum(float v) {
   __shared__ float part[32];
@@ -108,6 +125,8 @@ __global__ void embed_kernel(const int32_t* tokens, const bf16* table, int E, fl
 // double; the difference is far below bf16's rounding of the output).
 __global__ void rmsnorm_kernel(const float* x, int64_t ldx, const float* w, int E, float eps, bf16* y,
                                int64_t ldy) {
+  pdl_wait();
+  pdl_launch_dependents();
   const float* xr = x + blockIdx.x * ldx;
   float ss = 0.0f;
   for (int e = threadIdx.x; e < E; e += blockDim.x) ss += xr[e] * xr[e];
@@ -133,6 +152,8 @@ struct RopeArgs {
 // RoPE of q and k (+ bias first, as on the CPU), k and v stored into the cache at pos0 + row. grid: n rows;
 // every output element computed independently from the fp32 input, so no thread reads what another writes.
 __global__ void rope_store_kernel(RopeArgs a) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const int pos = a.pos0 + int(row);
   const int D = a.head_dim, half = a.n_rot / 2;
@@ -178,6 +199,8 @@ __global__ void rope_store_kernel(RopeArgs a) {
 
 // act[r][f] = bf16(silu(g) * u), g = gu[r][f], u = gu[r][FF + f].
 __global__ void swiglu_kernel(const float* gu, int64_t n_rows, int FF, bf16* act) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t total = n_rows * FF;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / FF, f = i % FF;
@@ -196,6 +219,8 @@ __device__ uint64_t mix64(uint64_t z) {  // splitmix64 finalizer
 // One block: the index of the largest logits[i] / temperature + Gumbel noise (temperature > 0) or of the
 // largest logit (greedy); ties go to the lowest index. Writes out[0].
 __global__ void sample_kernel(const float* logits, int V, float temperature, uint64_t seed, int32_t* out) {
+  pdl_wait();
+  pdl_launch_dependents();
   float best = -INFINITY;
   int best_i = 0x7fffffff;
   for (int i = threadIdx.x; i < V; i += blockDim.x) {
@@ -248,7 +273,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const bf16* 
                                                                     bool accumulate) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t r0 = (int64_t(blockIdx.x) * kGemvWarps + warp) * kGemvRowsPerWarp;
-  if (r0 >= rows) return;
+  if (r0 >= rows) {
+    pdl_launch_dependents();
+    return;
+  }
   const int nvec = cols / 8;  // 16-byte vectors per row
   const uint4* xv = reinterpret_cast<const uint4*>(x);
   float acc[kGemvRowsPerWarp] = {};
@@ -258,14 +286,31 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const bf16* 
     wv[j] = reinterpret_cast<const uint4*>(w + (r0 + j < rows ? r0 + j : rows - 1) * cols);
   constexpr int kUnroll = 4;
   int v = lane;
+  // The first weights are loaded before waiting for the previous kernel (PDL): they are constant, and their
+  // latency then overlaps the previous kernel's tail. x is read after the wait, through L2 (ld.global.cg, not
+  // the non-coherent path: x is written by the previous kernel while this one may already run).
+  uint4 wa[kGemvRowsPerWarp][kUnroll];
+  bool loaded = false;
+  if (v + 32 * (kUnroll - 1) < nvec) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int j = 0; j < kGemvRowsPerWarp; ++j) wa[j][u] = __ldcs(wv[j] + v + 32 * u);
+    loaded = true;
+  }
+  pdl_wait();
+  pdl_launch_dependents();
   for (; v + 32 * (kUnroll - 1) < nvec; v += 32 * kUnroll) {
-    uint4 wa[kGemvRowsPerWarp][kUnroll], xa[kUnroll];
+    uint4 xa[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      xa[u] = __ldg(xv + v + 32 * u);
+      xa[u] = __ldcg(xv + v + 32 * u);
+      if (!loaded) {
 #pragma unroll
-      for (int j = 0; j < kGemvRowsPerWarp; ++j) wa[j][u] = __ldcs(wv[j] + v + 32 * u);  // streamed once
+        for (int j = 0; j < kGemvRowsPerWarp; ++j) wa[j][u] = __ldcs(wv[j] + v + 32 * u);  // streamed once
+      }
     }
+    loaded = false;
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xa[u]);
@@ -281,7 +326,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const bf16* 
     }
   }
   for (; v < nvec; v += 32) {
-    const uint4 xa = __ldg(xv + v);
+    const uint4 xa = __ldcg(xv + v);
     const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xa);
 #pragma unroll
     for (int j = 0; j < kGemvRowsPerWarp; ++j) {
@@ -303,6 +348,24 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const bf16* 
 }
 
 int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
+
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch when `pdl` (the kernel must
+// call pdl_wait() before touching its predecessor's data; see above).
+template <class... KArgs, class... Args>
+void launch(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+            Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = pdl ? attr : nullptr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "cudaLaunchKernelEx");
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Weights
@@ -376,6 +439,8 @@ struct GpuModel::Impl {
   cudaStream_t capture_stream = nullptr;
 
   bool use_gemv = getenv("HIPSERVE_CUDA_NO_GEMV") == nullptr;  // decode GEMVs (env: cuBLAS instead, to compare)
+  // Programmatic dependent launch of our small kernels and GEMVs (env HIPSERVE_CUDA_NO_PDL=1: plain launches).
+  bool use_pdl = getenv("HIPSERVE_CUDA_NO_PDL") == nullptr;
   bool profiling = false;
   GpuProfile prof;
   std::vector<std::pair<int, std::pair<cudaEvent_t, cudaEvent_t>>> marks;  // phase, (start, end)
@@ -494,9 +559,8 @@ struct GpuModel::Impl {
   void gemm(const bf16* w, int64_t out, int64_t in, const bf16* xin, int64_t n, float* y, bool accumulate) {
     if (n == 1 && in % 8 == 0 && use_gemv) {
       const int64_t rows_per_block = int64_t(kGemvWarps) * kGemvRowsPerWarp;
-      gemv_bf16_kernel<<<unsigned((out + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, stream>>>(
-          w, out, int(in), xin, y, accumulate);
-      HS_CUDA_LAUNCH("gemv_bf16_kernel");
+      launch(use_pdl, gemv_bf16_kernel, dim3(unsigned((out + rows_per_block - 1) / rows_per_block)),
+             dim3(kGemvWarps * 32), 0, stream, w, out, int(in), xin, y, accumulate);
       return;
     }
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
@@ -540,9 +604,8 @@ struct GpuModel::Impl {
     for (int il = 0; il < cfg.n_layer; ++il) {
       LayerDev& L = layers[size_t(il)];
       phase(kOther, [&] {
-        rmsnorm_kernel<<<n, threads, 0, stream>>>(x.as<float>(), E_, L.attn_norm.as<float>(), E_, cfg.norm_eps,
-                                                  xn.as<bf16>(), E_);
-        HS_CUDA_LAUNCH("rmsnorm_kernel");
+        launch(use_pdl, rmsnorm_kernel, dim3(n), dim3(threads), 0, stream, (const float*)x.as<float>(), int64_t(E_),
+               (const float*)L.attn_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>(), int64_t(E_));
       });
       phase(kGemm, [&] { gemm(L.w_qkv.as<bf16>(), QKV(), E_, xn.as<bf16>(), n, qkv.as<float>(), false); });
       phase(kOther, [&] {
@@ -561,8 +624,7 @@ struct GpuModel::Impl {
         a.k_cache = k_cache[size_t(il)].as<bf16>();
         a.v_cache = v_cache[size_t(il)].as<bf16>();
         a.kv_head_stride = int64_t(opt.n_ctx) * cfg.head_dim;
-        rope_store_kernel<<<n, threads, 0, stream>>>(a);
-        HS_CUDA_LAUNCH("rope_store_kernel");
+        launch(use_pdl, rope_store_kernel, dim3(n), dim3(threads), 0, stream, a);
       });
       const AttnParams p = attn_params(il, n, pos0);
       if (opt.attn.layer_uses_hip(il) && !hip_dense) {
@@ -591,15 +653,13 @@ struct GpuModel::Impl {
       }
       phase(kGemm, [&] { gemm(L.w_o.as<bf16>(), E_, QD_, att.as<bf16>(), n, x.as<float>(), true); });
       phase(kOther, [&] {
-        rmsnorm_kernel<<<n, threads, 0, stream>>>(x.as<float>(), E_, L.ffn_norm.as<float>(), E_, cfg.norm_eps,
-                                                  xn.as<bf16>(), E_);
-        HS_CUDA_LAUNCH("rmsnorm_kernel");
+        launch(use_pdl, rmsnorm_kernel, dim3(n), dim3(threads), 0, stream, (const float*)x.as<float>(), int64_t(E_),
+               (const float*)L.ffn_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>(), int64_t(E_));
       });
       phase(kGemm, [&] { gemm(L.w_gu.as<bf16>(), 2 * FF_, E_, xn.as<bf16>(), n, gu.as<float>(), false); });
       phase(kOther, [&] {
-        swiglu_kernel<<<grid_for(int64_t(n) * FF_, threads), threads, 0, stream>>>(gu.as<float>(), n, FF_,
-                                                                                     act.as<bf16>());
-        HS_CUDA_LAUNCH("swiglu_kernel");
+        launch(use_pdl, swiglu_kernel, dim3(grid_for(int64_t(n) * FF_, threads)), dim3(threads), 0, stream,
+               (const float*)gu.as<float>(), int64_t(n), FF_, act.as<bf16>());
       });
       phase(kGemm, [&] { gemm(L.w_down.as<bf16>(), E_, FF_, act.as<bf16>(), n, x.as<float>(), true); });
     }
@@ -609,15 +669,13 @@ struct GpuModel::Impl {
   void enqueue_head(int32_t row, float temperature, uint64_t seed) {
     const int E_ = E();
     phase(kOther, [&] {
-      rmsnorm_kernel<<<1, 256, 0, stream>>>(x.as<float>() + int64_t(row) * E_, E_, output_norm.as<float>(), E_,
-                                            cfg.norm_eps, xn.as<bf16>(), E_);
-      HS_CUDA_LAUNCH("rmsnorm_kernel");
+      launch(use_pdl, rmsnorm_kernel, dim3(1), dim3(256), 0, stream, (const float*)(x.as<float>() + int64_t(row) * E_),
+             int64_t(E_), (const float*)output_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>(), int64_t(E_));
     });
     phase(kGemm, [&] { gemm(output_w, cfg.n_vocab, E_, xn.as<bf16>(), 1, logits.as<float>(), false); });
     phase(kOther, [&] {
-      sample_kernel<<<1, 1024, 0, stream>>>(logits.as<float>(), cfg.n_vocab, temperature, seed,
-                                            next_token.as<int32_t>());
-      HS_CUDA_LAUNCH("sample_kernel");
+      launch(use_pdl, sample_kernel, dim3(1), dim3(1024), 0, stream, (const float*)logits.as<float>(), cfg.n_vocab,
+             temperature, seed, next_token.as<int32_t>());
     });
   }
 
