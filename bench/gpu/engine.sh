@@ -79,4 +79,10 @@ PY
   done
   unset HIPSERVE_CUDA_NO_PDL
 fi
+if [ -n "${GEMV_SHAPES:-}" ]; then
+  log "decode GEMV shapes (rows per warp, loads per lane per step), HiP, depth 0"
+  for sh in $GEMV_SHAPES; do
+    echo "[gemv $sh] $(HIPSERVE_CUDA_GEMV=$sh timeout 120 "$HS" bench --random-weights llama3.1-8b -p 0 -n 64 -r 3 2>&1 | grep -E 'tg64' | awk -F'|' '{print $7 $8}')"
+  done
+fi
 exit $rc

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -263,14 +264,19 @@ __global__ void fill_kernel(float* p, int64_t n, float v) {
 }
 
 // Decode's matrix-vector products: y[r] (+)= sum_c W[r][c] x[c], W [rows][cols] bf16 row-major, x bf16, y fp32.
-// Bound by reading W once: each warp owns kGemvRowsPerWarp rows and streams them with 16-byte loads, 8 loads
-// in flight per lane before the first use; x (at most a few tens of KB) comes through the read-only cache.
+// Bound by reading W once: each warp owns R rows and streams them with 16-byte loads, R x U loads in flight
+// per lane before the first use; x (at most a few tens of KB) comes through L2.
 // cols must be a multiple of 8 (16-byte rows). One token only: the GEMMs of prefill stay with cuBLAS.
-constexpr int kGemvRowsPerWarp = 2;
+// Shapes (rows per warp R, 16-byte loads per lane and row per step U): <4, 4> by default; others selectable
+// with HIPSERVE_CUDA_GEMV=R,U (2,4 / 4,4 / 2,8 / 1,8 / 4,2) for measurements. H100, 8B decode at depth 0, one
+// run: 2,4 149.3 tok/s; 4,4 152.7; 2,8 150.8; 1,8 136.9; 4,2 152.7.
+constexpr int kGemvRowsPerWarp = 4;
 constexpr int kGemvWarps = 8;
-__global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const bf16* __restrict__ w, int64_t rows, int cols,
-                                                                    const bf16* __restrict__ x, float* __restrict__ y,
-                                                                    bool accumulate) {
+template <int R, int U>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel_t(const bf16* __restrict__ w, int64_t rows, int cols,
+                                                                      const bf16* __restrict__ x, float* __restrict__ y,
+                                                                      bool accumulate) {
+  constexpr int kGemvRowsPerWarp = R;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t r0 = (int64_t(blockIdx.x) * kGemvWarps + warp) * kGemvRowsPerWarp;
   if (r0 >= rows) {
@@ -284,7 +290,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const bf16* 
 #pragma unroll
   for (int j = 0; j < kGemvRowsPerWarp; ++j)
     wv[j] = reinterpret_cast<const uint4*>(w + (r0 + j < rows ? r0 + j : rows - 1) * cols);
-  constexpr int kUnroll = 4;
+  constexpr int kUnroll = U;
   int v = lane;
   // The first weights are loaded before waiting for the previous kernel (PDL): they are constant, and their
   // latency then overlaps the previous kernel's tail. x is read after the wait, through L2 (ld.global.cg, not
@@ -347,6 +353,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const bf16* 
   }
 }
 
+constexpr auto gemv_bf16_kernel = gemv_bf16_kernel_t<kGemvRowsPerWarp, 4>;
 int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch when `pdl` (the kernel must
@@ -441,6 +448,11 @@ struct GpuModel::Impl {
   bool use_gemv = getenv("HIPSERVE_CUDA_NO_GEMV") == nullptr;  // decode GEMVs (env: cuBLAS instead, to compare)
   // Programmatic dependent launch of our small kernels and GEMVs (env HIPSERVE_CUDA_NO_PDL=1: plain launches).
   bool use_pdl = getenv("HIPSERVE_CUDA_NO_PDL") == nullptr;
+  int gemv_shape = [] {  // HIPSERVE_CUDA_GEMV=R,U -> 10 R + U (measurements only)
+    const char* e = getenv("HIPSERVE_CUDA_GEMV");
+    int r = 0, u = 0;
+    return e && std::sscanf(e, "%d,%d", &r, &u) == 2 ? 10 * r + u : 0;
+  }();
   bool profiling = false;
   GpuProfile prof;
   std::vector<std::pair<int, std::pair<cudaEvent_t, cudaEvent_t>>> marks;  // phase, (start, end)
@@ -558,9 +570,18 @@ struct GpuModel::Impl {
   // y[n][out] (fp32, ld out) = x[n][in] (bf16) W[out][in]^T (+ y when accumulate).
   void gemm(const bf16* w, int64_t out, int64_t in, const bf16* xin, int64_t n, float* y, bool accumulate) {
     if (n == 1 && in % 8 == 0 && use_gemv) {
-      const int64_t rows_per_block = int64_t(kGemvWarps) * kGemvRowsPerWarp;
-      launch(use_pdl, gemv_bf16_kernel, dim3(unsigned((out + rows_per_block - 1) / rows_per_block)),
-             dim3(kGemvWarps * 32), 0, stream, w, out, int(in), xin, y, accumulate);
+      auto go = [&](auto kernel, int r) {
+        const int64_t rows_per_block = int64_t(kGemvWarps) * r;
+        launch(use_pdl, kernel, dim3(unsigned((out + rows_per_block - 1) / rows_per_block)), dim3(kGemvWarps * 32), 0,
+               stream, w, out, int(in), xin, y, accumulate);
+      };
+      switch (gemv_shape) {
+        case 24: go(gemv_bf16_kernel_t<2, 4>, 2); break;
+        case 28: go(gemv_bf16_kernel_t<2, 8>, 2); break;
+        case 18: go(gemv_bf16_kernel_t<1, 8>, 1); break;
+        case 42: go(gemv_bf16_kernel_t<4, 2>, 4); break;
+        default: go(gemv_bf16_kernel, kGemvRowsPerWarp); break;
+      }
       return;
     }
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
