@@ -2,13 +2,15 @@
 // normal inputs (never zeros). Times with CUDA events, median of many repetitions after warm-up; decode loops
 // run as CUDA graphs. Prints a table and writes JSON lines (one object per measurement) to --json.
 //
-//   hipserve_gpu_bench [--json FILE] [--quick]
+//   hipserve_gpu_bench [--json FILE] [--quick] [--decode-only | --no-decode]
 //
 // Measurements (name, T):
 //   dense_prefill_v{0..4}   our FlashAttention-2 style causal prefill, numbered variants (attention_cuda.cu)
 //   hip_estimate / hip_attention_v{0,1} / hip_prefill   HiP k=512 prefill: mask estimation, sparse attention
 //                           (variants), both; hip_bq64_* the same with b_q 64, b_sq 4
-//   hip_estimate_v{0,1,2}   estimation variants at 128K (attention_cuda.h; v0 again last: the spread), quick too
+//   hip_estimate_v{0,8,1,2,5..7}  estimation variants at 128K (attention_cuda.h; v0 again last: the spread), quick
+//                           too; then hip_attention_v{3..7,0} over the default mask at 128K (v3 again last) and
+//                           hip_prefill (default estimate + default attention) at 128K
 //   dense_decode            split-K decode of the last position, per step (graph of 8 steps)
 //   hip_decode_cached       HiP decode step over a cached mask; _v1, _v2 the numbered variants
 //   hip_decode_refresh      one mask refresh (estimate, n_q = 1); _v1 .. _v8 the numbered variants (v3: the
@@ -152,12 +154,13 @@ double causal_flops(int T, int H, int D) { return 4.0 * 0.5 * double(T) * double
 
 int main(int argc, char** argv) {
   Json js;
-  bool quick = false, decode_only = false;
+  bool quick = false, decode_only = false, no_decode = false;
   std::vector<int> prefill_T = {32768, 131072, 262144};
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) js.f = std::fopen(argv[++i], "w");
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--decode-only")) decode_only = true;
+    if (!std::strcmp(argv[i], "--no-decode")) no_decode = true;
   }
   if (quick) prefill_T = {32768};
   if (decode_only) prefill_T.clear();
@@ -194,7 +197,7 @@ int main(int argc, char** argv) {
       const int reps = big ? 10 : 30;
       const auto est = time_ms([&] { CHECK(hip_estimate_mask(h, p, mask, s)); }, 2, reps, s);
       js.row((pre + "_estimate").c_str(), T, est.first, est.second, reps, 0);
-      for (int v = 0; v < 3; ++v) {
+      for (int v = 0; v < (bq == 32 ? 8 : 4); ++v) {  // 4..7: the GQA-shared kernel (b_q 32 only with G = 4)
         const auto att = time_ms([&] { CHECK(hip_attention_prefill(h, p, mask, s, v)); }, 2, reps, s);
         js.row((pre + "_attention_v" + std::to_string(v)).c_str(), T, att.first, att.second, reps, 0);
       }
@@ -218,11 +221,26 @@ int main(int argc, char** argv) {
     CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
     CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
     const HipMaskDev mask{blocks, counts, nqb, Kb};
-    for (int i = 0; i < 4; ++i) {  // v0 twice (first and last): the run-to-run spread
-      const int v = i % 3;
+    const int est_variants[] = {0, 8, 1, 2, 5, 6, 7, 0};  // 0 = 4 (attention_cuda.h); 8 = the previous default  // v0 twice (first and last): the run-to-run spread
+    for (int i = 0; i < 8; ++i) {
+      const int v = est_variants[i];
       const auto est = time_ms([&] { CHECK(hip_estimate_mask(hip, p, mask, s, v)); }, 1, 5, s);
-      js.row(("hip_estimate_v" + std::to_string(v) + (i == 3 ? "_again" : "")).c_str(), T, est.first, est.second, 5, 0);
+      js.row(("hip_estimate_v" + std::to_string(v) + (i == 7 ? "_again" : "")).c_str(), T, est.first, est.second, 5, 0);
     }
+    // Attention variants at 128K over the default estimator's mask (3: the per-head kernel, 4..7 the GQA-shared
+    // kernel), 3 again last.
+    CHECK(hip_estimate_mask(hip, p, mask, s));
+    const int att_variants[] = {3, 4, 5, 6, 7, 0, 3};
+    for (int i = 0; i < 7; ++i) {
+      const int v = att_variants[i];
+      const auto att = time_ms([&] { CHECK(hip_attention_prefill(hip, p, mask, s, v)); }, 1, 5, s);
+      js.row(("hip_attention_v" + std::to_string(v) + (i == 6 ? "_again" : "")).c_str(), T, att.first, att.second, 5, 0);
+    }
+    const auto tot = time_ms([&] {
+      CHECK(hip_estimate_mask(hip, p, mask, s));
+      CHECK(hip_attention_prefill(hip, p, mask, s));
+    }, 1, 5, s);
+    js.row("hip_prefill", T, tot.first, tot.second, 5, 0);
     CHECK(cudaFree(blocks));
     CHECK(cudaFree(counts));
   }
@@ -250,7 +268,7 @@ int main(int argc, char** argv) {
   }
 
   // Decode at 128K.
-  {
+  if (!no_decode) {
     const int T = 131072;
     Problem pr(T);
     const AttnParams p = pr.params(true);

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "backends/cuda/attention_cuda.h"
 
@@ -658,6 +659,7 @@ __global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const Decode
 // has one CTA per head, so each CTA gets many warps to have more key loads in flight.
 constexpr int kEstThreadsPrefill = 128;
 constexpr int kEstThreadsDecode = 512;
+
 constexpr int kEstMaxWarps = kEstThreadsDecode / 32;
 constexpr float kMaskedScore = -32000.0f;
 
@@ -1399,8 +1401,10 @@ __global__ void __launch_bounds__(NT, MINB) hip_estimate_kernel(const EstArgs a)
 // hip_estimate_debug_phases).
 __device__ unsigned long long g_est_phase[8];
 
-template <int D, int NT, int CL, int CPT, bool PF, bool TIMING = false, bool SEL2 = true>
-__global__ void __launch_bounds__(NT, NT <= 128 ? 4 : (NT <= 256 ? 2 : 1)) hip_estimate_cluster_kernel(const EstArgs a) {
+// UNR_ / MINB_ (0: the defaults below): gather passes in flight per warp and CTAs per SM of the launch bounds
+// (prefill variants of the one-CTA form, CL = 1).
+template <int D, int NT, int CL, int CPT, bool PF, bool TIMING = false, bool SEL2 = true, int UNR_ = 0, int MINB_ = 0>
+__global__ void __launch_bounds__(NT, MINB_ > 0 ? MINB_ : (NT <= 128 ? 4 : (NT <= 256 ? 2 : 1))) hip_estimate_cluster_kernel(const EstArgs a) {
   constexpr int NW = NT / 32, CAP = NT * CPT;
   constexpr unsigned kFull = 0xffffffffu;
   extern __shared__ __align__(16) unsigned char est_smem[];
@@ -1612,7 +1616,7 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : (NT <= 256 ? 2 : 1)) hip_e
         for (int r = 0; r < CL; ++r) *cl.map_shared_rank(sc_cur + ci, r) = v;
       }
     };
-    constexpr int UNR = NT <= 128 ? 4 : 2;
+    constexpr int UNR = UNR_ > 0 ? UNR_ : (NT <= 128 ? 4 : 2);
     for (int pass0 = k0 + warp * 8; pass0 < k1; pass0 += NW * 8 * UNR) {
       uint4 kr[UNR][D / 32];
       int kpos[UNR];
@@ -1845,10 +1849,341 @@ __global__ void __launch_bounds__(NT, NT <= 128 ? 4 : (NT <= 256 ? 2 : 1)) hip_e
   }
 }
 
+// GQA-shared HiP prefill: one CTA per (KV group, query block) holds the query rows of all G heads of the group
+// (GS head slots of BQW warps x 16 rows; slots >= G idle) and loads every K/V tile once for all of them. The
+// CTA's key list, built in shared memory from the G heads' masks before the first tile:
+//  - split tiles: BC = 16 GS keys, slice s (16 keys) from head slot s's EXCLUSIVE selected blocks (those in no
+//    other head's mask of the group); the warps of slot s compute on their slice only;
+//  - full tiles: the SHARED selected blocks (in two or more heads' masks, each loaded once, with a G-bit
+//    membership mask), then the sink (keys <= t_max - w), then the window range; every warp computes on each
+//    16-key chunk holding a key of its head (a warp-uniform skip of the others).
+// Per (row, key) the CPU's rules (HipKeys::allowed): a selected key counts for head h iff its block is in h's
+// mask and key <= t - w; a sink key iff key <= t - w; a window key iff t - w < key <= t.
+// The exclusive/shared split: a block of head h's list is looked up (binary search) in the other heads' sorted
+// lists; one packed block scan (exclusive | first-owner-shared << 16) places every block.
+template <int D, int BQW, int GS, int STAGES>
+struct HipGqaShape {
+  static constexpr int NW = BQW * GS, NT = 32 * NW, BQ = 16 * BQW, BC = 16 * GS, CH = D / 8;
+  static constexpr int q_elems = GS * BQ * D;
+  static constexpr int kv_elems = 2 * STAGES * BC * D;
+  // Q, STAGES x (K, V), STAGES x (pos, info); then the lists (runtime size, hip_gqa_smem_bytes).
+  static constexpr int fixed_bytes = (q_elems + kv_elems) * 2 + 2 * STAGES * BC * 4;
+};
+constexpr int kGqaWin = 1 << 8;  // info bit: a window key (part B)
+
+inline int64_t hip_gqa_list_bytes(int kb, int gs) { return int64_t(gs) * kb * 4 * 3 + int64_t(gs) * kb + 64; }
+
+template <int D, int BQW, int GS, int STAGES, int MINB>
+__global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(const PrefillArgs a) {
+  using S = HipGqaShape<D, BQW, GS, STAGES>;
+  constexpr int NT = S::NT, BQ = S::BQ, BC = S::BC, CH = S::CH;
+  extern __shared__ __align__(128) uint16_t smem[];
+  const AttnParams& p = a.p;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int kvh = blockIdx.x, qb = blockIdx.y, row0 = qb * BQ;
+  const int G = p.n_head / p.n_kv_head;
+  const int n_rows = min(BQ, p.n_q - row0);
+  const int t_min = p.q_pos0 + row0, t_max = t_min + n_rows - 1;
+  const int w = a.hip.window, bk = a.hip.block_k, Kb = a.mask.kb_stride;
+  const DivPow2OrNot bk_div(bk);
+  const int far = t_max - w;
+
+  uint16_t* sQ = smem;                   // [GS * BQ][D]
+  uint16_t* sK = sQ + S::q_elems;        // [STAGES][BC][D]
+  uint16_t* sV = sK + STAGES * BC * D;   // [STAGES][BC][D]
+  int* sPos = reinterpret_cast<int*>(sV + STAGES * BC * D);  // [STAGES][BC]
+  int* sInfo = sPos + STAGES * BC;                           // [STAGES][BC]: head bits | kGqaWin
+  int* sExcl = sInfo + STAGES * BC;      // [GS][Kb] exclusive blocks of each head slot
+  int* sShBlk = sExcl + GS * Kb;         // [GS * Kb] shared blocks
+  int* sIn = sShBlk + GS * Kb;           // [GS * Kb] the heads' lists (INT_MAX past the count)
+  unsigned char* sShMask = reinterpret_cast<unsigned char*>(sIn + GS * Kb);  // [GS * Kb]
+  // Scan scratch in the K/V stages (no tile is loaded before the lists are complete).
+  int* sScan = reinterpret_cast<int*>(sK);                   // [GS * Kb + 1]
+  unsigned char* sMaskTmp = reinterpret_cast<unsigned char*>(sScan + GS * Kb + 1);  // [GS * Kb]
+  int* warp_tot = reinterpret_cast<int*>(sMaskTmp + ((GS * Kb + 15) & ~15));       // [warps]
+
+  // Q tile: slot s rows r < BQ of head kvh * G + s; rows past n_q and slots >= G are zero-filled.
+  for (int i = tid; i < GS * BQ * CH; i += NT) {
+    const int r = i / CH, c = i % CH, s = r / BQ, rr = r % BQ;
+    const bool ok = s < G && row0 + rr < p.n_q;
+    const uint16_t* src = p.q + int64_t(ok ? row0 + rr : 0) * p.q_stride + int64_t(ok ? kvh * G + s : 0) * D + c * 8;
+    cp_async16(sQ + swz<D>(r, c), src, ok ? 16 : 0);
+  }
+
+  // The heads' lists.
+  int cnt[GS];
+#pragma unroll
+  for (int s = 0; s < GS; ++s)
+    cnt[s] = s < G ? min(Kb, a.mask.counts[int64_t(kvh * G + s) * a.mask.n_qblocks + qb]) : 0;
+  for (int i = tid; i < GS * Kb; i += NT) {
+    const int s = i / Kb, j = i - s * Kb;
+    int c = 0;
+#pragma unroll
+    for (int s2 = 0; s2 < GS; ++s2) c = s2 == s ? cnt[s2] : c;
+    sIn[i] = j < c ? a.mask.blocks[(int64_t(kvh * G + s) * a.mask.n_qblocks + qb) * Kb + j] : INT_MAX;
+  }
+  __syncthreads();
+  // Membership of every listed block; packed flags: exclusive (low 16 bits), first owner of a shared block
+  // (high 16 bits).
+  for (int i = tid; i < GS * Kb; i += NT) {
+    const int s = i / Kb;
+    const int b = sIn[i];
+    int flags = 0;
+    unsigned mask = 0;
+    if (b != INT_MAX) {
+      mask = 1u << s;
+      bool dup = false;
+#pragma unroll
+      for (int s2 = 0; s2 < GS; ++s2) {
+        if (s2 == s || cnt[s2] == 0) continue;
+        const int* L = sIn + s2 * Kb;
+        int lo2 = 0, hi2 = cnt[s2];  // first index with L[idx] >= b
+        while (lo2 < hi2) {
+          const int mid = (lo2 + hi2) >> 1;
+          if (L[mid] < b) lo2 = mid + 1; else hi2 = mid;
+        }
+        if (lo2 < cnt[s2] && L[lo2] == b) {
+          mask |= 1u << s2;
+          dup |= s2 < s;
+        }
+      }
+      flags = mask == (1u << s) ? 1 : (dup ? 0 : 1 << 16);
+    }
+    sScan[i] = flags;
+    sMaskTmp[i] = static_cast<unsigned char>(mask);
+  }
+  __syncthreads();
+  const int total = block_exclusive_scan<NT>(sScan, GS * Kb, warp_tot);
+  for (int i = tid; i < GS * Kb; i += NT) {
+    const int b = sIn[i];
+    if (b == INT_MAX) continue;
+    const int s = i / Kb, ex = sScan[i];
+    const unsigned mask = sMaskTmp[i];
+    if (mask == (1u << s)) {
+      sExcl[s * Kb + (ex & 0xffff) - (sScan[s * Kb] & 0xffff)] = b;
+    } else if (!(mask & ((1u << s) - 1u))) {  // first owner of a shared block
+      sShBlk[ex >> 16] = b;
+      sShMask[ex >> 16] = static_cast<unsigned char>(mask);
+    }
+  }
+  int n_excl[GS];
+  int n_excl_max = 0;
+#pragma unroll
+  for (int s = 0; s < GS; ++s) {
+    const int e1 = (s + 1 < GS ? sScan[(s + 1) * Kb] : total) & 0xffff;
+    n_excl[s] = e1 - (sScan[s * Kb] & 0xffff);
+    n_excl_max = max(n_excl_max, n_excl[s]);
+  }
+  const int n_sh_keys = (total >> 16) * bk;
+  __syncthreads();  // lists complete; the scan scratch (in the K/V stages) is dead
+
+  const int n_sink_eff = max(0, min(a.hip.n_sink, far + 1));
+  const int win_lo = max(0, t_min - w + 1);
+  const int n_win = w > 0 ? t_max + 1 - win_lo : 0;
+  const int n_split = (n_excl_max * bk + 15) >> 4;
+  const int n_full_keys = n_sh_keys + n_sink_eff + n_win;
+  const int n_tiles = n_split + (n_full_keys + BC - 1) / BC;
+  const unsigned all_heads = (1u << G) - 1u;
+  // Position of key slot i of a tile (-1: none) and its info (head bits, window flag).
+  auto slot = [&](int tile, int i, int& info) -> int {
+    if (tile < n_split) {
+      const int s = i >> 4, j = tile * 16 + (i & 15);
+      int c = 0;
+#pragma unroll
+      for (int s2 = 0; s2 < GS; ++s2) c = s2 == s ? n_excl[s2] : c;
+      info = 1 << s;
+      if (j >= c * bk) return -1;
+      const int kp = sExcl[s * Kb + bk_div.div(j)] * bk + bk_div.mod(j);
+      return kp <= far ? kp : -1;
+    }
+    const int f = (tile - n_split) * BC + i;
+    if (f < n_sh_keys) {
+      const int e = bk_div.div(f);
+      info = sShMask[e];
+      const int kp = sShBlk[e] * bk + bk_div.mod(f);
+      return kp <= far ? kp : -1;
+    }
+    info = int(all_heads);
+    if (f < n_sh_keys + n_sink_eff) return f - n_sh_keys;
+    info |= kGqaWin;
+    return f < n_full_keys ? win_lo + (f - n_sh_keys - n_sink_eff) : -1;
+  };
+  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride;
+  const uint16_t* vbase = p.v + int64_t(kvh) * p.kv_head_stride;
+  auto load_tile = [&](int tile, int stage) {
+    uint16_t* dk = sK + stage * BC * D;
+    uint16_t* dv = sV + stage * BC * D;
+    for (int i = tid; i < BC * CH; i += NT) {
+      const int r = i / CH, c = i % CH;
+      int info;
+      const int kp = slot(tile, r, info);
+      const int64_t off = int64_t(kp < 0 ? 0 : kp) * p.kv_pos_stride + c * 8;
+      cp_async16(dk + swz<D>(r, c), kbase + off, kp < 0 ? 0 : 16);
+      cp_async16(dv + swz<D>(r, c), vbase + off, kp < 0 ? 0 : 16);
+    }
+    for (int i = tid; i < BC; i += NT) {
+      int info;
+      sPos[stage * BC + i] = slot(tile, i, info);
+      sInfo[stage * BC + i] = info;
+    }
+  };
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < n_tiles) load_tile(st, st);
+    cp_async_commit();
+  }
+
+  const int hs = warp / BQW, wrow0 = hs * BQ + (warp % BQW) * 16;  // head slot; first row in sQ
+  const int myrow0 = (warp % BQW) * 16;                              // first row in the query block
+  const unsigned mybit = 1u << hs;
+  const bool active = hs < G && myrow0 < n_rows;
+  const int g = lane >> 2, c4 = lane & 3;
+  const int t_row[2] = {t_min + myrow0 + g, t_min + myrow0 + g + 8};
+  const float sl2 = p.scale * kLog2e;
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  uint32_t qf[D / 16][4];
+
+  // Online softmax over NCH chunks of 16 keys starting at key row koff of the staged tile.
+  auto process = [&](auto nch_tag, const uint16_t* tK, const uint16_t* tV, const int* pos, const int* info, int koff) {
+    constexpr int NCH = decltype(nch_tag)::value, NK = 16 * NCH;
+    float s[NK / 8][4];
+#pragma unroll
+    for (int j = 0; j < NK / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk += 2) {
+#pragma unroll
+      for (int j = 0; j < NK / 8; ++j) {
+        uint32_t b[4];
+        ldmatrix_x4(b, tK + swz<D>(koff + 8 * j + (lane & 7), 2 * kk + (lane >> 3)));
+        mma_bf16(s[j], qf[kk], b[0], b[1]);
+        mma_bf16(s[j], qf[kk + 1], b[2], b[3]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NK / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = koff + 8 * j + 2 * c4 + (e & 1);
+        const int kp = pos[i], inf = info[i], t = t_row[e >> 1];
+        const bool ok = kp >= 0 && (inf & mybit) &&
+                        ((inf & kGqaWin) ? (kp > t - w && kp <= t) : kp <= t - w);
+        s[j][e] = ok ? s[j][e] * sl2 : -INFINITY;
+      }
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < NK / 8; ++j) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
+    }
+    float base[2], alpha[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      const float mn = fmaxf(m_run[h], mx[h]);
+      base[h] = mn == -INFINITY ? 0.f : mn;
+      alpha[h] = fast_exp2(m_run[h] - base[h]);
+      m_run[h] = mn;
+    }
+    float sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < NK / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[j][e] = fast_exp2(s[j][e] - base[e >> 1]);
+        sum[e >> 1] += s[j][e];
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) l_run[h] = l_run[h] * alpha[h] + sum[h];
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      o[j][0] *= alpha[0];
+      o[j][1] *= alpha[0];
+      o[j][2] *= alpha[1];
+      o[j][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < NCH; ++kk) {
+      uint32_t pa[4];
+      pa[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+      pa[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+      pa[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int jp = 0; jp < D / 16; ++jp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, tV + swz<D>(koff + 16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1), 2 * jp + (lane >> 4)));
+        mma_bf16(o[2 * jp], pa, b[0], b[1]);
+        mma_bf16(o[2 * jp + 1], pa, b[2], b[3]);
+      }
+    }
+  };
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int stage = tile % STAGES;
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    {
+      const int ahead = tile + STAGES - 1;
+      if (ahead < n_tiles) load_tile(ahead, ahead % STAGES);
+      cp_async_commit();
+    }
+    if (tile == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const int row = wrow0 + (lane & 7) + 8 * ((lane >> 3) & 1);
+        ldmatrix_x4(qf[kk], sQ + swz<D>(row, 2 * kk + (lane >> 4)));
+      }
+    }
+    if (!active) continue;  // warp-uniform
+    const uint16_t* tK = sK + stage * BC * D;
+    const uint16_t* tV = sV + stage * BC * D;
+    const int* pos = sPos + stage * BC;
+    const int* info = sInfo + stage * BC;
+    // Chunks (16 keys) holding a key of this warp's head.
+    unsigned rel = 0;
+#pragma unroll
+    for (int c = 0; c < GS; ++c) {
+      const int i = c * 16 + (lane & 15);
+      rel |= __ballot_sync(0xffffffffu, pos[i] >= 0 && (info[i] & mybit)) ? 1u << c : 0u;
+    }
+    if (rel == (1u << GS) - 1u) {
+      process(std::integral_constant<int, GS>{}, tK, tV, pos, info, 0);
+    } else {
+#pragma unroll
+      for (int c = 0; c < GS; ++c)
+        if (rel & (1u << c)) process(std::integral_constant<int, 1>{}, tK, tV, pos, info, 16 * c);
+    }
+  }
+  cp_async_wait<0>();
+  if (!active) return;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float l = l_run[h];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int r = myrow0 + g + 8 * h;
+    if (row0 + r >= p.n_q) continue;
+    uint16_t* dst = p.out + int64_t(row0 + r) * p.out_stride + int64_t(kvh * G + hs) * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+      *reinterpret_cast<uint32_t*>(dst + 8 * j + 2 * c4) = pack_bf16(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 5. Host side
 
 cudaError_t last_launch_error() { return cudaGetLastError(); }
+
+// hip_attention_prefill's variant 0 (see there).
+constexpr int kHipPrefillDefault = 3;
 
 bool head_dim_ok(int d) { return d == 64 || d == 128; }
 
@@ -1944,6 +2279,18 @@ bool launch_est_cluster(const EstArgs& a, int n_head, int n_qblocks, cudaStream_
   return launch_est_cluster_t<D, NT, CL, PF, false, true, CPT, MORE...>(a, n_head, n_qblocks, s, err);
 }
 
+// Prefill with the cluster kernel's selection in one CTA per (head, query block) (CL = 1: no cluster, no
+// distributed shared memory): NT threads of CPT candidates each, UNR gather passes in flight per warp, MINB CTAs
+// per SM; false (nothing launched) if NT * CPT < 2 K_b or the sampled keys per block are not 1, 2, 4 or 8.
+template <int D, int NT, int CPT, int UNR, int MINB>
+bool launch_est_one_cta(const EstArgs& a, int n_head, int n_qblocks, cudaStream_t s, cudaError_t& err) {
+  const int Kb = a.hip.k / a.hip.block_k, nks = a.hip.block_k / a.hip.stride_k;
+  if ((nks != 1 && nks != 2 && nks != 4 && nks != 8) || 2 * Kb > NT * CPT) return false;
+  err = launch_with_smem(hip_estimate_cluster_kernel<D, NT, 1, CPT, false, false, true, UNR, MINB>, dim3(n_head, n_qblocks),
+                         dim3(NT), int(est_cluster_smem_bytes(D, NT, CPT)), s, a);
+  return true;
+}
+
 // The default cluster configuration: 8 CTAs of 128 threads per (head, query block) (4 candidates per thread:
 // K_b <= 256); larger K_b: 4 CTAs of 256 threads (K_b <= 512). Small CTAs let all 32 heads' clusters of a
 // decode step be resident at once on an H100 (clusters of 8 x 256 or 4 x 512 threads did not: 85 and 106 us).
@@ -1961,8 +2308,13 @@ bool launch_est_cluster_default(const EstArgs& a, int n_head, int n_qblocks, cud
 // cluster 4 x 128; 10 = the default with phase timing (hip_estimate_debug_phases); 11 = cluster 4 x 256 with
 // the first selection (a match_any histogram of fixed 8-bit digits from the top bit) and phase timing; 12 = 7
 // with phase timing; 13 = the default with the first selection; 14, 15 = the default with odd heads starting
-// 1 or 2 us later. Prefill (many query blocks): 0 = the one-CTA kernel, 128 threads; 1 = the previous kernel;
-// 2 = the one-CTA kernel with 64 threads; 3 and up = the default cluster kernel. Cluster variants that cannot
+// 1 or 2 us later. Prefill (many query blocks): 0 = 4 below (run 13, H100: 41.8 ms at 128K against 45.9 for 8);
+// 1 = the kernel before hip_estimate_kernel (~32 barriers per iteration); 2 = hip_estimate_kernel with 64
+// threads; 3 = the default cluster kernel; 4..7 = the cluster kernel's selection (candidates in registers, one
+// barrier per radix pass, fused compaction + halving) in one CTA per (head, query block), no cluster: 4 = 128
+// threads, 4 gather passes in flight per warp, 4 CTAs per SM; 5 = 128 threads, 2 passes, 5 CTAs per SM; 6 = 256
+// threads, 2 passes, 2 CTAs per SM; 7 = 128 threads, 2 passes, 4 CTAs per SM; 8 = hip_estimate_kernel with 128
+// threads (15 barriers per iteration; the prefill default before run 13); 9 and up = the default cluster kernel. Cluster variants that cannot
 // hold the candidates fall back to the default.
 template <int D>
 cudaError_t est_dispatch(const HipParams& cfg, const EstArgs& a, int n_head, int n_qblocks, bool decode,
@@ -1974,9 +2326,24 @@ cudaError_t est_dispatch(const HipParams& cfg, const EstArgs& a, int n_head, int
   cudaError_t err = cudaSuccess;
   if (!few) {
     switch (variant) {
-      case 0: return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
+      case 0:
+        if (launch_est_one_cta<D, 128, 4, 4, 4>(a, n_head, n_qblocks, s, err)) return err;
+        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
+      case 8: return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
       case 1: return launch_with_smem(hip_estimate_kernel_prev<D, P>, grid, dim3(P), smem, s, a);
       case 2: return launch_with_smem(hip_estimate_kernel<D, 64, 9>, grid, dim3(64), smem, s, a);
+      case 4:
+        if (launch_est_one_cta<D, 128, 4, 4, 4>(a, n_head, n_qblocks, s, err)) return err;
+        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
+      case 5:
+        if (launch_est_one_cta<D, 128, 4, 2, 5>(a, n_head, n_qblocks, s, err)) return err;
+        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
+      case 6:
+        if (launch_est_one_cta<D, 256, 2, 2, 2>(a, n_head, n_qblocks, s, err)) return err;
+        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
+      case 7:
+        if (launch_est_one_cta<D, 128, 4, 2, 4>(a, n_head, n_qblocks, s, err)) return err;
+        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
       default:
         if (launch_est_cluster_default<D>(a, n_head, n_qblocks, s, err)) return err;
         return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
@@ -2096,6 +2463,22 @@ cudaError_t hip_prefill_launch(const PrefillArgs& a, dim3 grid, cudaStream_t str
   return launch_with_smem(hip_prefill_kernel<D, NW, BC, STAGES>, grid, dim3(S::NT), S::smem_bytes, stream, a);
 }
 
+// The GQA-shared kernel for G = n_head / n_kv_head <= GS heads of b_q = 16 BQW rows; false (nothing launched)
+// if the group or the shared memory does not fit.
+template <int D, int BQW, int GS, int STAGES, int MINB>
+bool hip_gqa_launch(const PrefillArgs& a, cudaStream_t stream, cudaError_t& err) {
+  using S = HipGqaShape<D, BQW, GS, STAGES>;
+  const int G = a.p.n_head / a.p.n_kv_head;
+  if (G > GS || a.hip.block_q != S::BQ) return false;
+  const int64_t smem = S::fixed_bytes + hip_gqa_list_bytes(a.mask.kb_stride, GS);
+  // The scan scratch lives in the K/V stages.
+  const int64_t scratch = int64_t(GS) * a.mask.kb_stride * 5 + 16 + 4 * S::NW + 64;
+  if (smem > 227 * 1024 || scratch > int64_t(S::kv_elems) * 2) return false;
+  err = launch_with_smem(hip_gqa_prefill_kernel<D, BQW, GS, STAGES, MINB>, dim3(a.p.n_kv_head, a.mask.n_qblocks),
+                         dim3(S::NT), int(smem), stream, a);
+  return true;
+}
+
 }  // namespace
 
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
@@ -2104,13 +2487,37 @@ cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, con
   if (p.n_q == 0) return cudaSuccess;
   PrefillArgs a{p, cfg, mask};
   const dim3 grid(p.n_head, mask.n_qblocks);
-  // Variants (head dim 128), measured on an H100 (docs/GPU.md): b_q 32: 0 = key tiles of 32, 2 stages (best);
-  // 1 = tiles of 16, 4 stages; 2 = tiles of 32, 3 stages. b_q 64: 0 = tiles of 32, 2 stages (best, with the
-  // division-free key lists); 1 = 16/4; 2 = 32/3. Each CTA is short (~800 keys) and gathers scattered blocks: what counts is loads in flight per
-  // SM against shared memory (CTAs) per SM; deeper pipelines lost CTAs and time at b_q 32.
+  // Variants (measured on an H100, docs/GPU.md). The per-head kernel (one CTA per (head, query block)): b_q 32,
+  // head dim 128: 1 = key tiles of 16, 4 stages; 2 = tiles of 32, 3 stages; 3 = tiles of 32, 2 stages (the
+  // best of these). b_q 64: 1 = 16/4, 2 = 32/3, 3 = 32/2. Each CTA is short (~800 keys) and gathers scattered
+  // blocks: what counts is loads in flight per SM against shared memory (CTAs) per SM; deeper pipelines lost
+  // CTAs and time at b_q 32. The GQA-shared kernel (one CTA per (KV group, query block), hip_gqa_prefill_kernel;
+  // needs G * b_q <= 128 rows, else the per-head default runs): 4 = 2 stages, 5 = 3 stages, 6 = 4 stages
+  // (1 CTA per SM by registers), 7 = 2 stages at 2 CTAs per SM (registers capped at 128).
+  cudaError_t err = cudaSuccess;
+  const int v = variant == 0 ? kHipPrefillDefault : variant;
+  if (v >= 4 && v <= 7) {
+    bool done = false;
+    if (p.head_dim == 128) {
+      switch (v) {
+        case 4: done = hip_gqa_launch<128, 2, 4, 2, 1>(a, stream, err) || hip_gqa_launch<128, 4, 2, 2, 1>(a, stream, err); break;
+        case 5: done = hip_gqa_launch<128, 2, 4, 3, 1>(a, stream, err) || hip_gqa_launch<128, 4, 2, 3, 1>(a, stream, err); break;
+        case 6: done = hip_gqa_launch<128, 2, 4, 4, 1>(a, stream, err) || hip_gqa_launch<128, 4, 2, 4, 1>(a, stream, err); break;
+        default: done = hip_gqa_launch<128, 2, 4, 2, 2>(a, stream, err) || hip_gqa_launch<128, 4, 2, 2, 2>(a, stream, err); break;
+      }
+    } else {
+      switch (v) {
+        case 4: done = hip_gqa_launch<64, 2, 4, 2, 1>(a, stream, err) || hip_gqa_launch<64, 4, 2, 2, 1>(a, stream, err); break;
+        case 5: done = hip_gqa_launch<64, 2, 4, 3, 1>(a, stream, err) || hip_gqa_launch<64, 4, 2, 3, 1>(a, stream, err); break;
+        case 6: done = hip_gqa_launch<64, 2, 4, 4, 1>(a, stream, err) || hip_gqa_launch<64, 4, 2, 4, 1>(a, stream, err); break;
+        default: done = hip_gqa_launch<64, 2, 4, 2, 2>(a, stream, err) || hip_gqa_launch<64, 4, 2, 2, 2>(a, stream, err); break;
+      }
+    }
+    if (done) return err;
+  }
   if (cfg.block_q == 32) {
     if (p.head_dim == 128) {
-      switch (variant) {
+      switch (v) {
         case 1: return hip_prefill_launch<128, 2, 16, 4>(a, grid, stream);
         case 2: return hip_prefill_launch<128, 2, 32, 3>(a, grid, stream);
         default: return hip_prefill_launch<128, 2, 32, 2>(a, grid, stream);
@@ -2119,7 +2526,7 @@ cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, con
     return hip_prefill_launch<64, 2, 64, 2>(a, grid, stream);
   }
   if (p.head_dim == 128) {
-    switch (variant) {
+    switch (v) {
       case 1: return hip_prefill_launch<128, 4, 16, 4>(a, grid, stream);
       case 2: return hip_prefill_launch<128, 4, 32, 3>(a, grid, stream);
       default: return hip_prefill_launch<128, 4, 32, 2>(a, grid, stream);

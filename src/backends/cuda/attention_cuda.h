@@ -74,14 +74,18 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
 // CTA per (head, query block) runs all tree iterations. Decode (n_q == 1, or so few (head, query block) pairs
 // that one CTA each would fill at most half the SMs): a cluster of 8 CTAs per (head, query block) that split
 // each iteration's scoring (distributed shared memory). mask.n_qblocks must be ceil(n_q / block_q). variant
-// (kept for the benchmark, attention_cuda.cu est_dispatch): 0 = default; prefill 1 = the previous kernel (more
-// barriers per iteration), 2 = the one-CTA kernel with 64 threads, 3 = the cluster kernel; decode 1 = the
+// (kept for the benchmark, attention_cuda.cu est_dispatch): 0 = default; prefill 1 = the kernel before the
+// fused phases, 2 = the fused one-CTA kernel with 64 threads, 3 = the cluster kernel, 4..7 = the cluster
+// kernel's selection in one CTA per (head, query block) (4 is the prefill default), 8 = the fused one-CTA
+// kernel with 128 threads (the prefill default before 4); decode 1 = the
 // previous kernel, 2 = the one-CTA kernel with 128 threads, 3 = the one-CTA kernel with 512 threads (the decode
 // default before the cluster kernel), 4..9 = other cluster shapes, 10..12 = with phase timing.
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                               cudaStream_t stream, int variant = 0);
 // HiP block-sparse prefill attention over mask's blocks U sink U window (CPU: hip_attention's attend_block).
-// variant: 0 = default, 1 and 2 = alternatives kept for the benchmark (attention_cuda.cu).
+// variant: 0 = default (= 3), 1..3 = the per-head kernel (one CTA per (head, query block)), 4..7 = the
+// GQA-shared kernel (one CTA per (KV group, query block): sink, window and blocks shared by several heads'
+// masks loaded once; G * block_q <= 128, else the per-head kernel runs). See attention_cuda.cu.
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                                   cudaStream_t stream, int variant = 0);
 // HiP decode (n_q == 1) over a cached mask of one query block per head: split-K over sink, selected blocks

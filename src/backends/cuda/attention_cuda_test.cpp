@@ -339,7 +339,7 @@ TEST(CudaHip, EstimateIdenticalWhenScoresAreExact) {
   HipConfig cfg;
   HipConfig small;  // a small k: deep trees at a test-sized context
   small.k = 64, small.window = 32, small.n_sink = 4;
-  for (int variant : {0, 1, 2, 3}) {  // prefill variants (attention_cuda.h; 3: the cluster kernel)
+  for (int variant : {0, 1, 2, 3, 4, 5, 6, 7, 8}) {  // prefill variants (attention_cuda.h; 3: the cluster kernel, 4..7 its selection in one CTA)
     for (int D : {128, 64}) {
       const MaskAgreement a = check_estimate(cfg, Problem(2048 + 17, 2048 + 17, 0, 4, 2, D, seed++, Fill::kQuarterInts), "exact", variant);
       EXPECT_EQ(a.exact_rows, a.rows);
@@ -367,7 +367,7 @@ TEST(CudaHip, EstimateRecallOnRandomInputs) {
   uint32_t seed = std::random_device{}();
   HipConfig cfg;
   for (Fill f : {Fill::kNormal, Fill::kSmooth}) {
-    for (int variant : {0, 1, 2}) {
+    for (int variant : {0, 1, 2, 5, 6, 7, 8}) {
       const MaskAgreement a = check_estimate(cfg, Problem(4096, 4096, 0, 8, 2, 128, seed++, f), f == Fill::kNormal ? "normal" : "smooth", variant);
       EXPECT_GE(a.recall(), 0.97);
     }
@@ -425,6 +425,158 @@ TEST(CudaHip, PrefillAttentionMatchesCpu) {
   HipConfig dense_equiv;  // k >= T: HiP is dense attention
   dense_equiv.k = 8192;
   check_hip_prefill(dense_equiv, Problem(2000, 2000, 0, 4, 2, 128, seed++), false);
+  // The GQA-shared kernel (variants 4..7): G = 4, 3, 1 (idle head slots), 2 (b_q 64); partial query blocks
+  // (3000 and 2500 rows), a chunk after a prefix, a context shorter than sink + window, k >= T.
+  for (int variant : {4, 5, 6, 7}) {
+    check_hip_prefill(cfg, Problem(3000, 3000, 0, 8, 2, 128, seed++), false, variant);
+    check_hip_prefill(cfg, Problem(1000, 4000, 3000, 8, 2, 128, seed++), false, variant);
+    check_hip_prefill(cfg, Problem(2500, 2500, 0, 9, 3, 64, seed++), false, variant);
+    check_hip_prefill(cfg, Problem(300, 300, 0, 4, 1, 128, seed++), false, variant);
+    check_hip_prefill(cfg, Problem(1500, 1500, 0, 4, 4, 128, seed++), false, variant);
+    check_hip_prefill(cfg, Problem(1000, 4000, 3000, 8, 2, 128, seed++, Fill::kSmooth), true, variant);
+    check_hip_prefill(bq64, Problem(2000, 2000, 0, 8, 4, 128, seed++), false, variant);
+    check_hip_prefill(bq64, Problem(1000, 2500, 1500, 6, 3, 64, seed++), false, variant);
+    check_hip_prefill(dense_equiv, Problem(2000, 2000, 0, 4, 1, 128, seed++), false, variant);
+  }
+}
+
+// HiP prefill attention over hand-made masks, against a direct double-precision reference of the three
+// disjoint key sets per row (sink keys <= t - w, the head's selected blocks' keys <= t - w, the window (t - w,
+// t]): the heads of a KV group with identical, disjoint, partly overlapping masks and masks of different
+// lengths (some empty), so the GQA-shared kernel's union (exclusive and shared blocks, membership masks) is
+// exercised in every form.
+enum class MaskMode { kIdentical, kDisjoint, kOverlap, kRagged };
+
+HipMask make_mask(const HipConfig& cfg, const Problem& pr, MaskMode mode, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int32_t nqb = (pr.n_q + cfg.block_q - 1) / cfg.block_q, Kb = cfg.k / cfg.block_k, G = pr.H / pr.Hkv;
+  std::vector<std::vector<int32_t>> lists(size_t(pr.H) * nqb);
+  for (int32_t m = 0; m < nqb; ++m) {
+    const int32_t t_max = pr.q_pos0 + std::min(pr.n_q, (m + 1) * cfg.block_q) - 1;
+    const int32_t lo_b = cfg.n_sink / cfg.block_k;
+    const int32_t hi_b = std::max(lo_b, (t_max + 1 - cfg.window + cfg.block_k - 1) / cfg.block_k);  // may straddle t_max - w
+    std::vector<int32_t> avail;
+    for (int32_t b = lo_b; b < hi_b; ++b) avail.push_back(b);
+    for (int32_t kv = 0; kv < pr.Hkv; ++kv) {
+      std::shuffle(avail.begin(), avail.end(), rng);
+      const size_t n = std::min<size_t>(Kb, avail.size());
+      for (int32_t s = 0; s < G; ++s) {
+        std::vector<int32_t> l;
+        switch (mode) {
+          case MaskMode::kIdentical: l.assign(avail.begin(), avail.begin() + n); break;
+          case MaskMode::kDisjoint: {
+            const size_t per = std::min<size_t>(Kb, avail.size() / G);
+            l.assign(avail.begin() + s * per, avail.begin() + (s + 1) * per);
+            break;
+          }
+          case MaskMode::kOverlap: {  // half from a common pool, half of the head's own draw
+            l.assign(avail.begin(), avail.begin() + n / 2);
+            std::vector<int32_t> own(avail.begin() + n / 2, avail.end());
+            std::shuffle(own.begin(), own.end(), rng);
+            l.insert(l.end(), own.begin(), own.begin() + std::min(own.size(), n - n / 2));
+            break;
+          }
+          case MaskMode::kRagged: {  // counts 0 .. n, overlapping at random
+            std::vector<int32_t> own = avail;
+            std::shuffle(own.begin(), own.end(), rng);
+            const size_t c = s == 1 ? 0 : std::uniform_int_distribution<size_t>(0, n)(rng);
+            l.assign(own.begin(), own.begin() + c);
+            break;
+          }
+        }
+        std::sort(l.begin(), l.end());
+        lists[size_t(kv * G + s) * nqb + m] = std::move(l);
+      }
+    }
+  }
+  HipMask mask;
+  mask.n_head = pr.H, mask.n_qblocks = nqb;
+  mask.indptr.push_back(0);
+  for (const auto& l : lists) {
+    mask.indices.insert(mask.indices.end(), l.begin(), l.end());
+    mask.indptr.push_back(int32_t(mask.indices.size()));
+  }
+  return mask;
+}
+
+std::vector<float> hip_prefill_reference(const HipConfig& cfg, const Problem& pr, const HipMask& mask) {
+  std::vector<float> out(size_t(pr.n_q) * pr.H * pr.D);
+  const int32_t G = pr.H / pr.Hkv, w = cfg.window;
+  const double scale = 1.0 / std::sqrt(double(pr.D));
+  pool().parallel_for(int64_t(pr.H) * pr.n_q, 16, [&](int64_t b, int64_t e) {
+    std::vector<int32_t> keys;
+    std::vector<double> sc, acc(pr.D);
+    for (int64_t r = b; r < e; ++r) {
+      const int32_t h = int32_t(r / pr.n_q), i = int32_t(r % pr.n_q), t = pr.q_pos0 + i, kv = h / G;
+      const int32_t m = i / cfg.block_q, row = h * mask.n_qblocks + m;
+      keys.clear();
+      for (int32_t k = 0; k < cfg.n_sink && k <= t - w; ++k) keys.push_back(k);
+      for (int32_t j = mask.indptr[row]; j < mask.indptr[row + 1]; ++j)
+        for (int32_t k = mask.indices[j] * cfg.block_k; k < (mask.indices[j] + 1) * cfg.block_k; ++k)
+          if (k <= t - w && k < pr.n_kv) keys.push_back(k);
+      for (int32_t k = std::max(0, t - w + 1); k <= t; ++k) keys.push_back(k);
+      sc.assign(keys.size(), 0.0);
+      double mx = -1e300;
+      const float* q = pr.q_f.data() + size_t(i) * pr.H * pr.D + size_t(h) * pr.D;
+      for (size_t n = 0; n < keys.size(); ++n) {
+        const uint16_t* k = pr.k_h.data() + (size_t(kv) * pr.n_kv + keys[n]) * pr.D;
+        double d = 0;
+        for (int32_t x = 0; x < pr.D; ++x) d += double(q[x]) * fp16_to_fp32(k[x]);
+        sc[n] = d * scale;
+        mx = std::max(mx, sc[n]);
+      }
+      std::fill(acc.begin(), acc.end(), 0.0);
+      double l = 0;
+      for (size_t n = 0; n < keys.size(); ++n) {
+        const double pw = std::exp(sc[n] - mx);
+        l += pw;
+        const uint16_t* v = pr.v_h.data() + (size_t(kv) * pr.n_kv + keys[n]) * pr.D;
+        for (int32_t x = 0; x < pr.D; ++x) acc[x] += pw * fp16_to_fp32(v[x]);
+      }
+      float* o = out.data() + size_t(i) * pr.H * pr.D + size_t(h) * pr.D;
+      for (int32_t x = 0; x < pr.D; ++x) o[x] = l > 0 ? float(acc[x] / l) : 0.f;
+    }
+  });
+  return out;
+}
+
+void check_hip_prefill_mask(const HipConfig& cfg, const Problem& pr, MaskMode mode, int variant, uint32_t seed) {
+  DevProblem dp(pr);
+  const int32_t nqb = (pr.n_q + cfg.block_q - 1) / cfg.block_q, Kb = cfg.k / cfg.block_k;
+  const HipMask m = make_mask(cfg, pr, mode, seed);
+  const std::vector<float> ref = hip_prefill_reference(cfg, pr, m);
+  DevMask mask(pr.H, nqb, Kb);
+  CUDA_OK(mask.upload(m));
+  CUDA_OK(cuda::hip_attention_prefill(to_gpu(cfg), dp.p, mask.dev(), nullptr, variant));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<uint16_t> got;
+  CUDA_OK(dp.out.download(got));
+  int64_t unwritten = 0;
+  const double err = rel_error(got, ref, &unwritten);
+  EXPECT_EQ(unwritten, 0);
+  EXPECT_LT(err, kMaxRelError) << "mode " << int(mode) << " variant " << variant;
+  std::printf("hip prefill (hand-made mask, mode %d) b_q=%d variant %d D=%d H=%d/%d n_q=%d n_kv=%d: rel error %.2e\n",
+              int(mode), cfg.block_q, variant, pr.D, pr.H, pr.Hkv, pr.n_q, pr.n_kv, err);
+}
+
+TEST(CudaHip, PrefillAttentionSharedMasks) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = std::random_device{}();
+  HipConfig cfg;
+  HipConfig small;  // k 64: many query blocks with full lists and few candidates, so masks collide often
+  small.k = 64, small.window = 64, small.n_sink = 8;
+  HipConfig bq64;
+  bq64.block_q = 64, bq64.stride_q = 4;
+  for (MaskMode mode : {MaskMode::kIdentical, MaskMode::kDisjoint, MaskMode::kOverlap, MaskMode::kRagged}) {
+    for (int variant : {0, 3, 4, 5, 6, 7}) {
+      seed += 2;
+      check_hip_prefill_mask(cfg, Problem(2000, 2000, 0, 8, 2, 128, seed), mode, variant, seed + 1);
+      seed += 2;
+      check_hip_prefill_mask(small, Problem(777, 1500, 723, 9, 3, 64, seed), mode, variant, seed + 1);
+      seed += 2;
+      check_hip_prefill_mask(bq64, Problem(1100, 1100, 0, 4, 2, 128, seed), mode, variant, seed + 1);
+    }
+  }
 }
 
 void check_hip_decode(const HipConfig& cfg, const Problem& pr, int variant = 0) {
@@ -512,6 +664,8 @@ TEST(CudaRealActivations, AllKernelsMatchCpu) {
     EXPECT_GE(a.recall(), 0.97);
     check_hip_prefill(cfg, *pr, false);
     check_hip_prefill(cfg, *pr, true);
+    for (int variant : {3, 4, 6}) check_hip_prefill(cfg, *pr, true, variant);  // per-head and GQA-shared kernels
+    for (int variant : {5, 8}) EXPECT_GE(check_estimate(cfg, *pr, "real", variant).recall(), 0.97);
     // Decode: the last row alone.
     Problem last(1, pr->n_kv, pr->n_kv - 1, pr->H, pr->Hkv, pr->D);
     last.q_bf.assign(pr->q_bf.end() - int64_t(pr->H) * pr->D, pr->q_bf.end());
