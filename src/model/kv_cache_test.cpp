@@ -76,13 +76,7 @@ TEST(KvCache, PagedReserveTakesPagesAndReleaseReturnsThem) {
   EXPECT_EQ(pool.n_free(), 4);  // destructors returned every page
 }
 
-std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> d(0, n_vocab - 1);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = d(rng);
-  return t;
-}
+using testing::random_tokens;
 
 // Prefill `prompt` in chunks of 256, then decode `steps` tokens; returns the logits after every call.
 std::vector<float> run_sequence(Model& m, KvCache& cache, const std::vector<int32_t>& prompt,

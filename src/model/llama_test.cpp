@@ -20,13 +20,7 @@ namespace {
 
 constexpr double kTol = 0.05;
 
-std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> d(0, n_vocab - 1);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = d(rng);
-  return t;
-}
+using testing::random_tokens;
 
 double max_abs_diff(const float* a, const float* b, size_t n) {
   double m = 0;

@@ -12,13 +12,7 @@
 namespace hs {
 namespace {
 
-std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> d(0, n_vocab - 1);
-  std::vector<int32_t> t(size_t(n), 0);
-  for (auto& x : t) x = d(rng);
-  return t;
-}
+using testing::random_tokens;
 
 TEST(CpuSequence, AllLogitsChunkedEqualModelForwardPerChunk) {
   HS_REQUIRE_SMOLLM2();

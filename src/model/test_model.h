@@ -1,8 +1,11 @@
 // Test helpers: where the real SmolLM2 file is, and a cached load of it shared by the tests of one binary.
 #pragma once
 
+#include <cstdint>
 #include <cstdlib>
+#include <random>
 #include <string>
+#include <vector>
 #include <unistd.h>
 
 #include "model/llama.h"
@@ -24,6 +27,15 @@ inline Model* smollm2() {
     return have_smollm2() ? Model::load(smollm2_path(), o) : nullptr;
   }();
   return model.get();
+}
+
+// n token ids drawn uniformly from [0, n_vocab), reproducibly from seed.
+inline std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> d(0, n_vocab - 1);
+  std::vector<int32_t> t(size_t(n), 0);
+  for (auto& x : t) x = d(rng);
+  return t;
 }
 
 #define HS_REQUIRE_SMOLLM2()                                                                                   \
