@@ -73,7 +73,7 @@ if [ -f "$model" ]; then
   expect_ok "run reduced model" "$bin" run --device cpu -m "$tmp/small.gguf" -p "Hello" -n 4 --temp 0
   expect_error "shrink too many layers" "exceeds" "$bin" shrink -m "$model" -o "$tmp/x.gguf" --layers 31
   expect_error "shrink onto itself" "overwrite" "$bin" shrink -m "$model" -o "$model" --layers 2
-  expect_error "eval on the GPU" "CPU" "$bin" eval passkey -m "$model" --device cuda
+  expect_error "eval recall on the GPU" "CPU only" "$bin" eval recall -m "$model" -f "$tmp/none.txt" --device cuda
   printf 'Hello\n/reset\nWhat is 2+2?\n' >"$tmp/chat_in.txt"
   if "$bin" chat -m "$model" -n 8 --temp 0 <"$tmp/chat_in.txt" >"$tmp/out" 2>"$tmp/err"; then
     pass=$((pass + 1)); echo "ok   chat from stdin"
@@ -87,6 +87,7 @@ expect_error "shrink without arguments" "needs -m" "$bin" shrink
 if ! command -v nvidia-smi >/dev/null 2>&1; then  # machines without a GPU (CI): the GPU flags fail clearly
   expect_error "--device cuda without a GPU" "device cuda" "$bin" bench --device cuda -p 8 -n 0
   expect_error "--random-weights without a GPU" "random-weights" "$bin" bench --random-weights llama3.1-8b
+  expect_error "eval on the GPU without a GPU" "device cuda" "$bin" eval passkey --device cuda
 fi
 expect_error "--random-weights on the CPU" "random-weights" "$bin" bench --device cpu --random-weights llama3.1-8b
 
