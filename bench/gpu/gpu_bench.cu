@@ -2,7 +2,7 @@
 // normal inputs (never zeros). Times with CUDA events, median of many repetitions after warm-up; decode loops
 // run as CUDA graphs. Prints a table and writes JSON lines (one object per measurement) to --json.
 //
-//   hipserve_gpu_bench [--json FILE] [--quick] [--decode-only | --no-decode]
+//   hipserve_gpu_bench [--json FILE] [--quick] [--decode-only | --no-decode | --attn-only]
 //
 // Measurements (name, T):
 //   dense_prefill_v{0..4}   our FlashAttention-2 style causal prefill, numbered variants (attention_cuda.cu)
@@ -154,13 +154,14 @@ double causal_flops(int T, int H, int D) { return 4.0 * 0.5 * double(T) * double
 
 int main(int argc, char** argv) {
   Json js;
-  bool quick = false, decode_only = false, no_decode = false;
+  bool quick = false, decode_only = false, no_decode = false, attn_only = false;
   std::vector<int> prefill_T = {32768, 131072, 262144};
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) js.f = std::fopen(argv[++i], "w");
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--decode-only")) decode_only = true;
     if (!std::strcmp(argv[i], "--no-decode")) no_decode = true;
+    if (!std::strcmp(argv[i], "--attn-only")) attn_only = true;
   }
   if (quick) prefill_T = {32768};
   if (decode_only) prefill_T.clear();
@@ -171,6 +172,30 @@ int main(int argc, char** argv) {
   CHECK(cudaStreamCreate(&s));
   HipParams hip;  // paper defaults: k 512, b_q 32, b_k 2, b_sq 2, b_sk 1, sink 16, window 256, refresh 8
   const int Kb = hip.k / hip.block_k;
+
+  // --attn-only: HiP prefill attention alone (the default estimator's mask), per-head kernel (v3) against the
+  // GQA-shared variants and the default (v0), 32K and 128K, v3 again last (the spread).
+  if (attn_only) {
+    for (int T : {32768, 131072}) {
+      Problem pr(T);
+      const AttnParams p = pr.params(false);
+      const int nqb = (T + hip.block_q - 1) / hip.block_q;
+      int32_t *blocks, *counts;
+      CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
+      CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
+      const HipMaskDev mask{blocks, counts, nqb, Kb};
+      CHECK(hip_estimate_mask(hip, p, mask, s));
+      const int vs[] = {3, 13, 8, 0, 4, 3, 13};
+      const int reps = T > 32768 ? 10 : 30;
+      for (int i = 0; i < 7; ++i) {
+        const auto att = time_ms([&] { CHECK(hip_attention_prefill(hip, p, mask, s, vs[i])); }, 2, reps, s);
+        js.row(("hip_attention_v" + std::to_string(vs[i]) + (i >= 5 ? "_again" : "")).c_str(), T, att.first, att.second, reps, 0);
+      }
+      CHECK(cudaFree(blocks));
+      CHECK(cudaFree(counts));
+    }
+    return 0;
+  }
 
   for (int T : prefill_T) {
     Problem pr(T);
@@ -197,7 +222,7 @@ int main(int argc, char** argv) {
       const int reps = big ? 10 : 30;
       const auto est = time_ms([&] { CHECK(hip_estimate_mask(h, p, mask, s)); }, 2, reps, s);
       js.row((pre + "_estimate").c_str(), T, est.first, est.second, reps, 0);
-      for (int v = 0; v < (bq == 32 ? 8 : 4); ++v) {  // 4..7: the GQA-shared kernel (b_q 32 only with G = 4)
+      for (int v = 0; v < (bq == 32 ? 14 : 4); ++v) {  // 4..13: the GQA-shared kernel (b_q 32 only with G = 4)
         const auto att = time_ms([&] { CHECK(hip_attention_prefill(h, p, mask, s, v)); }, 2, reps, s);
         js.row((pre + "_attention_v" + std::to_string(v)).c_str(), T, att.first, att.second, reps, 0);
       }
@@ -230,11 +255,12 @@ int main(int argc, char** argv) {
     // Attention variants at 128K over the default estimator's mask (3: the per-head kernel, 4..7 the GQA-shared
     // kernel), 3 again last.
     CHECK(hip_estimate_mask(hip, p, mask, s));
-    const int att_variants[] = {3, 4, 5, 6, 7, 0, 3};
-    for (int i = 0; i < 7; ++i) {
+    const int att_variants[] = {3, 4, 7, 8, 9, 10, 11, 12, 13, 0, 3};
+    constexpr int n_att = sizeof(att_variants) / sizeof(att_variants[0]);
+    for (int i = 0; i < n_att; ++i) {
       const int v = att_variants[i];
       const auto att = time_ms([&] { CHECK(hip_attention_prefill(hip, p, mask, s, v)); }, 1, 5, s);
-      js.row(("hip_attention_v" + std::to_string(v) + (i == 6 ? "_again" : "")).c_str(), T, att.first, att.second, 5, 0);
+      js.row(("hip_attention_v" + std::to_string(v) + (i == n_att - 1 ? "_again" : "")).c_str(), T, att.first, att.second, 5, 0);
     }
     const auto tot = time_ms([&] {
       CHECK(hip_estimate_mask(hip, p, mask, s));

@@ -1861,9 +1861,9 @@ __global__ void __launch_bounds__(NT, MINB_ > 0 ? MINB_ : (NT <= 128 ? 4 : (NT <
 // mask and key <= t - w; a sink key iff key <= t - w; a window key iff t - w < key <= t.
 // The exclusive/shared split: a block of head h's list is looked up (binary search) in the other heads' sorted
 // lists; one packed block scan (exclusive | first-owner-shared << 16) places every block.
-template <int D, int BQW, int GS, int STAGES>
+template <int D, int BQW, int GS, int STAGES, int SL = 16>
 struct HipGqaShape {
-  static constexpr int NW = BQW * GS, NT = 32 * NW, BQ = 16 * BQW, BC = 16 * GS, CH = D / 8;
+  static constexpr int NW = BQW * GS, NT = 32 * NW, BQ = 16 * BQW, BC = SL * GS, CH = D / 8;
   static constexpr int q_elems = GS * BQ * D;
   static constexpr int kv_elems = 2 * STAGES * BC * D;
   // Q, STAGES x (K, V), STAGES x (pos, info); then the lists (runtime size, hip_gqa_smem_bytes).
@@ -1873,15 +1873,26 @@ constexpr int kGqaWin = 1 << 8;  // info bit: a window key (part B)
 
 inline int64_t hip_gqa_list_bytes(int kb, int gs) { return int64_t(gs) * kb * 4 * 3 + int64_t(gs) * kb + 64; }
 
-template <int D, int BQW, int GS, int STAGES, int MINB>
+// SL: keys per head slot in a split tile (16 or 32); MAXCH: most 16-key chunks one online-softmax step takes
+// (the previous kernel: BC / 16, all chunks of a tile at once when all hold keys of the warp's head); LAZY:
+// skip the rescale of the output accumulators when no row of the warp raised its running max (alpha == 1
+// exactly: the same result). A CTA holds head slots sub * GS .. sub * GS + GS - 1 of its group (blockIdx.x =
+// kvh * n_sub + sub, n_sub = ceil(G / GS)): with GS < G the group's heads are split over adjacent CTAs.
+template <int D, int BQW, int GS, int STAGES, int MINB, int SL = 16, int MAXCH = GS, bool LAZY = false>
 __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(const PrefillArgs a) {
-  using S = HipGqaShape<D, BQW, GS, STAGES>;
+  using S = HipGqaShape<D, BQW, GS, STAGES, SL>;
   constexpr int NT = S::NT, BQ = S::BQ, BC = S::BC, CH = S::CH;
+  constexpr int NCHT = BC / 16;  // 16-key chunks per tile
+  static_assert(SL == 16 || SL == 32, "slice of 16 or 32 keys");
+  static_assert(MAXCH >= 1 && NCHT % MAXCH == 0, "chunk groups tile the tile");
   extern __shared__ __align__(128) uint16_t smem[];
   const AttnParams& p = a.p;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int kvh = blockIdx.x, qb = blockIdx.y, row0 = qb * BQ;
-  const int G = p.n_head / p.n_kv_head;
+  const int Gfull = p.n_head / p.n_kv_head;
+  const int n_sub = (Gfull + GS - 1) / GS;
+  const int kvh = blockIdx.x / n_sub, sub = blockIdx.x - kvh * n_sub, qb = blockIdx.y, row0 = qb * BQ;
+  const int head0 = kvh * Gfull + sub * GS;   // the CTA's first head
+  const int G = min(GS, Gfull - sub * GS);    // heads in this CTA
   const int n_rows = min(BQ, p.n_q - row0);
   const int t_min = p.q_pos0 + row0, t_max = t_min + n_rows - 1;
   const int w = a.hip.window, bk = a.hip.block_k, Kb = a.mask.kb_stride;
@@ -1906,7 +1917,7 @@ __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(co
   for (int i = tid; i < GS * BQ * CH; i += NT) {
     const int r = i / CH, c = i % CH, s = r / BQ, rr = r % BQ;
     const bool ok = s < G && row0 + rr < p.n_q;
-    const uint16_t* src = p.q + int64_t(ok ? row0 + rr : 0) * p.q_stride + int64_t(ok ? kvh * G + s : 0) * D + c * 8;
+    const uint16_t* src = p.q + int64_t(ok ? row0 + rr : 0) * p.q_stride + int64_t(ok ? head0 + s : 0) * D + c * 8;
     cp_async16(sQ + swz<D>(r, c), src, ok ? 16 : 0);
   }
 
@@ -1914,13 +1925,13 @@ __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(co
   int cnt[GS];
 #pragma unroll
   for (int s = 0; s < GS; ++s)
-    cnt[s] = s < G ? min(Kb, a.mask.counts[int64_t(kvh * G + s) * a.mask.n_qblocks + qb]) : 0;
+    cnt[s] = s < G ? min(Kb, a.mask.counts[int64_t(head0 + s) * a.mask.n_qblocks + qb]) : 0;
   for (int i = tid; i < GS * Kb; i += NT) {
     const int s = i / Kb, j = i - s * Kb;
     int c = 0;
 #pragma unroll
     for (int s2 = 0; s2 < GS; ++s2) c = s2 == s ? cnt[s2] : c;
-    sIn[i] = j < c ? a.mask.blocks[(int64_t(kvh * G + s) * a.mask.n_qblocks + qb) * Kb + j] : INT_MAX;
+    sIn[i] = j < c ? a.mask.blocks[(int64_t(head0 + s) * a.mask.n_qblocks + qb) * Kb + j] : INT_MAX;
   }
   __syncthreads();
   // Membership of every listed block; packed flags: exclusive (low 16 bits), first owner of a shared block
@@ -1980,14 +1991,14 @@ __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(co
   const int n_sink_eff = max(0, min(a.hip.n_sink, far + 1));
   const int win_lo = max(0, t_min - w + 1);
   const int n_win = w > 0 ? t_max + 1 - win_lo : 0;
-  const int n_split = (n_excl_max * bk + 15) >> 4;
+  const int n_split = (n_excl_max * bk + SL - 1) / SL;
   const int n_full_keys = n_sh_keys + n_sink_eff + n_win;
   const int n_tiles = n_split + (n_full_keys + BC - 1) / BC;
   const unsigned all_heads = (1u << G) - 1u;
   // Position of key slot i of a tile (-1: none) and its info (head bits, window flag).
   auto slot = [&](int tile, int i, int& info) -> int {
     if (tile < n_split) {
-      const int s = i >> 4, j = tile * 16 + (i & 15);
+      const int s = i / SL, j = tile * SL + (i % SL);
       int c = 0;
 #pragma unroll
       for (int s2 = 0; s2 < GS; ++s2) c = s2 == s ? n_excl[s2] : c;
@@ -2100,12 +2111,14 @@ __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(co
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) l_run[h] = l_run[h] * alpha[h] + sum[h];
+    if (!LAZY || __any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      o[j][0] *= alpha[0];
-      o[j][1] *= alpha[0];
-      o[j][2] *= alpha[1];
-      o[j][3] *= alpha[1];
+      for (int j = 0; j < D / 8; ++j) {
+        o[j][0] *= alpha[0];
+        o[j][1] *= alpha[0];
+        o[j][2] *= alpha[1];
+        o[j][3] *= alpha[1];
+      }
     }
 #pragma unroll
     for (int kk = 0; kk < NCH; ++kk) {
@@ -2148,16 +2161,21 @@ __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(co
     // Chunks (16 keys) holding a key of this warp's head.
     unsigned rel = 0;
 #pragma unroll
-    for (int c = 0; c < GS; ++c) {
+    for (int c = 0; c < NCHT; ++c) {
       const int i = c * 16 + (lane & 15);
       rel |= __ballot_sync(0xffffffffu, pos[i] >= 0 && (info[i] & mybit)) ? 1u << c : 0u;
     }
-    if (rel == (1u << GS) - 1u) {
-      process(std::integral_constant<int, GS>{}, tK, tV, pos, info, 0);
-    } else {
+    constexpr unsigned grp = (1u << MAXCH) - 1u;
 #pragma unroll
-      for (int c = 0; c < GS; ++c)
-        if (rel & (1u << c)) process(std::integral_constant<int, 1>{}, tK, tV, pos, info, 16 * c);
+    for (int c0 = 0; c0 < NCHT; c0 += MAXCH) {
+      const unsigned r = (rel >> c0) & grp;
+      if (r == grp) {
+        process(std::integral_constant<int, MAXCH>{}, tK, tV, pos, info, 16 * c0);
+      } else if (r) {
+#pragma unroll
+        for (int c = 0; c < MAXCH; ++c)
+          if (r & (1u << c)) process(std::integral_constant<int, 1>{}, tK, tV, pos, info, 16 * (c0 + c));
+      }
     }
   }
   cp_async_wait<0>();
@@ -2170,7 +2188,7 @@ __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(co
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const int r = myrow0 + g + 8 * h;
     if (row0 + r >= p.n_q) continue;
-    uint16_t* dst = p.out + int64_t(row0 + r) * p.out_stride + int64_t(kvh * G + hs) * D;
+    uint16_t* dst = p.out + int64_t(row0 + r) * p.out_stride + int64_t(head0 + hs) * D;
 #pragma unroll
     for (int j = 0; j < D / 8; ++j)
       *reinterpret_cast<uint32_t*>(dst + 8 * j + 2 * c4) = pack_bf16(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
@@ -2183,7 +2201,8 @@ __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(co
 cudaError_t last_launch_error() { return cudaGetLastError(); }
 
 // hip_attention_prefill's variant 0 (see there).
-constexpr int kHipPrefillDefault = 3;
+constexpr int kHipPrefillDefault = 3;      // per-head kernel
+constexpr int kHipPrefillGqaDefault = 13;  // GQA-shared kernel (b_q 32, head dim 128)
 
 bool head_dim_ok(int d) { return d == 64 || d == 128; }
 
@@ -2465,17 +2484,18 @@ cudaError_t hip_prefill_launch(const PrefillArgs& a, dim3 grid, cudaStream_t str
 
 // The GQA-shared kernel for G = n_head / n_kv_head <= GS heads of b_q = 16 BQW rows; false (nothing launched)
 // if the group or the shared memory does not fit.
-template <int D, int BQW, int GS, int STAGES, int MINB>
-bool hip_gqa_launch(const PrefillArgs& a, cudaStream_t stream, cudaError_t& err) {
-  using S = HipGqaShape<D, BQW, GS, STAGES>;
+template <int D, int BQW, int GS, int STAGES, int MINB, int SL = 16, int MAXCH = GS, bool LAZY = false>
+bool hip_gqa_launch(const PrefillArgs& a, cudaStream_t stream, cudaError_t& err, bool split_group = false) {
+  using S = HipGqaShape<D, BQW, GS, STAGES, SL>;
   const int G = a.p.n_head / a.p.n_kv_head;
-  if (G > GS || a.hip.block_q != S::BQ) return false;
+  if ((G > GS && !split_group) || a.hip.block_q != S::BQ) return false;
+  const int n_sub = (G + GS - 1) / GS;
   const int64_t smem = S::fixed_bytes + hip_gqa_list_bytes(a.mask.kb_stride, GS);
   // The scan scratch lives in the K/V stages.
   const int64_t scratch = int64_t(GS) * a.mask.kb_stride * 5 + 16 + 4 * S::NW + 64;
   if (smem > 227 * 1024 || scratch > int64_t(S::kv_elems) * 2) return false;
-  err = launch_with_smem(hip_gqa_prefill_kernel<D, BQW, GS, STAGES, MINB>, dim3(a.p.n_kv_head, a.mask.n_qblocks),
-                         dim3(S::NT), int(smem), stream, a);
+  err = launch_with_smem(hip_gqa_prefill_kernel<D, BQW, GS, STAGES, MINB, SL, MAXCH, LAZY>,
+                         dim3(a.p.n_kv_head * n_sub, a.mask.n_qblocks), dim3(S::NT), int(smem), stream, a);
   return true;
 }
 
@@ -2495,7 +2515,30 @@ cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, con
   // needs G * b_q <= 128 rows, else the per-head default runs): 4 = 2 stages, 5 = 3 stages, 6 = 4 stages
   // (1 CTA per SM by registers), 7 = 2 stages at 2 CTAs per SM (registers capped at 128).
   cudaError_t err = cudaSuccess;
-  const int v = variant == 0 ? kHipPrefillDefault : variant;
+  // Default: the GQA-shared kernel, variant 13 (2 heads per CTA, lazy rescale), at b_q 32 and head dim 128
+  // (measured faster than the per-head kernel there: run 15, H100, 4.38 vs 4.50 ms at 32K, 17.73 vs 18.17 ms
+  // at 128K); the per-head kernel (3) elsewhere (b_q 64 and head dim 64: the GQA kernel not measured there).
+  const int v = variant != 0 ? variant : (cfg.block_q == 32 && p.head_dim == 128 ? kHipPrefillGqaDefault : kHipPrefillDefault);
+  if (v >= 8 && v <= 13) {
+    // Second round (run 15): head slots per CTA (GS), keys per head slot in a split tile (SL), chunks per
+    // online-softmax step (MAXCH), lazy rescale. b_q 64 (and D 64) fall back to 4 warps x 2 heads.
+    bool done = false;
+    if (p.head_dim == 128) {
+      switch (v) {
+        case 8: done = hip_gqa_launch<128, 2, 2, 2, 3, 16, 2, false>(a, stream, err, true); break;
+        case 9: done = hip_gqa_launch<128, 2, 2, 2, 2, 32, 2, false>(a, stream, err, true); break;
+        case 10: done = hip_gqa_launch<128, 2, 4, 2, 1, 32, 2, false>(a, stream, err, true); break;
+        case 11: done = hip_gqa_launch<128, 2, 2, 2, 2, 32, 2, true>(a, stream, err, true); break;
+        case 12: done = hip_gqa_launch<128, 2, 4, 2, 1, 16, 4, true>(a, stream, err, true); break;
+        default: done = hip_gqa_launch<128, 2, 2, 2, 3, 16, 2, true>(a, stream, err, true); break;
+      }
+      if (!done) done = hip_gqa_launch<128, 4, 2, 2, 1, 16, 2, true>(a, stream, err, true);
+    } else {
+      done = hip_gqa_launch<64, 2, 2, 2, 3, 32, 2, true>(a, stream, err, true) ||
+             hip_gqa_launch<64, 4, 2, 2, 1, 16, 2, true>(a, stream, err, true);
+    }
+    if (done) return err;
+  }
   if (v >= 4 && v <= 7) {
     bool done = false;
     if (p.head_dim == 128) {

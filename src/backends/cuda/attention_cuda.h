@@ -83,9 +83,11 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                               cudaStream_t stream, int variant = 0);
 // HiP block-sparse prefill attention over mask's blocks U sink U window (CPU: hip_attention's attend_block).
-// variant: 0 = default (= 3), 1..3 = the per-head kernel (one CTA per (head, query block)), 4..7 = the
-// GQA-shared kernel (one CTA per (KV group, query block): sink, window and blocks shared by several heads'
-// masks loaded once; G * block_q <= 128, else the per-head kernel runs). See attention_cuda.cu.
+// variant: 0 = default (13 at block_q 32 and head dim 128, else 3), 1..3 = the per-head kernel (one CTA per
+// (head, query block)), 4..7 = the GQA-shared kernel (one CTA per (KV group, query block): sink, window and
+// blocks shared by several heads' masks loaded once; G * block_q <= 128, else the per-head kernel runs),
+// 8..13 = the GQA-shared kernel with 2 or 4 heads per CTA (a group split over CTAs), 32-key slices, lazy
+// rescale (13: 2 heads, 3 CTAs/SM, lazy). See attention_cuda.cu.
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                                   cudaStream_t stream, int variant = 0);
 // HiP decode (n_q == 1) over a cached mask of one query block per head: split-K over sink, selected blocks

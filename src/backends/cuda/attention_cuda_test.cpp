@@ -427,7 +427,13 @@ TEST(CudaHip, PrefillAttentionMatchesCpu) {
   check_hip_prefill(dense_equiv, Problem(2000, 2000, 0, 4, 2, 128, seed++), false);
   // The GQA-shared kernel (variants 4..7): G = 4, 3, 1 (idle head slots), 2 (b_q 64); partial query blocks
   // (3000 and 2500 rows), a chunk after a prefix, a context shorter than sink + window, k >= T.
-  for (int variant : {4, 5, 6, 7}) {
+  // Variants 8..13 (heads of a group split over CTAs of GS = 2 or 4 head slots, 32-key slices, lazy rescale)
+  // also with G = 8 (4 or 2 CTAs per group) and G = 5 (a last CTA with fewer heads).
+  for (int variant : {4, 5, 6, 7, 8, 9, 10, 11, 12, 13}) {
+    if (variant >= 8) {
+      check_hip_prefill(cfg, Problem(1500, 1500, 0, 16, 2, 128, seed++), false, variant);
+      check_hip_prefill(cfg, Problem(700, 2200, 1500, 10, 2, 64, seed++), false, variant);
+    }
     check_hip_prefill(cfg, Problem(3000, 3000, 0, 8, 2, 128, seed++), false, variant);
     check_hip_prefill(cfg, Problem(1000, 4000, 3000, 8, 2, 128, seed++), false, variant);
     check_hip_prefill(cfg, Problem(2500, 2500, 0, 9, 3, 64, seed++), false, variant);
@@ -568,7 +574,11 @@ TEST(CudaHip, PrefillAttentionSharedMasks) {
   HipConfig bq64;
   bq64.block_q = 64, bq64.stride_q = 4;
   for (MaskMode mode : {MaskMode::kIdentical, MaskMode::kDisjoint, MaskMode::kOverlap, MaskMode::kRagged}) {
-    for (int variant : {0, 3, 4, 5, 6, 7}) {
+    for (int variant : {0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}) {
+      if (variant >= 8) {
+        seed += 2;
+        check_hip_prefill_mask(cfg, Problem(1000, 1000, 0, 16, 2, 128, seed), mode, variant, seed + 1);
+      }
       seed += 2;
       check_hip_prefill_mask(cfg, Problem(2000, 2000, 0, 8, 2, 128, seed), mode, variant, seed + 1);
       seed += 2;
