@@ -28,7 +28,7 @@ rc=0
 if [ "${TESTS:-1}" = 1 ]; then
   log "tests"
   timeout 240 "$BUILD/hipserve_cuda_tests" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 | tee "$OUT/engine_tests.log" |
-    grep -E "^\[  (FAILED|PASSED|  OK|SKIPPED) |step|worst|Failure|Expected|Which is|actual|error" | head -120
+    grep -E "^\[  (FAILED|PASSED|  OK|SKIPPED) |step|worst|Failure|Expected|Which is|actual|error" | tail -n 120
   rc=${PIPESTATUS[0]}
   echo "tests exit code: $rc"
 fi

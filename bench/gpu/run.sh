@@ -28,7 +28,7 @@ echo "build: $(( $(date +%s) - t0 )) s"
 
 log "tests"
 HIPSERVE_GPU_ACT="$ROOT/gpu_act" timeout 200 "$BUILD/hipserve_cuda_tests" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} \
-  2>&1 | tee "$OUT/tests.log" | grep -E "^\[  (FAILED|PASSED|  OK|SKIPPED) |rel error|recall|Failure|Expected|Which is|actual|error" | head -150
+  2>&1 | tee "$OUT/tests.log" | grep -E "^\[  (FAILED|PASSED|  OK|SKIPPED) |rel error|recall|Failure|Expected|Which is|actual|error" | tail -n 150
 test_rc=${PIPESTATUS[0]}
 echo "tests exit code: $test_rc"
 
