@@ -78,6 +78,12 @@ PY
     echo "[no_pdl=$v] $(timeout 200 "$HS" bench --random-weights llama3.1-8b -p 0 -n 32 -d 0,131072 -r 3 2>&1 | grep -E 'tg32' | awk -F'|' '{print $7 $8}' | tr '\n' ' ')"
   done
   unset HIPSERVE_CUDA_NO_PDL
+  log "decode: one-row RMSNorm / RoPE on 1024 threads / 8 CTAs vs one 256-thread CTA (HiP, depth 0 and 128K)"
+  for v in 0 1; do
+    if [ $v = 1 ]; then export HIPSERVE_CUDA_NARROW_SMALL=1; fi
+    echo "[narrow_small=$v] $(timeout 200 "$HS" bench --random-weights llama3.1-8b -p 0 -n 32 -d 0,131072 -r 3 2>&1 | grep -E 'tg32' | awk -F'|' '{print $7 $8}' | tr '\n' ' ')"
+  done
+  unset HIPSERVE_CUDA_NARROW_SMALL
 fi
 if [ -n "${GEMV_SHAPES:-}" ]; then
   log "decode GEMV shapes (rows per warp, loads per lane per step), HiP, depth 0"

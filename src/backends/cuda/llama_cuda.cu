@@ -150,7 +150,8 @@ struct RopeArgs {
   int64_t kv_head_stride = 0;
 };
 
-// RoPE of q and k (+ bias first, as on the CPU), k and v stored into the cache at pos0 + row. grid: n rows;
+// RoPE of q and k (+ bias first, as on the CPU), k and v stored into the cache at pos0 + row. grid: (n rows,
+// CTAs per row);
 // every output element computed independently from the fp32 input, so no thread reads what another writes.
 __global__ void rope_store_kernel(RopeArgs a) {
   pdl_wait();
@@ -161,7 +162,8 @@ __global__ void rope_store_kernel(RopeArgs a) {
   const int QD = a.n_head * D, KVD = a.n_head_kv * D;
   const float* in = a.qkv + row * a.ld;
   auto val = [&](int col) { return in[col] + (a.bias ? a.bias[col] : 0.0f); };
-  for (int col = threadIdx.x; col < QD + 2 * KVD; col += blockDim.x) {
+  // grid.y CTAs share a row's columns (decode: one row, so more CTAs than one).
+  for (int col = blockIdx.y * blockDim.x + threadIdx.x; col < QD + 2 * KVD; col += gridDim.y * blockDim.x) {
     if (col >= QD + KVD) {  // v
       const int c = col - QD - KVD, g = c / D, d = c % D;
       a.v_cache[g * a.kv_head_stride + int64_t(pos) * D + d] = __float2bfloat16(val(col));
@@ -448,6 +450,10 @@ struct GpuModel::Impl {
   bool use_gemv = getenv("HIPSERVE_CUDA_NO_GEMV") == nullptr;  // decode GEMVs (env: cuBLAS instead, to compare)
   // Programmatic dependent launch of our small kernels and GEMVs (env HIPSERVE_CUDA_NO_PDL=1: plain launches).
   bool use_pdl = getenv("HIPSERVE_CUDA_NO_PDL") == nullptr;
+  // Decode's one-row RMSNorm and RoPE on more threads / CTAs (1024 threads; 8 CTAs per row): a single 256-thread
+  // CTA per kernel left them latency-bound at several µs each (env HIPSERVE_CUDA_NARROW_SMALL=1: the old shape).
+  bool wide_small = getenv("HIPSERVE_CUDA_NARROW_SMALL") == nullptr;
+  int norm_threads(int32_t n) const { return n == 1 && wide_small ? 1024 : 256; }
   int gemv_shape = [] {  // HIPSERVE_CUDA_GEMV=R,U -> 10 R + U (measurements only)
     const char* e = getenv("HIPSERVE_CUDA_GEMV");
     int r = 0, u = 0;
@@ -625,8 +631,8 @@ struct GpuModel::Impl {
     for (int il = 0; il < cfg.n_layer; ++il) {
       LayerDev& L = layers[size_t(il)];
       phase(kOther, [&] {
-        launch(use_pdl, rmsnorm_kernel, dim3(n), dim3(threads), 0, stream, (const float*)x.as<float>(), int64_t(E_),
-               (const float*)L.attn_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>(), int64_t(E_));
+        launch(use_pdl, rmsnorm_kernel, dim3(n), dim3(norm_threads(n)), 0, stream, (const float*)x.as<float>(),
+               int64_t(E_), (const float*)L.attn_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>(), int64_t(E_));
       });
       phase(kGemm, [&] { gemm(L.w_qkv.as<bf16>(), QKV(), E_, xn.as<bf16>(), n, qkv.as<float>(), false); });
       phase(kOther, [&] {
@@ -645,7 +651,7 @@ struct GpuModel::Impl {
         a.k_cache = k_cache[size_t(il)].as<bf16>();
         a.v_cache = v_cache[size_t(il)].as<bf16>();
         a.kv_head_stride = int64_t(opt.n_ctx) * cfg.head_dim;
-        launch(use_pdl, rope_store_kernel, dim3(n), dim3(threads), 0, stream, a);
+        launch(use_pdl, rope_store_kernel, dim3(n, n == 1 && wide_small ? 8 : 1), dim3(threads), 0, stream, a);
       });
       const AttnParams p = attn_params(il, n, pos0);
       if (opt.attn.layer_uses_hip(il) && !hip_dense) {
@@ -674,8 +680,8 @@ struct GpuModel::Impl {
       }
       phase(kGemm, [&] { gemm(L.w_o.as<bf16>(), E_, QD_, att.as<bf16>(), n, x.as<float>(), true); });
       phase(kOther, [&] {
-        launch(use_pdl, rmsnorm_kernel, dim3(n), dim3(threads), 0, stream, (const float*)x.as<float>(), int64_t(E_),
-               (const float*)L.ffn_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>(), int64_t(E_));
+        launch(use_pdl, rmsnorm_kernel, dim3(n), dim3(norm_threads(n)), 0, stream, (const float*)x.as<float>(),
+               int64_t(E_), (const float*)L.ffn_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>(), int64_t(E_));
       });
       phase(kGemm, [&] { gemm(L.w_gu.as<bf16>(), 2 * FF_, E_, xn.as<bf16>(), n, gu.as<float>(), false); });
       phase(kOther, [&] {
@@ -690,7 +696,8 @@ struct GpuModel::Impl {
   void enqueue_head(int32_t row, float temperature, uint64_t seed) {
     const int E_ = E();
     phase(kOther, [&] {
-      launch(use_pdl, rmsnorm_kernel, dim3(1), dim3(256), 0, stream, (const float*)(x.as<float>() + int64_t(row) * E_),
+      launch(use_pdl, rmsnorm_kernel, dim3(1), dim3(norm_threads(1)), 0, stream,
+             (const float*)(x.as<float>() + int64_t(row) * E_),
              int64_t(E_), (const float*)output_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>(), int64_t(E_));
     });
     phase(kGemm, [&] { gemm(output_w, cfg.n_vocab, E_, xn.as<bf16>(), 1, logits.as<float>(), false); });
@@ -1132,15 +1139,16 @@ std::vector<float> embed(const std::vector<int32_t>& tokens, const std::vector<u
   return f32_from_device(x, tokens.size() * size_t(E));
 }
 
-std::vector<float> rmsnorm(const std::vector<float>& x, int rows, int E, const std::vector<float>& w, float eps) {
+std::vector<float> rmsnorm(const std::vector<float>& x, int rows, int E, const std::vector<float>& w, float eps,
+                           int threads) {
   DeviceBuffer dx = to_device(x), dw = to_device(w), y(size_t(rows) * E * 2);
-  rmsnorm_kernel<<<rows, 256>>>(dx.as<float>(), E, dw.as<float>(), E, eps, y.as<bf16>(), E);
+  rmsnorm_kernel<<<rows, threads>>>(dx.as<float>(), E, dw.as<float>(), E, eps, y.as<bf16>(), E);
   HS_CUDA_LAUNCH("rmsnorm_kernel");
   return bf16_from_device(y, size_t(rows) * E);
 }
 
 RopeOut rope_store(const std::vector<float>& qkv, const std::vector<float>& bias, int rows, int n_head,
-                   int n_head_kv, int head_dim, const RopeParams& rope, int pos0, int n_ctx) {
+                   int n_head_kv, int head_dim, const RopeParams& rope, int pos0, int n_ctx, int ctas_per_row) {
   const int QD = n_head * head_dim, KVD = n_head_kv * head_dim;
   const size_t cache = size_t(n_head_kv) * n_ctx * head_dim;
   DeviceBuffer dqkv = to_device(qkv), db = to_device(bias), inv = to_device(rope_inv_freq(rope));
@@ -1162,7 +1170,7 @@ RopeOut rope_store(const std::vector<float>& qkv, const std::vector<float>& bias
   a.k_cache = k.as<bf16>();
   a.v_cache = v.as<bf16>();
   a.kv_head_stride = int64_t(n_ctx) * head_dim;
-  rope_store_kernel<<<rows, 256>>>(a);
+  rope_store_kernel<<<dim3(rows, ctas_per_row), 256>>>(a);
   HS_CUDA_LAUNCH("rope_store_kernel");
   return RopeOut{bf16_from_device(q, size_t(rows) * QD), bf16_from_device(k, cache), bf16_from_device(v, cache)};
 }

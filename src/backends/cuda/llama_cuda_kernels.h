@@ -14,8 +14,10 @@ namespace hs::cuda::kernel_test {
 // x[r][e] = table[tokens[r]][e] (bf16 table [n_vocab][E]).
 std::vector<float> embed(const std::vector<int32_t>& tokens, const std::vector<uint16_t>& table, int E);
 
-// bf16(x[r] / sqrt(mean(x[r]^2) + eps) * w), rows of E.
-std::vector<float> rmsnorm(const std::vector<float>& x, int rows, int E, const std::vector<float>& w, float eps);
+// bf16(x[r] / sqrt(mean(x[r]^2) + eps) * w), rows of E; `threads` per row's CTA (256 in prefill, 1024 for a
+// decode row).
+std::vector<float> rmsnorm(const std::vector<float>& x, int rows, int E, const std::vector<float>& w, float eps,
+                           int threads = 256);
 
 // RoPE of q and k (after adding `bias` when non-empty) and the K/V cache write, for rows at positions
 // pos0 + r. qkv [rows][QD + 2 KVD]. Outputs: q [rows][QD], k and v [n_head_kv][n_ctx][head_dim] (positions
@@ -23,8 +25,9 @@ std::vector<float> rmsnorm(const std::vector<float>& x, int rows, int E, const s
 struct RopeOut {
   std::vector<float> q, k, v;
 };
+// ctas_per_row: CTAs sharing a row's columns (8 for a decode row).
 RopeOut rope_store(const std::vector<float>& qkv, const std::vector<float>& bias, int rows, int n_head,
-                   int n_head_kv, int head_dim, const RopeParams& rope, int pos0, int n_ctx);
+                   int n_head_kv, int head_dim, const RopeParams& rope, int pos0, int n_ctx, int ctas_per_row = 1);
 
 // act[r][f] = bf16(silu(gu[r][f]) * gu[r][FF + f]).
 std::vector<float> swiglu(const std::vector<float>& gu, int rows, int FF);

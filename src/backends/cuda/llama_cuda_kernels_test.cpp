@@ -61,10 +61,12 @@ void check_rmsnorm(const std::vector<float>& x, int rows, int E, const std::vect
                    const char* what) {
   std::vector<float> ref(x.size(), 0.0f);
   rms_norm(x.data(), E, w.data(), ref.data(), E, rows, E, eps);
-  const std::vector<float> got = kt::rmsnorm(x, rows, E, w, eps);
-  const double steps = worst_bf16_steps(got, ref, 1e-6);
-  std::printf("  rmsnorm %s (%d x %d): worst %.2f bf16 steps\n", what, rows, E, steps);
-  EXPECT_LE(steps, 1.01) << what;
+  for (const int threads : {256, 1024}) {  // prefill rows, decode row
+    const std::vector<float> got = kt::rmsnorm(x, rows, E, w, eps, threads);
+    const double steps = worst_bf16_steps(got, ref, 1e-6);
+    std::printf("  rmsnorm %s (%d x %d, %d threads): worst %.2f bf16 steps\n", what, rows, E, threads, steps);
+    EXPECT_LE(steps, 1.01) << what << ", " << threads << " threads";
+  }
 }
 
 TEST(CudaKernels, EmbedCopiesTheBf16RowsExactly) {
@@ -113,6 +115,11 @@ TEST(CudaKernels, RopeStoreMatchesCpuRope) {
     const std::vector<float> qkv = randn(size_t(rows) * ld, 2.0f, uint32_t(c.head_dim + c.pos0));
     const std::vector<float> bias = c.bias ? randn(size_t(ld), 0.5f, 9) : std::vector<float>();
     const kt::RopeOut got = kt::rope_store(qkv, bias, rows, c.n_head, c.n_head_kv, c.head_dim, rp, c.pos0, n_ctx);
+    // A decode row's shape (8 CTAs share the columns) writes exactly the same values.
+    const kt::RopeOut wide = kt::rope_store(qkv, bias, rows, c.n_head, c.n_head_kv, c.head_dim, rp, c.pos0, n_ctx, 8);
+    EXPECT_EQ(wide.q, got.q);
+    EXPECT_EQ(wide.k, got.k);
+    EXPECT_EQ(wide.v, got.v);
 
     // CPU: bias, then rope_inplace on the q and k parts (as Model::forward), v as is.
     std::vector<float> q(size_t(rows) * QD, 0.0f), k(size_t(rows) * KVD, 0.0f), v(size_t(rows) * KVD, 0.0f);
