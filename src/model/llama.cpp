@@ -337,8 +337,8 @@ void Model::forward(std::span<const SeqBatch> batch, ThreadPool& pool) {
   }
 }
 
-void Model::prefill(KvCache& cache, std::span<const int32_t> tokens, float* last_logits, ThreadPool& pool,
-                    const std::function<void(int64_t, int64_t)>& on_chunk) {
+void Model::prefill(KvCache& cache, std::span<const int32_t> tokens, float* logits, ThreadPool& pool,
+                    const std::function<void(int64_t, int64_t)>& on_chunk, bool all_logits) {
   const int64_t n = int64_t(tokens.size());
   HS_CHECK(n > 0, "empty prompt");
   for (int64_t done = 0; done < n;) {
@@ -347,7 +347,11 @@ void Model::prefill(KvCache& cache, std::span<const int32_t> tokens, float* last
     s.cache = &cache;
     s.tokens = tokens.data() + done;
     s.n_tokens = chunk;
-    s.logits = (done + chunk == n) ? last_logits : nullptr;
+    s.all_logits = all_logits && logits != nullptr;
+    if (s.all_logits)
+      s.logits = logits + done * int64_t(config_.n_vocab);
+    else
+      s.logits = (done + chunk == n) ? logits : nullptr;
     forward(std::span<const SeqBatch>(&s, 1), pool);
     done += chunk;
     if (on_chunk) on_chunk(done, n);

@@ -79,10 +79,11 @@ class Model {
   // Runs one forward pass over the batch. Not reentrant: one caller at a time (scratch lives in the model).
   void forward(std::span<const SeqBatch> batch, ThreadPool& pool);
 
-  // Feeds a whole prompt to one sequence in chunks of max_batch_tokens(); logits of the last token go to
-  // `last_logits` (n_vocab floats) when non-null. `on_chunk(done, total)` reports progress.
-  void prefill(KvCache& cache, std::span<const int32_t> tokens, float* last_logits, ThreadPool& pool,
-               const std::function<void(int64_t, int64_t)>& on_chunk = {});
+  // Feeds a whole prompt to one sequence in chunks of max_batch_tokens(); when `logits` is non-null, the last
+  // token's logits go there (n_vocab floats), or with all_logits every token's ([tokens.size()][n_vocab]).
+  // `on_chunk(done, total)` reports progress.
+  void prefill(KvCache& cache, std::span<const int32_t> tokens, float* logits, ThreadPool& pool,
+               const std::function<void(int64_t, int64_t)>& on_chunk = {}, bool all_logits = false);
 
   void set_debug_tap(DebugTap tap) { tap_ = std::move(tap); }
   void set_matmul_mode(MatmulMode mode) { matmul_mode_ = mode; }

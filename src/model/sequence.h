@@ -44,7 +44,7 @@ class CpuSequence final : public Sequence {
 
   const ModelConfig& config() const override { return model_.config(); }
   std::string backend_name() const override { return "CPU"; }
-  int32_t n_ctx() const override { return n_ctx_; }
+  int32_t n_ctx() const override { return cache_.n_ctx_max(); }
   int32_t n_past() const override { return cache_.n_past(); }
   int32_t max_batch_tokens() const override { return model_.max_batch_tokens(); }
   void truncate(int32_t n) override { cache_.truncate(n); }
@@ -56,7 +56,6 @@ class CpuSequence final : public Sequence {
  private:
   Model& model_;
   ThreadPool& pool_;
-  int32_t n_ctx_;
   KvCache cache_;
 };
 
