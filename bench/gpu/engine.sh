@@ -33,6 +33,14 @@ if [ "${TESTS:-1}" = 1 ]; then
   echo "tests exit code: $rc"
 fi
 HS="$BUILD/hipserve"
+# A/B of a switch: 8B decode (HiP) at depth 0 and 128K, with the environment variable unset, then set to 1.
+ab_decode() {  # title, variable, label
+  log "decode: $1 (HiP, depth 0 and 128K)"
+  for v in 0 1; do
+    echo "[$3=$v] $(env $([ $v = 1 ] && echo "$2=1") timeout 200 "$HS" bench --random-weights llama3.1-8b -p 0 -n 32 \
+      -d 0,131072 -r 3 2>&1 | grep -E 'tg32' | awk -F'|' '{print $7 $8}' | tr '\n' ' ')"
+  done
+}
 log "greedy generation, GPU vs CPU (reduced SmolLM2)"
 for d in cuda cpu; do
   timeout 60 "$HS" run --device $d -p "The capital of France is" -n 24 --temp 0 -c 512 2>"$OUT/run_$d.err" > "$OUT/run_$d.txt"
@@ -72,18 +80,8 @@ PY
     echo "[no_gemv=$v] $(timeout 120 "$HS" bench --random-weights llama3.1-8b -p 0 -n 32 -r 3 2>&1 | grep -E 'tg32|of that bound')"
   done
   unset HIPSERVE_CUDA_NO_GEMV
-  log "decode: programmatic dependent launch on / off (HiP, depth 0 and 128K)"
-  for v in 0 1; do
-    if [ $v = 1 ]; then export HIPSERVE_CUDA_NO_PDL=1; fi
-    echo "[no_pdl=$v] $(timeout 200 "$HS" bench --random-weights llama3.1-8b -p 0 -n 32 -d 0,131072 -r 3 2>&1 | grep -E 'tg32' | awk -F'|' '{print $7 $8}' | tr '\n' ' ')"
-  done
-  unset HIPSERVE_CUDA_NO_PDL
-  log "decode: one-row RMSNorm / RoPE on 1024 threads / 8 CTAs vs one 256-thread CTA (HiP, depth 0 and 128K)"
-  for v in 0 1; do
-    if [ $v = 1 ]; then export HIPSERVE_CUDA_NARROW_SMALL=1; fi
-    echo "[narrow_small=$v] $(timeout 200 "$HS" bench --random-weights llama3.1-8b -p 0 -n 32 -d 0,131072 -r 3 2>&1 | grep -E 'tg32' | awk -F'|' '{print $7 $8}' | tr '\n' ' ')"
-  done
-  unset HIPSERVE_CUDA_NARROW_SMALL
+  ab_decode "programmatic dependent launch on / off" HIPSERVE_CUDA_NO_PDL no_pdl
+  ab_decode "one-row RMSNorm / RoPE on 1024 threads / 8 CTAs vs one 256-thread CTA" HIPSERVE_CUDA_NARROW_SMALL narrow_small
 fi
 if [ -n "${GEMV_SHAPES:-}" ]; then
   log "decode GEMV shapes (rows per warp, loads per lane per step), HiP, depth 0"
