@@ -379,6 +379,20 @@ TEST(CudaHip, EstimateRecallOnRandomInputs) {
 }
 
 // HiP prefill attention with the CPU's mask uploaded: isolates the sparse attention from the estimate.
+// Runs hip_attention_prefill (variant) over `mask` and sets *err to the output's relative error against `ref`
+// (infinity when a CUDA call failed); every output element must have been written.
+void run_hip_prefill(const HipConfig& cfg, DevProblem& dp, DevMask& mask, int variant, const std::vector<float>& ref,
+                     double* err) {
+  *err = INFINITY;
+  CUDA_OK(cuda::hip_attention_prefill(to_gpu(cfg), dp.p, mask.dev(), nullptr, variant));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<uint16_t> got;
+  CUDA_OK(dp.out.download(got));
+  int64_t unwritten = 0;
+  *err = rel_error(got, ref, &unwritten);
+  EXPECT_EQ(unwritten, 0);
+}
+
 void check_hip_prefill(const HipConfig& cfg, const Problem& pr, bool gpu_mask, int variant = 0) {
   DevProblem dp(pr);
   const int32_t nqb = (pr.n_q + cfg.block_q - 1) / cfg.block_q, Kb = cfg.k / cfg.block_k;
@@ -390,13 +404,8 @@ void check_hip_prefill(const HipConfig& cfg, const Problem& pr, bool gpu_mask, i
     CUDA_OK(cuda::hip_estimate_mask(to_gpu(cfg), dp.p, mask.dev(), nullptr));
   else
     CUDA_OK(mask.upload(cpu_mask));
-  CUDA_OK(cuda::hip_attention_prefill(to_gpu(cfg), dp.p, mask.dev(), nullptr, variant));
-  CUDA_OK(cudaDeviceSynchronize());
-  std::vector<uint16_t> got;
-  CUDA_OK(dp.out.download(got));
-  int64_t unwritten = 0;
-  const double err = rel_error(got, ref, &unwritten);
-  EXPECT_EQ(unwritten, 0);
+  double err;
+  run_hip_prefill(cfg, dp, mask, variant, ref, &err);
   EXPECT_LT(err, kMaxRelError);
   std::printf("hip prefill (%s mask) b_q=%d variant %d D=%d H=%d/%d n_q=%d n_kv=%d: rel error %.2e\n",
               gpu_mask ? "GPU" : "CPU", cfg.block_q, variant, pr.D, pr.H, pr.Hkv, pr.n_q, pr.n_kv, err);
@@ -553,13 +562,8 @@ void check_hip_prefill_mask(const HipConfig& cfg, const Problem& pr, MaskMode mo
   const std::vector<float> ref = hip_prefill_reference(cfg, pr, m);
   DevMask mask(pr.H, nqb, Kb);
   CUDA_OK(mask.upload(m));
-  CUDA_OK(cuda::hip_attention_prefill(to_gpu(cfg), dp.p, mask.dev(), nullptr, variant));
-  CUDA_OK(cudaDeviceSynchronize());
-  std::vector<uint16_t> got;
-  CUDA_OK(dp.out.download(got));
-  int64_t unwritten = 0;
-  const double err = rel_error(got, ref, &unwritten);
-  EXPECT_EQ(unwritten, 0);
+  double err;
+  run_hip_prefill(cfg, dp, mask, variant, ref, &err);
   EXPECT_LT(err, kMaxRelError) << "mode " << int(mode) << " variant " << variant;
   std::printf("hip prefill (hand-made mask, mode %d) b_q=%d variant %d D=%d H=%d/%d n_q=%d n_kv=%d: rel error %.2e\n",
               int(mode), cfg.block_q, variant, pr.D, pr.H, pr.Hkv, pr.n_q, pr.n_kv, err);
