@@ -5,18 +5,20 @@
 //   hipserve_gpu_bench [--json FILE] [--quick] [--decode-only | --no-decode | --attn-only]
 //
 // Measurements (name, T):
-//   dense_prefill_v{0..4}   our FlashAttention-2 style causal prefill, numbered variants (attention_cuda.cu)
-//   hip_estimate / hip_attention_v{0,1} / hip_prefill   HiP k=512 prefill: mask estimation, sparse attention
-//                           (variants), both; hip_bq64_* the same with b_q 64, b_sq 4
-//   hip_estimate_v{0,8,1,2,5..7}  estimation variants at 128K (attention_cuda.h; v0 again last: the spread), quick
-//                           too; then hip_attention_v{3..7,0} over the default mask at 128K (v3 again last) and
-//                           hip_prefill (default estimate + default attention) at 128K
+//   dense_prefill_v0        our FlashAttention-2 style causal prefill (the name from when it had variants;
+//                           report.py and the earlier results use it)
+//   hip_estimate / hip_attention_v{0,3} / hip_prefill   HiP k=512 prefill: mask estimation, sparse attention
+//                           (v0 the default: the GQA-shared kernel at b_q 32; v3 the per-head kernel, the
+//                           reference it is measured against), both; hip_bq64_* the same with b_q 64, b_sq 4
+//                           (the per-head kernel is the default there: v0 only)
+//   hip_estimate_v0         the estimation at 128K, quick too (_again: once more last, the spread); then
+//                           hip_attention_v{3,0} over its mask at 128K (v3 again last) and hip_prefill
+//                           (estimate + default attention) at 128K
 //   dense_decode            split-K decode of the last position, per step (graph of 8 steps)
-//   hip_decode_cached       HiP decode step over a cached mask; _v1, _v2 the numbered variants
-//   hip_decode_refresh      one mask refresh (estimate, n_q = 1); _v1 .. _v8 the numbered variants (v3: the
-//                           one-CTA kernel that was the default before the cluster kernel), _again the default
-//                           once more (run-to-run spread)
+//   hip_decode_cached       HiP decode step over a cached mask
+//   hip_decode_refresh      one mask refresh (estimate, n_q = 1), _again once more (run-to-run spread)
 //   hip_decode_amortized    graph of 8 steps: 1 refresh + 8 attention steps, per step
+// (The variants compared in earlier runs and removed: docs/GPU.md, bench/gpu/results/.)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -173,8 +175,8 @@ int main(int argc, char** argv) {
   HipParams hip;  // paper defaults: k 512, b_q 32, b_k 2, b_sq 2, b_sk 1, sink 16, window 256, refresh 8
   const int Kb = hip.k / hip.block_k;
 
-  // --attn-only: HiP prefill attention alone (the default estimator's mask), per-head kernel (v3) against the
-  // GQA-shared variants and the default (v0), 32K and 128K, v3 again last (the spread).
+  // --attn-only: HiP prefill attention alone (the default estimator's mask), the per-head kernel (v3) against
+  // the default (v0: the GQA-shared kernel), 32K and 128K, interleaved twice (the spread).
   if (attn_only) {
     for (int T : {32768, 131072}) {
       Problem pr(T);
@@ -185,11 +187,11 @@ int main(int argc, char** argv) {
       CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
       const HipMaskDev mask{blocks, counts, nqb, Kb};
       CHECK(hip_estimate_mask(hip, p, mask, s));
-      const int vs[] = {3, 13, 8, 0, 4, 3, 13};
+      const int vs[] = {3, 0, 3, 0};
       const int reps = T > 32768 ? 10 : 30;
-      for (int i = 0; i < 7; ++i) {
+      for (int i = 0; i < 4; ++i) {
         const auto att = time_ms([&] { CHECK(hip_attention_prefill(hip, p, mask, s, vs[i])); }, 2, reps, s);
-        js.row(("hip_attention_v" + std::to_string(vs[i]) + (i >= 5 ? "_again" : "")).c_str(), T, att.first, att.second, reps, 0);
+        js.row(("hip_attention_v" + std::to_string(vs[i]) + (i >= 2 ? "_again" : "")).c_str(), T, att.first, att.second, reps, 0);
       }
       CHECK(cudaFree(blocks));
       CHECK(cudaFree(counts));
@@ -201,16 +203,15 @@ int main(int argc, char** argv) {
     Problem pr(T);
     const AttnParams p = pr.params(false);
     const int big = T >= 131072;
-    for (int variant = 0; variant < 5; ++variant) {
-      if (T > 131072 && variant > 0) continue;
-      const auto [med, mn] = time_ms([&] { CHECK(attention_prefill_dense(p, s, variant)); }, 1, big ? (T > 131072 ? 3 : 5) : 20, s);
-      const std::string name = "dense_prefill_v" + std::to_string(variant);
-      js.row(name.c_str(), T, med, mn, big ? 5 : 20, causal_flops(T, pr.H, pr.D) / (med * 1e-3) / 1e12);
+    {
+      const int reps = big ? (T > 131072 ? 3 : 5) : 20;
+      const auto [med, mn] = time_ms([&] { CHECK(attention_prefill_dense(p, s)); }, 1, reps, s);
+      js.row("dense_prefill_v0", T, med, mn, reps, causal_flops(T, pr.H, pr.D) / (med * 1e-3) / 1e12);
     }
     // HiP with the paper defaults (b_q 32, b_sq 2: 16 sampled rows) and, for comparison, b_q 64 with b_sq 4
     // (also 16 sampled rows; half the query blocks, so about half the estimation work).
     // (b_q 64 with b_sq 2, 32 sampled rows, the official v1.1 default, needs an estimator of more than 16 rows.)
-    for (const auto [bq, sq] : {std::pair{32, 2}, std::pair{64, 4}}) {
+    for (const auto& [bq, sq] : {std::pair{32, 2}, std::pair{64, 4}}) {
       HipParams h = hip;
       h.block_q = bq;
       h.stride_q = sq;
@@ -223,8 +224,8 @@ int main(int argc, char** argv) {
       const int reps = big ? 10 : 30;
       const auto est = time_ms([&] { CHECK(hip_estimate_mask(h, p, mask, s)); }, 2, reps, s);
       js.row((pre + "_estimate").c_str(), T, est.first, est.second, reps, 0);
-      for (int v = 0; v < 14; ++v) {  // 4..13: the GQA-shared kernel (at b_q 64: 13 only, 4 warps x 2 heads)
-        if (bq == 64 && v >= 4 && v < 13) continue;
+      for (int v : {0, 3}) {  // the default and the per-head kernel (the same kernel at b_q 64)
+        if (bq == 64 && v == 3) continue;
         const auto att = time_ms([&] { CHECK(hip_attention_prefill(h, p, mask, s, v)); }, 2, reps, s);
         js.row((pre + "_attention_v" + std::to_string(v)).c_str(), T, att.first, att.second, reps, 0);
       }
@@ -238,7 +239,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  // Estimation variants (attention_cuda.h) at 128K, the paper defaults; in the quick run too.
+  // The estimation at 128K, the paper defaults, twice (the spread); in the quick run too.
   if (!decode_only) {
     const int T = 131072;
     Problem pr(T);
@@ -248,16 +249,13 @@ int main(int argc, char** argv) {
     CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
     CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
     const HipMaskDev mask{blocks, counts, nqb, Kb};
-    const int est_variants[] = {0, 8, 1, 2, 5, 6, 7, 0};  // 0 = 4 (attention_cuda.h); 8 = the previous default  // v0 twice (first and last): the run-to-run spread
-    for (int i = 0; i < 8; ++i) {
-      const int v = est_variants[i];
-      const auto est = time_ms([&] { CHECK(hip_estimate_mask(hip, p, mask, s, v)); }, 1, 5, s);
-      js.row(("hip_estimate_v" + std::to_string(v) + (i == 7 ? "_again" : "")).c_str(), T, est.first, est.second, 5, 0);
-    }
-    // Attention variants at 128K over the default estimator's mask (3: the per-head kernel, 4..7 the GQA-shared
-    // kernel), 3 again last.
-    CHECK(hip_estimate_mask(hip, p, mask, s));
-    const int att_variants[] = {3, 4, 7, 8, 9, 10, 11, 12, 13, 0, 3};
+    auto time_estimate = [&](const char* name) {
+      const auto est = time_ms([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }, 1, 5, s);
+      js.row(name, T, est.first, est.second, 5, 0);
+    };
+    time_estimate("hip_estimate_v0");
+    // Attention at 128K over the estimator's mask: the per-head kernel (3) and the default (0), 3 again last.
+    const int att_variants[] = {3, 0, 3};
     constexpr int n_att = sizeof(att_variants) / sizeof(att_variants[0]);
     for (int i = 0; i < n_att; ++i) {
       const int v = att_variants[i];
@@ -269,6 +267,7 @@ int main(int argc, char** argv) {
       CHECK(hip_attention_prefill(hip, p, mask, s));
     }, 1, 5, s);
     js.row("hip_prefill", T, tot.first, tot.second, 5, 0);
+    time_estimate("hip_estimate_v0_again");
     CHECK(cudaFree(blocks));
     CHECK(cudaFree(counts));
   }
@@ -334,37 +333,12 @@ int main(int argc, char** argv) {
     per_step("hip_decode_cached", graph_of([&] {
                for (int i = 0; i < steps; ++i) CHECK(hip_attention_decode(hip, p, mask, w, s));
              }), steps);
-    for (int v : {1, 2})  // attention_cuda.h: 1 = the previous split, 2 = half the keys per CTA
-      per_step(("hip_decode_cached_v" + std::to_string(v)).c_str(), graph_of([&] {
-                 for (int i = 0; i < steps; ++i) CHECK(hip_attention_decode(hip, p, mask, w, s, v));
-               }), steps);
     per_step("hip_decode_refresh", graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }), 1);
-    // Numbered refresh variants (attention_cuda.h): 1 = the previous kernel, 2 = one CTA of 128 threads, 3 = one
-    // CTA of 512 threads (the default before the cluster kernel), 4..9 = cluster configurations, 13 = the first
-    // selection, 14, 15 = odd heads start later.
-    for (int v : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 14, 15})
-      per_step(("hip_decode_refresh_v" + std::to_string(v)).c_str(),
-               graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s, v)); }), 1);
-    // Phase timing variants (10: the default, 11: cluster 4 x 256 with the first selection, 12: one CTA of
-    // 512): clock64 cycles
-    // per CTA and iteration, summed over thread 0 of every CTA (hip_estimate_debug_phases).
-    for (int v : {10, 11, 12}) {
-      uint64_t ph[8] = {};
-      CHECK(hip_estimate_debug_phases(ph, true));
-      per_step(("hip_decode_refresh_timed_v" + std::to_string(v)).c_str(),
-               graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s, v)); }), 1);
-      CHECK(cudaDeviceSynchronize());
-      CHECK(hip_estimate_debug_phases(ph, false));
-      const double it = double(ph[6]), ctas = double(ph[7]);
-      std::printf("  v%d phases: %.1f iterations/CTA; cycles per CTA-iteration: scoring %.0f, cluster barrier %.0f, "
-                  "bare barrier %.0f, selection %.0f, emit %.0f; setup %.0f cycles per CTA\n",
-                  v, it / ctas, ph[1] / it, ph[2] / it, ph[3] / it, ph[4] / it, ph[5] / it, ph[0] / ctas);
-    }
-    per_step("hip_decode_refresh_again", graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }), 1);
     per_step("hip_decode_amortized", graph_of([&] {
                CHECK(hip_estimate_mask(hip, p, mask, s));
                for (int i = 0; i < steps; ++i) CHECK(hip_attention_decode(hip, p, mask, w, s));
              }), steps);
+    per_step("hip_decode_refresh_again", graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }), 1);
     CHECK(cudaFree(ws));
     CHECK(cudaFree(blocks));
     CHECK(cudaFree(counts));

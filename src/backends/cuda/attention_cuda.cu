@@ -2,9 +2,13 @@
 //   1. device helpers: cp.async, ldmatrix, mma.sync m16n8k16 bf16 (fp32 accumulate), exp2, swizzled tiles;
 //   2. prefill_kernel: FlashAttention-2 style causal prefill, dense or HiP block-sparse (KeySource policy);
 //   3. dense_decode_kernel, hip_decode_kernel: split-K decode, dense (per KV group) or HiP (per head);
-//   4. hip_estimate_kernel: the whole hierarchical top-k search of one (head, query block) in one CTA;
-//      hip_estimate_cluster_kernel: the same search for decode, one thread-block cluster per (head, query block);
+//   4. hip_estimate_kernel: the whole hierarchical top-k search of one (head, query block) in one CTA, state in
+//      shared memory (the fallback for large K_b); hip_estimate_cluster_kernel: the same search with the
+//      candidates in registers, one CTA (prefill) or one thread-block cluster (decode) per (head, query block);
+//      hip_gqa_prefill_kernel: HiP block-sparse prefill with one CTA per (KV group slice, query block);
 //   5. host wrappers.
+// Only the configurations the host wrappers run are here; the variants compared on an H100 and removed are in
+// docs/GPU.md (and bench/gpu/results/).
 //
 // Tensor-core fragment layouts (PTX ISA, mma.m16n8k16 .bf16), with g = lane / 4 and c = lane % 4:
 //   A (16x16, rows x k): a0 = A[g][2c..2c+1], a1 = A[g+8][2c..], a2 = A[g][2c+8..], a3 = A[g+8][2c+8..]
@@ -157,8 +161,9 @@ struct HipKeys {
   }
 };
 
-template <int D, int NW, int BC, int MT = 1, int STAGES = 2>
+template <int D, int NW, int BC, int MT = 1>
 struct PrefillShape {
+  static constexpr int STAGES = 2;  // key tiles in shared memory (prefill_body)
   static constexpr int BR = 16 * MT * NW, NT = 32 * NW;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   // Q, STAGES x (K, V), STAGES x key positions
@@ -168,12 +173,13 @@ struct PrefillShape {
 // MT: m16 row tiles per warp. MT = 1 keeps the warp's Q fragments in registers; MT = 2 (FlashAttention-2's
 // choice for d = 128) re-reads them from shared memory once per key tile but reuses every K/V fragment for
 // two row tiles, halving the shared-memory traffic per tensor-core instruction.
-// STAGES: key tiles in shared memory; STAGES - 1 loads are in flight while a tile is computed on.
-template <int D, int NW, int BC, int MT, int STAGES, class Keys>
+// STAGES: key tiles in shared memory; STAGES - 1 loads are in flight while a tile is computed on (HiP with 3
+// and 4 stages lost CTAs per SM and time: docs/GPU.md).
+template <int D, int NW, int BC, int MT, class Keys>
 __device__ __forceinline__ void prefill_body(const AttnParams& p, const Keys& keys, int head, int row0,
                                              uint16_t* smem) {
-  using S = PrefillShape<D, NW, BC, MT, STAGES>;
-  constexpr int BR = S::BR, NT = S::NT, CH = S::kChunks;
+  using S = PrefillShape<D, NW, BC, MT>;
+  constexpr int BR = S::BR, NT = S::NT, CH = S::kChunks, STAGES = S::STAGES;
   uint16_t* sQ = smem;
   uint16_t* sK = sQ + BR * D;           // [STAGES][BC][D]
   uint16_t* sV = sK + STAGES * BC * D;  // [STAGES][BC][D]
@@ -392,11 +398,11 @@ __global__ void __launch_bounds__(32 * NW) dense_prefill_kernel(const AttnParams
   keys.q_first = p.q_pos0 + row0;
   keys.q_last = p.q_pos0 + min(row0 + BR, p.n_q) - 1;
   keys.n_kv = p.n_kv;
-  prefill_body<D, NW, BC, MT, 2>(p, keys, head, row0, smem);
+  prefill_body<D, NW, BC, MT>(p, keys, head, row0, smem);
 }
 
 // Grid: (n_head, query blocks); block_q == 16 * NW rows.
-template <int D, int NW, int BC, int STAGES>
+template <int D, int NW, int BC>
 __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs a) {
   extern __shared__ __align__(128) uint16_t smem[];
   const AttnParams& p = a.p;
@@ -416,7 +422,7 @@ __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs 
   keys.n_a = keys.n_sink_eff + keys.n_sel * a.hip.block_k;
   keys.win_lo = max(0, t_min - w + 1);
   keys.n_list = keys.n_a + (w > 0 ? t_max + 1 - keys.win_lo : 0);
-  prefill_body<D, NW, BC, 1, STAGES>(p, keys, head, row0, smem);
+  prefill_body<D, NW, BC, 1>(p, keys, head, row0, smem);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -427,7 +433,8 @@ __global__ void __launch_bounds__(32 * NW) hip_prefill_kernel(const PrefillArgs 
 // (o, m, l) per head, written to the workspace; the last CTA of a head group merges the splits.
 
 constexpr int kDecodeThreads = 128;
-constexpr int kDecodeUnroll = 4;
+constexpr int kDecodeUnroll = 4;     // U of the dense kernel
+constexpr int kHipDecodeUnroll = 8;  // U of the HiP kernel (hip_attention_decode)
 
 struct DecodeArgs {
   AttnParams p;
@@ -618,8 +625,8 @@ __global__ void __launch_bounds__(kDecodeThreads) dense_decode_kernel(const Deco
   decode_split_body<D, GH>(a, keys, blockIdx.x * GH, blockIdx.y);
 }
 
-// Grid: (n_head, n_splits). UNR: keys in flight per lane group and step.
-template <int D, int UNR>
+// Grid: (n_head, n_splits); kHipDecodeUnroll keys in flight per lane group and step.
+template <int D>
 __global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const DecodeArgs a) {
   const int head = blockIdx.x;
   const int t = a.p.q_pos0, w = a.hip.window;
@@ -632,7 +639,7 @@ __global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const Decode
   keys.n_a = keys.n_sink_eff + a.mask.counts[int64_t(head) * a.mask.n_qblocks] * a.hip.block_k;
   keys.win_lo = max(0, t - w + 1);
   keys.n = keys.n_a + (w > 0 ? t + 1 - keys.win_lo : 0);
-  decode_split_body<D, 1, HipDecodeKeys, UNR>(a, keys, head, blockIdx.y);
+  decode_split_body<D, 1, HipDecodeKeys, kHipDecodeUnroll>(a, keys, head, blockIdx.y);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -654,7 +661,7 @@ __global__ void __launch_bounds__(kDecodeThreads) hip_decode_kernel(const Decode
 // instruction then touched twice the sectors it used; ncu counted 50% excessive sectors.) Masked (row, key)
 // pairs score -32000, padding rows -inf; the max over rows is a shuffle reduction over g.
 
-// Threads per estimation CTA: prefill has thousands of CTAs, and small CTAs let several share an SM (the
+// Threads per hip_estimate_kernel CTA: prefill has thousands of CTAs, and small CTAs let several share an SM (the
 // per-iteration work is a chain of barriers and dependent gathers: latency, not throughput); decode (n_q = 1)
 // has one CTA per head, so each CTA gets many warps to have more key loads in flight.
 constexpr int kEstThreadsPrefill = 128;
@@ -667,7 +674,6 @@ struct EstArgs {
   AttnParams p;
   HipParams hip;
   HipMaskDev mask;
-  int stagger_ns = 0;  // cluster kernel (benchmark variants): odd heads start this much later
 };
 
 // Ascending 32-bit order of the descending score order (-0 folded into +0); the CPU's desc_order.
@@ -765,304 +771,10 @@ __device__ int block_scan_f(int* out, int n, int* warp_tot, F f) {
   return total;
 }
 
-// The previous kernel (before the fused phases below), kept as a numbered variant for the benchmark.
-template <int D, int NT>
-__global__ void __launch_bounds__(NT, NT <= 128 ? 5 : 1) hip_estimate_kernel_prev(const EstArgs a) {
-  constexpr int kEstThreads = NT, kEstWarps = NT / 32;
-  extern __shared__ __align__(16) unsigned char est_smem[];
-  const AttnParams& p = a.p;
-  const HipParams& cfg = a.hip;
-  const int head = blockIdx.x, qb = blockIdx.y;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int bk = cfg.block_k, Kb = cfg.k / bk, nks = bk / cfg.stride_k;
-  const int row0 = qb * cfg.block_q, n_rows = min(cfg.block_q, p.n_q - row0);
-  const int t_max = p.q_pos0 + row0 + n_rows - 1;
-  const int w_est = p.n_q == 1 ? cfg.window - (cfg.refresh - 1) : cfg.window;
-  const int lo = cfg.n_sink, hi = t_max + 1 - w_est, base_blk = lo / bk;
-  const int64_t mrow = int64_t(head) * a.mask.n_qblocks + qb;
-  int32_t* out = a.mask.blocks + mrow * a.mask.kb_stride;
-
-  if (hi - lo <= cfg.k) {  // everything searchable fits: take it all
-    const int n = hi > lo ? (hi - lo + bk - 1) / bk : 0;
-    for (int s = tid; s < n; s += kEstThreads) out[s] = base_blk + s;
-    if (tid == 0) a.mask.counts[mrow] = n;
-    return;
-  }
-  const int N = (hi - lo + bk - 1) / bk;
-  const int pow2 = 1 << (31 - __clz(N));
-  const int A = (pow2 + Kb - 1) / Kb;
-
-  // Shared memory carve-up (sizes match hip_estimate_smem_bytes).
-  EstSmem sm;
-  {
-    unsigned char* ptr = est_smem;
-    auto take = [&](size_t bytes) {
-      unsigned char* r = ptr;
-      ptr += (bytes + 15) & ~size_t(15);
-      return r;
-    };
-    sm.qs = reinterpret_cast<uint16_t*>(take(16 * D * 2));
-    sm.node_start = reinterpret_cast<int*>(take(Kb * 4));
-    sm.node_size = reinterpret_cast<int*>(take(Kb * 4));
-    sm.node_score = reinterpret_cast<float*>(take(Kb * 4));
-    sm.cand_start = reinterpret_cast<int*>(take(2 * Kb * 4));
-    sm.cand_size = reinterpret_cast<int*>(take(2 * Kb * 4));
-    sm.cand_score = reinterpret_cast<float*>(take(2 * Kb * 4));
-    sm.scan = reinterpret_cast<int*>(take((2 * Kb + 1) * 4));
-    sm.todo = reinterpret_cast<int*>(take(2 * Kb * 4));
-    sm.kmax = reinterpret_cast<float*>(take(2 * Kb * nks * 4));
-    sm.lim = reinterpret_cast<int*>(take(16 * 4));
-    sm.hist = reinterpret_cast<int*>(take(256 * 4));
-    sm.misc = reinterpret_cast<int*>(take(kEstMaxWarps * 4 + 8 * 4));
-  }
-  int* warp_tot = sm.misc;
-  int* shared_vals = sm.misc + kEstWarps;  // [0] max size, [1] threshold prefix, [2] need
-
-  // Sampled rows: the last of each stride_q group, plus a partial block's last row.
-  if (tid < 16) {
-    int R = 0, rr_of = -1;
-    for (int rr = cfg.stride_q - 1; rr < n_rows; rr += cfg.stride_q) {
-      if (R == tid) rr_of = rr;
-      ++R;
-    }
-    if (n_rows % cfg.stride_q != 0) {
-      if (R == tid) rr_of = n_rows - 1;
-      ++R;
-    }
-    sm.lim[tid] = rr_of >= 0 ? p.q_pos0 + row0 + rr_of - w_est : INT_MIN;
-    const uint16_t* src = p.q + int64_t(row0 + max(rr_of, 0)) * p.q_stride + int64_t(head) * D;
-    for (int d = 0; d < D; d += 8)
-      *reinterpret_cast<uint4*>(sm.qs + tid * D + d) =
-          rr_of >= 0 ? *reinterpret_cast<const uint4*>(src + d) : make_uint4(0, 0, 0, 0);
-  }
-  // Initial nodes: aligned boundaries, the last at N (the CPU's tail fix); empty ones are dropped.
-  for (int j = tid; j < Kb; j += kEstThreads) {
-    const int b0 = j == 0 ? 0 : min(int((int64_t(j) * N / Kb) / A * A), N);
-    const int b1 = j + 1 == Kb ? N : min(int((int64_t(j + 1) * N / Kb) / A * A), N);
-    sm.cand_start[j] = b0;
-    sm.cand_size[j] = b1 - b0;
-    sm.scan[j] = b1 > b0;
-  }
-  if (tid == 0) shared_vals[0] = 0;
-  __syncthreads();
-  int n_nodes = block_exclusive_scan<NT>(sm.scan, Kb, warp_tot);
-  for (int j = tid; j < Kb; j += kEstThreads) {
-    if (sm.cand_size[j] > 0) {
-      const int at = sm.scan[j];
-      sm.node_start[at] = sm.cand_start[j];
-      sm.node_size[at] = sm.cand_size[j];
-      sm.node_score[at] = __int_as_float(0x7fc00000);  // NaN: not scored yet
-      atomicMax(&shared_vals[0], sm.cand_size[j]);
-    }
-  }
-  __syncthreads();
-
-  // A fragments of the sampled rows in the permuted dim order (identical in every warp).
-  const int g = lane >> 2, c4 = lane & 3;
-  constexpr int KS = D / 16;  // k-steps
-  uint32_t af[KS][4];
-#pragma unroll
-  for (int kk = 0; kk < KS; ++kk) {
-    const int d = (kk >> 1) * 32 + c4 * 8 + (kk & 1) * 4;  // see the dim permutation above
-    af[kk][0] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d);
-    af[kk][1] = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d);
-    af[kk][2] = *reinterpret_cast<const uint32_t*>(sm.qs + g * D + d + 2);
-    af[kk][3] = *reinterpret_cast<const uint32_t*>(sm.qs + (g + 8) * D + d + 2);
-  }
-  const int lim_lo = sm.lim[g], lim_hi = sm.lim[g + 8];
-  int lim_max = INT_MIN;
-  for (int r = 0; r < 16; ++r) lim_max = max(lim_max, sm.lim[r]);
-  const int kvh = head / (p.n_head / p.n_kv_head);
-  const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + c4 * 8;
-
-  int max_size = shared_vals[0];
-  // Node sizes at least halve per iteration (a size-1 node stays), so 32 iterations bound any int range; the
-  // cap only guards against a logic error turning into a hang.
-  for (int iter = 0; max_size > 1 && iter < 32; ++iter) {
-    // Halve: node i yields 1 (size 1: itself, keeping its score) or 2 children.
-    for (int i = tid; i < n_nodes; i += kEstThreads) sm.scan[i] = sm.node_size[i] == 1 ? 1 : 2;
-    __syncthreads();
-    const int n_cand = block_exclusive_scan<NT>(sm.scan, n_nodes, warp_tot);
-    for (int i = tid; i < n_nodes; i += kEstThreads) {
-      const int at = sm.scan[i], s = sm.node_start[i], h = sm.node_size[i];
-      if (h == 1) {
-        sm.cand_start[at] = s;
-        sm.cand_size[at] = 1;
-        sm.cand_score[at] = sm.node_score[i];
-      } else {
-        const int hl = h / 2;
-        sm.cand_start[at] = s;
-        sm.cand_size[at] = hl;
-        sm.cand_score[at] = __int_as_float(0x7fc00000);
-        sm.cand_start[at + 1] = s + hl;
-        sm.cand_size[at + 1] = h - hl;
-        sm.cand_score[at + 1] = __int_as_float(0x7fc00000);
-      }
-    }
-    __syncthreads();
-    // The children without a score, compacted.
-    for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = isnan(sm.cand_score[i]) ? 1 : 0;
-    __syncthreads();
-    const int n_todo = block_exclusive_scan<NT>(sm.scan, n_cand, warp_tot);
-    for (int i = tid; i < n_cand; i += kEstThreads)
-      if (isnan(sm.cand_score[i])) sm.todo[sm.scan[i]] = i;
-    __syncthreads();
-
-    // Score: keys (todo child t, sampled key j) -> key index t * nks + j, 8 per warp pass.
-    const DivPow2OrNot nks_div(nks);
-    const int n_keys = n_todo * nks;
-    // UNR passes of 8 keys per warp have their loads in flight together (decode: 3, its CTAs are few; 4 spills at 128 registers).
-    // (Tried: A fragments in shared memory to free 32 registers for 4 passes in flight at 4 CTAs/SM: 50.6 ->
-    // 56.6 ms at 128K on an H100, slower; the scoring rounds are not what limits this kernel.)
-    constexpr int UNR = NT <= 128 ? 2 : 3;
-    for (int pass0 = warp * 8; pass0 < n_keys; pass0 += kEstWarps * 8 * UNR) {
-      uint4 kr[UNR][D / 32];
-      int kpos[UNR];
-#pragma unroll
-      for (int u = 0; u < UNR; ++u) {
-        const int ki = pass0 + u * kEstWarps * 8 + g;
-        int kp = INT_MAX;
-        if (ki < n_keys) {
-          const int ci = sm.todo[nks_div.div(ki)], j = nks_div.mod(ki);
-          const int r = sm.cand_start[ci] + sm.cand_size[ci] / 2;  // center block
-          kp = lo + r * bk + j * cfg.stride_k + cfg.stride_k - 1;
-        }
-        kpos[u] = kp;
-        const bool load = kp <= lim_max;  // keys no sampled row may score are not read
-        const uint4* src = reinterpret_cast<const uint4*>(kbase + int64_t(load ? kp : 0) * p.kv_pos_stride);
-#pragma unroll
-        for (int v = 0; v < D / 32; ++v) kr[u][v] = load ? __ldg(src + 4 * v) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < UNR; ++u) {
-        const int pbase = pass0 + u * kEstWarps * 8;
-        if (pbase >= n_keys) break;  // warp-uniform
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
-        const uint32_t* kw = reinterpret_cast<const uint32_t*>(kr[u]);
-#pragma unroll
-        for (int kk = 0; kk < KS; ++kk) mma_bf16(acc, af[kk], kw[2 * kk], kw[2 * kk + 1]);
-        // acc[e]: row (e < 2 ? g : g + 8), key column 2c + (e & 1) of this pass.
-        float best[2];
-#pragma unroll
-        for (int e2 = 0; e2 < 2; ++e2) {
-          const int kp = __shfl_sync(0xffffffffu, kpos[u], (2 * c4 + e2) * 4);  // lane of key 2c+e2
-          const float x_lo = lim_lo == INT_MIN ? -INFINITY : (kp > lim_lo ? kMaskedScore : acc[e2]);
-          const float x_hi = lim_hi == INT_MIN ? -INFINITY : (kp > lim_hi ? kMaskedScore : acc[2 + e2]);
-          best[e2] = fmaxf(x_lo, x_hi);
-        }
-#pragma unroll
-        for (int off = 4; off < 32; off <<= 1) {
-          best[0] = fmaxf(best[0], __shfl_xor_sync(0xffffffffu, best[0], off));
-          best[1] = fmaxf(best[1], __shfl_xor_sync(0xffffffffu, best[1], off));
-        }
-        if (g == 0) {
-#pragma unroll
-          for (int e2 = 0; e2 < 2; ++e2) {
-            const int ki = pbase + 2 * c4 + e2;
-            if (ki < n_keys) sm.kmax[ki] = best[e2];
-          }
-        }
-      }
-    }
-    __syncthreads();
-    for (int t = tid; t < n_todo; t += kEstThreads) {
-      float s = sm.kmax[t * nks];
-      for (int j = 1; j < nks; ++j) s = fmaxf(s, sm.kmax[t * nks + j]);
-      sm.cand_score[sm.todo[t]] = s;
-    }
-    __syncthreads();
-
-    // Select the K_b best candidates (score descending, then lower start = lower index).
-    int n_keep = n_cand;
-    if (n_cand > Kb) {
-      if (tid == 0) {
-        shared_vals[1] = 0;   // threshold prefix
-        shared_vals[2] = Kb;  // still needed from the candidates matching the prefix
-      }
-      uint32_t prefix_mask = 0;
-      for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int i = tid; i < 256; i += kEstThreads) sm.hist[i] = 0;
-        __syncthreads();
-        const uint32_t prefix = uint32_t(shared_vals[1]);
-        // Most candidates share the high digits, so lanes with equal digits add once, together (an atomic to
-        // one address from a whole warp would serialize 32 ways). The loop bound is warp-uniform.
-        for (int i0 = 0; i0 < n_cand; i0 += kEstThreads) {
-          const int i = i0 + tid;
-          int digit = 256;  // not counted
-          if (i < n_cand) {
-            const uint32_t key = desc_order(sm.cand_score[i]);
-            if ((key & prefix_mask) == prefix) digit = int((key >> shift) & 255);
-          }
-          const unsigned peers = __match_any_sync(0xffffffffu, digit);
-          if (digit < 256 && lane == __ffs(peers) - 1) atomicAdd(&sm.hist[digit], __popc(peers));
-        }
-        __syncthreads();
-        if (warp == 0) {  // the digit where the running count reaches `need`
-          const int need = shared_vals[2];
-          int cnt[8], lsum = 0;
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            cnt[i] = sm.hist[lane * 8 + i];
-            lsum += cnt[i];
-          }
-          int incl = lsum;
-#pragma unroll
-          for (int off = 1; off < 32; off <<= 1) {
-            const int y = __shfl_up_sync(0xffffffffu, incl, off);
-            if (lane >= off) incl += y;
-          }
-          const int excl = incl - lsum;
-          if (excl < need && need <= incl) {  // exactly one lane
-            int run = excl, d = 0;
-            while (run + cnt[d] < need) run += cnt[d++];
-            shared_vals[1] = int(prefix | (uint32_t(lane * 8 + d) << shift));
-            shared_vals[2] = need - run;
-          }
-        }
-        prefix_mask |= 255u << shift;
-        __syncthreads();
-      }
-      const uint32_t thresh = uint32_t(shared_vals[1]);
-      const int need_eq = shared_vals[2];  // how many of those equal to the threshold are kept
-      for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = desc_order(sm.cand_score[i]) == thresh;
-      __syncthreads();
-      block_exclusive_scan<NT>(sm.scan, n_cand, warp_tot);
-      for (int i = tid; i < n_cand; i += kEstThreads) {
-        const uint32_t key = desc_order(sm.cand_score[i]);
-        sm.todo[i] = key < thresh || (key == thresh && sm.scan[i] < need_eq);
-      }
-      __syncthreads();
-      for (int i = tid; i < n_cand; i += kEstThreads) sm.scan[i] = sm.todo[i];
-      __syncthreads();
-      n_keep = block_exclusive_scan<NT>(sm.scan, n_cand, warp_tot);
-    } else {
-      for (int i = tid; i < n_cand; i += kEstThreads) {
-        sm.todo[i] = 1;
-        sm.scan[i] = i;
-      }
-      __syncthreads();
-    }
-    if (tid == 0) shared_vals[0] = 0;
-    __syncthreads();
-    for (int i = tid; i < n_cand; i += kEstThreads) {
-      if (sm.todo[i]) {
-        const int at = sm.scan[i];
-        sm.node_start[at] = sm.cand_start[i];
-        sm.node_size[at] = sm.cand_size[i];
-        sm.node_score[at] = sm.cand_score[i];
-        atomicMax(&shared_vals[0], sm.cand_size[i]);
-      }
-    }
-    __syncthreads();
-    n_nodes = n_keep;
-    max_size = shared_vals[0];
-    __syncthreads();  // everyone has read shared_vals[0] before the next iteration resets it
-  }
-  for (int i = tid; i < n_nodes; i += kEstThreads) out[i] = base_blk + sm.node_start[i];
-  if (tid == 0) a.mask.counts[mrow] = n_nodes;
-}
-
-// Per iteration 15 barriers instead of ~32 (the kernel is a latency chain of barriers, not bound by its loads):
+// The search with its whole state in shared memory: the fallback of both forms of hip_estimate_cluster_kernel
+// below (est_dispatch) where their registers cannot hold 2 K_b candidates or block_k / stride_k is not 1, 2, 4
+// or 8. Per iteration 15 barriers instead of the first version's ~32 (the kernel is a latency chain of
+// barriers, not bound by its loads; the first version was compared and removed: docs/GPU.md):
 // halving and the list of children to score come from one scan of packed counts (children | to-score << 16)
 // computed in place from the node sizes; the scores of a child's keys are combined in the scoring pass itself
 // when block_k / stride_k <= 2 (no kmax round trip); the radix histograms alternate between two buffers (the
@@ -1395,15 +1107,12 @@ __global__ void __launch_bounds__(NT, MINB) hip_estimate_kernel(const EstArgs a)
 // children are placed by a ballot prefix (1 or 2 children each) with one barrier (a __syncthreads_or that also
 // says whether any kept node still has size > 1). Scores live in two buffers by iteration parity: a CTA that
 // is ahead may store the next iteration's scores while a slower one still reads this iteration's.
-// PF: after scoring, prefetch into L2 the keys of every scored child's children (twice the keys the next
-// iteration needs; only half of them are kept).
-// TIMING (benchmark only): thread 0 of every CTA adds clock64 cycles per phase to g_est_phase (see
-// hip_estimate_debug_phases).
-__device__ unsigned long long g_est_phase[8];
-
+// Prefill (many query blocks) runs the same kernel with CL = 1: one CTA per (head, query block), no cluster.
+// (Compared and removed, docs/GPU.md: an L2 prefetch of the next children, phase timing, the first selection
+// with fixed 8-bit digits from the top bit, other cluster shapes, staggered head starts.)
 // UNR_ / MINB_ (0: the defaults below): gather passes in flight per warp and CTAs per SM of the launch bounds
-// (prefill variants of the one-CTA form, CL = 1).
-template <int D, int NT, int CL, int CPT, bool PF, bool TIMING = false, bool SEL2 = true, int UNR_ = 0, int MINB_ = 0>
+// (the prefill form, CL = 1, sets them).
+template <int D, int NT, int CL, int CPT, int UNR_ = 0, int MINB_ = 0>
 __global__ void __launch_bounds__(NT, MINB_ > 0 ? MINB_ : (NT <= 128 ? 4 : (NT <= 256 ? 2 : 1))) hip_estimate_cluster_kernel(const EstArgs a) {
   constexpr int NW = NT / 32, CAP = NT * CPT;
   constexpr unsigned kFull = 0xffffffffu;
@@ -1413,7 +1122,6 @@ __global__ void __launch_bounds__(NT, MINB_ > 0 ? MINB_ : (NT <= 128 ? 4 : (NT <
   int crank = 0;
   if constexpr (CL > 1) crank = int(cg::this_cluster().block_rank());
   const int head = blockIdx.x / CL, qb = blockIdx.y;
-  if (a.stagger_ns > 0 && (head & 1)) __nanosleep(a.stagger_ns);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const unsigned lt_mask = (1u << lane) - 1u;
   const int bk = cfg.block_k, Kb = cfg.k / bk, nks = bk / cfg.stride_k;
@@ -1423,17 +1131,6 @@ __global__ void __launch_bounds__(NT, MINB_ > 0 ? MINB_ : (NT <= 128 ? 4 : (NT <
   const int lo = cfg.n_sink, hi = t_max + 1 - w_est, base_blk = lo / bk;
   const int64_t mrow = int64_t(head) * a.mask.n_qblocks + qb;
   int32_t* out = a.mask.blocks + mrow * a.mask.kb_stride;
-  // Phases: 0 setup, 1 scoring (this thread's warp), 2 cluster barrier after scoring, 3 a second cluster
-  // barrier (its bare cost; TIMING only), 4 selection, 5 emit, 6 iterations, 7 CTAs.
-  unsigned long long t_prev = 0, t_acc[6] = {0, 0, 0, 0, 0, 0};
-  if constexpr (TIMING) t_prev = clock64();
-  auto tick = [&](int phase) {
-    if constexpr (TIMING) {
-      const unsigned long long t = clock64();
-      t_acc[phase] += t - t_prev;
-      t_prev = t;
-    }
-  };
 
   if (hi - lo <= cfg.k) {  // everything searchable fits: take it all (no shared memory of other CTAs touched)
     if (crank != 0) return;
@@ -1593,7 +1290,6 @@ __global__ void __launch_bounds__(NT, MINB_ > 0 ? MINB_ : (NT <= 128 ? 4 : (NT <
   const int kvh = head / (p.n_head / p.n_kv_head);
   const uint16_t* kbase = p.k + int64_t(kvh) * p.kv_head_stride + c4 * 8;
   const DivPow2OrNot nks_div(nks);
-  tick(0);
 
   int iter = 0;
   for (; more && iter < 40; ++iter) {
@@ -1671,32 +1367,7 @@ __global__ void __launch_bounds__(NT, MINB_ > 0 ? MINB_ : (NT <= 128 ? 4 : (NT <
         }
       }
     }
-    if constexpr (PF) {  // the children of this slice's children, into L2
-      const int t0 = k0 / nks, t1 = (k1 + nks - 1) / nks;
-      for (int t = t0 + tid; t < t1; t += NT) {
-        const int ci = todo[t], s = c_start[ci], h = c_size[ci];
-        if (h <= 1) continue;
-        const int hl = h / 2;
-#pragma unroll
-        for (int side = 0; side < 2; ++side) {
-          const int r = side == 0 ? s + hl / 2 : s + hl + (h - hl) / 2;
-          for (int j = 0; j < nks; ++j) {
-            const int kp = lo + r * bk + j * cfg.stride_k + cfg.stride_k - 1;
-            if (kp > lim_max) continue;
-            const char* src = reinterpret_cast<const char*>(p.k + int64_t(kvh) * p.kv_head_stride + int64_t(kp) * p.kv_pos_stride);
-#pragma unroll
-            for (int off = 0; off < D * 2; off += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(src + off));
-          }
-        }
-      }
-    }
-    tick(1);
     if constexpr (CL > 1) cg::this_cluster().sync(); else __syncthreads();
-    tick(2);
-    if constexpr (TIMING) {
-      if constexpr (CL > 1) cg::this_cluster().sync(); else __syncthreads();
-      tick(3);
-    }
 
     // This thread's candidates and their order keys.
     bool valid[CPT];
@@ -1751,66 +1422,46 @@ __global__ void __launch_bounds__(NT, MINB_ > 0 ? MINB_ : (NT <= 128 ? 4 : (NT <
         run_sel = __shfl_sync(kFull, run, src);
         bc_sel = __shfl_sync(kFull, bc, src);
       };
-      if constexpr (SEL2) {
-        // The bits all candidates share (AND == OR) need no pass: the first 8-bit window starts at the highest
-        // bit where they differ, so the candidates spread over its bins (and the plain shared atomics below
-        // rarely collide); a pass stops once the threshold bin holds exactly the candidates still needed.
-        uint32_t wa = ~0u, wo = 0u;
+      // The bits all candidates share (AND == OR) need no pass: the first 8-bit window starts at the highest
+      // bit where they differ, so the candidates spread over its bins (and the plain shared atomics below
+      // rarely collide); a pass stops once the threshold bin holds exactly the candidates still needed.
+      uint32_t wa = ~0u, wo = 0u;
 #pragma unroll
-        for (int j = 0; j < CPT; ++j)
-          if (valid[j]) wa &= key[j], wo |= key[j];
-        wa = __reduce_and_sync(kFull, wa);
-        wo = __reduce_or_sync(kFull, wo);
-        if (lane == 0) wred[warp] = make_uint2(wa, wo);
-        __syncthreads();
-        uint32_t all_and = ~0u, all_or = 0u;
+      for (int j = 0; j < CPT; ++j)
+        if (valid[j]) wa &= key[j], wo |= key[j];
+      wa = __reduce_and_sync(kFull, wa);
+      wo = __reduce_or_sync(kFull, wo);
+      if (lane == 0) wred[warp] = make_uint2(wa, wo);
+      __syncthreads();
+      uint32_t all_and = ~0u, all_or = 0u;
 #pragma unroll
-        for (int w2 = 0; w2 < NW; ++w2) {
-          const uint2 v = wred[w2];
-          all_and &= v.x;
-          all_or |= v.y;
-        }
-        const uint32_t diff = all_and ^ all_or;
-        if (diff == 0) {  // all keys equal: the tie rule alone decides
-          prefix = all_and;
-          pmask = ~0u;
-        } else {
-          int top = 31 - __clz(int(diff));
-          pmask = top == 31 ? 0u : ~((2u << top) - 1u);
-          prefix = all_and & pmask;
-          for (int pass = 0; top >= 0 && pass < 4; ++pass) {  // uniform; <= 4 windows of 8 bits
-            const int low = max(0, top - 7);
-            const uint32_t dmask = (1u << (top - low + 1)) - 1u;
-            int* const h = H + pass * 256;
-#pragma unroll
-            for (int j = 0; j < CPT; ++j)
-              if (valid[j] && (key[j] & pmask) == prefix) atomicAdd(&h[(key[j] >> low) & dmask], 1);
-            __syncthreads();
-            int digit, run_sel;
-            find_digit(h, digit, run_sel, bincnt);
-            prefix |= uint32_t(digit) << low;
-            pmask |= dmask << low;
-            need -= run_sel;
-            top = low - 1;
-            if (bincnt == need) break;  // uniform: all of the threshold bin is kept
-          }
-        }
+      for (int w2 = 0; w2 < NW; ++w2) {
+        const uint2 v = wred[w2];
+        all_and &= v.x;
+        all_or |= v.y;
+      }
+      const uint32_t diff = all_and ^ all_or;
+      if (diff == 0) {  // all keys equal: the tie rule alone decides
+        prefix = all_and;
+        pmask = ~0u;
       } else {
-        for (int pass = 0; pass < 4; ++pass) {
-          const int shift = 24 - 8 * pass;
+        int top = 31 - __clz(int(diff));
+        pmask = top == 31 ? 0u : ~((2u << top) - 1u);
+        prefix = all_and & pmask;
+        for (int pass = 0; top >= 0 && pass < 4; ++pass) {  // uniform; <= 4 windows of 8 bits
+          const int low = max(0, top - 7);
+          const uint32_t dmask = (1u << (top - low + 1)) - 1u;
           int* const h = H + pass * 256;
 #pragma unroll
-          for (int j = 0; j < CPT; ++j) {
-            const int digit = valid[j] && (key[j] & pmask) == prefix ? int((key[j] >> shift) & 255) : 256;
-            const unsigned peers = __match_any_sync(kFull, digit);
-            if (digit < 256 && lane == __ffs(peers) - 1) atomicAdd(&h[digit], __popc(peers));
-          }
+          for (int j = 0; j < CPT; ++j)
+            if (valid[j] && (key[j] & pmask) == prefix) atomicAdd(&h[(key[j] >> low) & dmask], 1);
           __syncthreads();
           int digit, run_sel;
           find_digit(h, digit, run_sel, bincnt);
-          prefix |= uint32_t(digit) << shift;
-          pmask |= 255u << shift;
+          prefix |= uint32_t(digit) << low;
+          pmask |= dmask << low;
           need -= run_sel;
+          top = low - 1;
           if (bincnt == need) break;  // uniform: all of the threshold bin is kept
         }
       }
@@ -1835,17 +1486,8 @@ __global__ void __launch_bounds__(NT, MINB_ > 0 ? MINB_ : (NT <= 128 ? 4 : (NT <
           kept[j] = valid[j] && (key[j] < prefix || (key[j] == prefix && base + pe[j] < need));
       }
     }
-    tick(4);
     more = emit(c_score + (par ^ 1) * CAP);
     __syncthreads();  // the next candidates and todo list are complete
-    tick(5);
-  }
-  if constexpr (TIMING) {
-    if (tid == 0) {
-      for (int i = 0; i < 6; ++i) atomicAdd(&g_est_phase[i], t_acc[i]);
-      atomicAdd(&g_est_phase[6], (unsigned long long)iter);
-      atomicAdd(&g_est_phase[7], 1ull);
-    }
   }
 }
 
@@ -1861,8 +1503,9 @@ __global__ void __launch_bounds__(NT, MINB_ > 0 ? MINB_ : (NT <= 128 ? 4 : (NT <
 // mask and key <= t - w; a sink key iff key <= t - w; a window key iff t - w < key <= t.
 // The exclusive/shared split: a block of head h's list is looked up (binary search) in the other heads' sorted
 // lists; one packed block scan (exclusive | first-owner-shared << 16) places every block.
-template <int D, int BQW, int GS, int STAGES, int SL = 16>
+template <int D, int BQW, int GS, int STAGES>
 struct HipGqaShape {
+  static constexpr int SL = 16;  // keys per head slot in a split tile
   static constexpr int NW = BQW * GS, NT = 32 * NW, BQ = 16 * BQW, BC = SL * GS, CH = D / 8;
   static constexpr int q_elems = GS * BQ * D;
   static constexpr int kv_elems = 2 * STAGES * BC * D;
@@ -1873,18 +1516,18 @@ constexpr int kGqaWin = 1 << 8;  // info bit: a window key (part B)
 
 inline int64_t hip_gqa_list_bytes(int kb, int gs) { return int64_t(gs) * kb * 4 * 3 + int64_t(gs) * kb + 64; }
 
-// SL: keys per head slot in a split tile (16 or 32); MAXCH: most 16-key chunks one online-softmax step takes
-// (the previous kernel: BC / 16, all chunks of a tile at once when all hold keys of the warp's head); LAZY:
-// skip the rescale of the output accumulators when no row of the warp raised its running max (alpha == 1
-// exactly: the same result). A CTA holds head slots sub * GS .. sub * GS + GS - 1 of its group (blockIdx.x =
-// kvh * n_sub + sub, n_sub = ceil(G / GS)): with GS < G the group's heads are split over adjacent CTAs.
-template <int D, int BQW, int GS, int STAGES, int MINB, int SL = 16, int MAXCH = GS, bool LAZY = false>
+// A tile's 16-key chunks go through one online-softmax step together when all hold keys of the warp's head
+// (else one step per chunk that does); the rescale of the output accumulators is skipped when no row of the
+// warp raised its running max (alpha == 1 exactly: the same result). A CTA holds head slots sub * GS .. sub *
+// GS + GS - 1 of its group (blockIdx.x = kvh * n_sub + sub, n_sub = ceil(G / GS)): with GS < G the group's
+// heads are split over adjacent CTAs. (Other slice widths, chunk groupings and head slots per CTA were
+// compared and removed: docs/GPU.md.)
+template <int D, int BQW, int GS, int STAGES, int MINB>
 __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(const PrefillArgs a) {
-  using S = HipGqaShape<D, BQW, GS, STAGES, SL>;
-  constexpr int NT = S::NT, BQ = S::BQ, BC = S::BC, CH = S::CH;
+  using S = HipGqaShape<D, BQW, GS, STAGES>;
+  constexpr int NT = S::NT, BQ = S::BQ, BC = S::BC, CH = S::CH, SL = S::SL;
   constexpr int NCHT = BC / 16;  // 16-key chunks per tile
-  static_assert(SL == 16 || SL == 32, "slice of 16 or 32 keys");
-  static_assert(MAXCH >= 1 && NCHT % MAXCH == 0, "chunk groups tile the tile");
+  constexpr int MAXCH = NCHT;    // most 16-key chunks one online-softmax step takes
   extern __shared__ __align__(128) uint16_t smem[];
   const AttnParams& p = a.p;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -2111,7 +1754,7 @@ __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(co
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) l_run[h] = l_run[h] * alpha[h] + sum[h];
-    if (!LAZY || __any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) {
         o[j][0] *= alpha[0];
@@ -2200,9 +1843,9 @@ __global__ void __launch_bounds__(32 * BQW * GS, MINB) hip_gqa_prefill_kernel(co
 
 cudaError_t last_launch_error() { return cudaGetLastError(); }
 
-// hip_attention_prefill's variant 0 (see there).
-constexpr int kHipPrefillDefault = 3;      // per-head kernel
-constexpr int kHipPrefillGqaDefault = 13;  // GQA-shared kernel (b_q 32, head dim 128)
+// hip_attention_prefill's variant that selects the per-head kernel everywhere (attention_cuda.h; the number it
+// has in the H100 results of runs 13-15).
+constexpr int kHipPrefillPerHead = 3;
 
 bool head_dim_ok(int d) { return d == 64 || d == 128; }
 
@@ -2239,7 +1882,7 @@ int sm_count() {
   return n;
 }
 
-// Shared memory of hip_estimate_kernel and hip_estimate_kernel_prev (which uses one of the two histograms).
+// Shared memory of hip_estimate_kernel.
 int64_t est_smem_bytes(const HipParams& cfg, int32_t head_dim) {
   const int64_t Kb = cfg.k / cfg.block_k, nks = cfg.block_k / cfg.stride_k;
   auto r16 = [](int64_t b) { return (b + 15) / 16 * 16; };
@@ -2247,7 +1890,7 @@ int64_t est_smem_bytes(const HipParams& cfg, int32_t head_dim) {
          r16(2 * Kb * 4) + r16(2 * Kb * nks * 4) + r16(16 * 4) + r16(2 * 256 * 4) + r16(kEstMaxWarps * 4 + 32);
 }
 
-// Shared memory of hip_estimate_cluster_kernel<D, NT, ., CPT, .>.
+// Shared memory of hip_estimate_cluster_kernel<D, NT, ., CPT>.
 int64_t est_cluster_smem_bytes(int32_t head_dim, int nt, int cpt) {
   auto r16 = [](int64_t b) { return (b + 15) / 16 * 16; };
   const int64_t cap = int64_t(nt) * cpt, nw = nt / 32;
@@ -2255,26 +1898,18 @@ int64_t est_cluster_smem_bytes(int32_t head_dim, int nt, int cpt) {
   return 3 * r16(cap * 4) + r16(2 * cap * 4) + r16(2 * 4 * 256 * 4) + r16(nw * 16) + r16(nw * 4) + r16(nw * 8);
 }
 
-// Launches hip_estimate_cluster_kernel<D, NT, CL, CPT, PF, TIMING> with the smallest CPT of the list that holds
-// 2 K_b candidates; false (nothing launched) if none does or the sampled keys per block are not 1, 2, 4 or 8.
-template <int D, int NT, int CL, bool PF, bool TIMING, bool SEL2, int CPT, int... MORE>
-bool launch_est_cluster_t(const EstArgs& a, int n_head, int n_qblocks, cudaStream_t s, cudaError_t& err) {
+// Launches hip_estimate_cluster_kernel<D, NT, CL, CPT> as clusters of CL CTAs; false (nothing launched) if
+// NT * CPT < 2 K_b or the sampled keys per block are not 1, 2, 4 or 8.
+template <int D, int NT, int CL, int CPT>
+bool launch_est_cluster(const EstArgs& a, int n_head, int n_qblocks, cudaStream_t s, cudaError_t& err) {
+  static_assert(CL <= 8, "portable cluster sizes only");
   const int Kb = a.hip.k / a.hip.block_k, nks = a.hip.block_k / a.hip.stride_k;
   if (nks != 1 && nks != 2 && nks != 4 && nks != 8) return false;
-  if (2 * Kb > NT * CPT) {
-    if constexpr (sizeof...(MORE) > 0)
-      return launch_est_cluster_t<D, NT, CL, PF, TIMING, SEL2, MORE...>(a, n_head, n_qblocks, s, err);
-    else
-      return false;
-  }
-  auto kernel = hip_estimate_cluster_kernel<D, NT, CL, CPT, PF, TIMING, SEL2>;
+  if (2 * Kb > NT * CPT) return false;
+  auto kernel = hip_estimate_cluster_kernel<D, NT, CL, CPT>;
   const int smem = int(est_cluster_smem_bytes(D, NT, CPT));
   if (smem > 48 * 1024) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) return true;
-  }
-  if (CL > 8) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (err != cudaSuccess) return true;
   }
   cudaLaunchConfig_t lc = {};
@@ -2293,10 +1928,6 @@ bool launch_est_cluster_t(const EstArgs& a, int n_head, int n_qblocks, cudaStrea
   if (err == cudaSuccess) err = last_launch_error();
   return true;
 }
-template <int D, int NT, int CL, bool PF, int CPT, int... MORE>
-bool launch_est_cluster(const EstArgs& a, int n_head, int n_qblocks, cudaStream_t s, cudaError_t& err) {
-  return launch_est_cluster_t<D, NT, CL, PF, false, true, CPT, MORE...>(a, n_head, n_qblocks, s, err);
-}
 
 // Prefill with the cluster kernel's selection in one CTA per (head, query block) (CL = 1: no cluster, no
 // distributed shared memory): NT threads of CPT candidates each, UNR gather passes in flight per warp, MINB CTAs
@@ -2305,98 +1936,38 @@ template <int D, int NT, int CPT, int UNR, int MINB>
 bool launch_est_one_cta(const EstArgs& a, int n_head, int n_qblocks, cudaStream_t s, cudaError_t& err) {
   const int Kb = a.hip.k / a.hip.block_k, nks = a.hip.block_k / a.hip.stride_k;
   if ((nks != 1 && nks != 2 && nks != 4 && nks != 8) || 2 * Kb > NT * CPT) return false;
-  err = launch_with_smem(hip_estimate_cluster_kernel<D, NT, 1, CPT, false, false, true, UNR, MINB>, dim3(n_head, n_qblocks),
+  err = launch_with_smem(hip_estimate_cluster_kernel<D, NT, 1, CPT, UNR, MINB>, dim3(n_head, n_qblocks),
                          dim3(NT), int(est_cluster_smem_bytes(D, NT, CPT)), s, a);
   return true;
 }
 
-// The default cluster configuration: 8 CTAs of 128 threads per (head, query block) (4 candidates per thread:
-// K_b <= 256); larger K_b: 4 CTAs of 256 threads (K_b <= 512). Small CTAs let all 32 heads' clusters of a
-// decode step be resident at once on an H100 (clusters of 8 x 256 or 4 x 512 threads did not: 85 and 106 us).
+// The cluster configuration: 8 CTAs of 128 threads per (head, query block) (4 candidates per thread:
+// K_b <= 256); larger K_b: 4 CTAs of 256 threads, 4 candidates per thread (K_b <= 512). Small CTAs let all 32
+// heads' clusters of a decode step be resident at once on an H100 (clusters of 8 x 256 or 4 x 512 threads did
+// not: 85 and 106 us).
 template <int D>
 bool launch_est_cluster_default(const EstArgs& a, int n_head, int n_qblocks, cudaStream_t s, cudaError_t& err) {
-  return launch_est_cluster<D, 128, 8, false, 4>(a, n_head, n_qblocks, s, err) ||
-         launch_est_cluster<D, 256, 4, false, 2, 4>(a, n_head, n_qblocks, s, err);
+  return launch_est_cluster<D, 128, 8, 4>(a, n_head, n_qblocks, s, err) ||
+         launch_est_cluster<D, 256, 4, 4>(a, n_head, n_qblocks, s, err);
 }
 
-// Variants (attention_cuda.h). Decode (n_q == 1, or (head, query block) pairs for at most half the SMs): 0 =
-// the cluster kernel, 8 CTAs x 128 threads; 1 = the previous one-CTA kernel; 2 = the one-CTA kernel with 128
-// threads; 3 = the one-CTA kernel with 512 threads (the default before the cluster kernel); 4 = cluster 8 x
-// 256; 5 = cluster 4 x 256; 6 = the default with the L2 prefetch of the next children; 7 = the cluster
-// kernel's selection in one CTA of 512 threads (no cluster); 8 = cluster 16 x 128 (non-portable size); 9 =
-// cluster 4 x 128; 10 = the default with phase timing (hip_estimate_debug_phases); 11 = cluster 4 x 256 with
-// the first selection (a match_any histogram of fixed 8-bit digits from the top bit) and phase timing; 12 = 7
-// with phase timing; 13 = the default with the first selection; 14, 15 = the default with odd heads starting
-// 1 or 2 us later. Prefill (many query blocks): 0 = 4 below (run 13, H100: 41.8 ms at 128K against 45.9 for 8);
-// 1 = the kernel before hip_estimate_kernel (~32 barriers per iteration); 2 = hip_estimate_kernel with 64
-// threads; 3 = the default cluster kernel; 4..7 = the cluster kernel's selection (candidates in registers, one
-// barrier per radix pass, fused compaction + halving) in one CTA per (head, query block), no cluster: 4 = 128
-// threads, 4 gather passes in flight per warp, 4 CTAs per SM; 5 = 128 threads, 2 passes, 5 CTAs per SM; 6 = 256
-// threads, 2 passes, 2 CTAs per SM; 7 = 128 threads, 2 passes, 4 CTAs per SM; 8 = hip_estimate_kernel with 128
-// threads (15 barriers per iteration; the prefill default before run 13); 9 and up = the default cluster kernel. Cluster variants that cannot
-// hold the candidates fall back to the default.
+// Prefill (many (head, query block) pairs): the cluster kernel's selection in one CTA of 128 threads per (head,
+// query block), 4 gather passes in flight per warp, 4 CTAs per SM (run 13, H100: 41.8 ms at 128K against 45.9
+// for hip_estimate_kernel); hip_estimate_kernel (128 threads, 5 CTAs per SM) where that cannot hold the
+// candidates. Decode (n_q == 1, or (head, query block) pairs for at most half the SMs): the cluster kernel
+// (launch_est_cluster_default); hip_estimate_kernel with 512 threads where it cannot hold the candidates. (The
+// other configurations and kernels compared: docs/GPU.md.)
 template <int D>
 cudaError_t est_dispatch(const HipParams& cfg, const EstArgs& a, int n_head, int n_qblocks, bool decode,
-                         int variant, cudaStream_t s) {
+                         cudaStream_t s) {
   const dim3 grid(n_head, n_qblocks);
   const int smem = int(est_smem_bytes(cfg, a.p.head_dim));
   constexpr int P = kEstThreadsPrefill, Q = kEstThreadsDecode;
   const bool few = decode || int64_t(n_head) * n_qblocks * 2 <= sm_count();
   cudaError_t err = cudaSuccess;
   if (!few) {
-    switch (variant) {
-      case 0:
-        if (launch_est_one_cta<D, 128, 4, 4, 4>(a, n_head, n_qblocks, s, err)) return err;
-        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
-      case 8: return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
-      case 1: return launch_with_smem(hip_estimate_kernel_prev<D, P>, grid, dim3(P), smem, s, a);
-      case 2: return launch_with_smem(hip_estimate_kernel<D, 64, 9>, grid, dim3(64), smem, s, a);
-      case 4:
-        if (launch_est_one_cta<D, 128, 4, 4, 4>(a, n_head, n_qblocks, s, err)) return err;
-        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
-      case 5:
-        if (launch_est_one_cta<D, 128, 4, 2, 5>(a, n_head, n_qblocks, s, err)) return err;
-        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
-      case 6:
-        if (launch_est_one_cta<D, 256, 2, 2, 2>(a, n_head, n_qblocks, s, err)) return err;
-        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
-      case 7:
-        if (launch_est_one_cta<D, 128, 4, 2, 4>(a, n_head, n_qblocks, s, err)) return err;
-        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
-      default:
-        if (launch_est_cluster_default<D>(a, n_head, n_qblocks, s, err)) return err;
-        return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
-    }
-  }
-  switch (variant) {
-    case 1: return launch_with_smem(hip_estimate_kernel_prev<D, Q>, grid, dim3(Q), smem, s, a);
-    case 2: return launch_with_smem(hip_estimate_kernel<D, 128, 1>, grid, dim3(128), smem, s, a);
-    case 3: return launch_with_smem(hip_estimate_kernel<D, Q, 1>, grid, dim3(Q), smem, s, a);
-    default: break;
-  }
-  if constexpr (D == 128) {
-    bool done = false;
-    switch (variant) {
-      case 4: done = launch_est_cluster<D, 256, 8, false, 2>(a, n_head, n_qblocks, s, err); break;
-      case 5: done = launch_est_cluster<D, 256, 4, false, 2>(a, n_head, n_qblocks, s, err); break;
-      case 6: done = launch_est_cluster<D, 128, 8, true, 4>(a, n_head, n_qblocks, s, err); break;
-      case 7: done = launch_est_cluster<D, 512, 1, false, 1>(a, n_head, n_qblocks, s, err); break;
-      case 8: done = launch_est_cluster<D, 128, 16, false, 4>(a, n_head, n_qblocks, s, err); break;
-      case 9: done = launch_est_cluster<D, 128, 4, false, 4>(a, n_head, n_qblocks, s, err); break;
-      case 10: done = launch_est_cluster_t<D, 128, 8, false, true, true, 4>(a, n_head, n_qblocks, s, err); break;
-      case 11: done = launch_est_cluster_t<D, 256, 4, false, true, false, 2>(a, n_head, n_qblocks, s, err); break;
-      case 12: done = launch_est_cluster_t<D, 512, 1, false, true, true, 1>(a, n_head, n_qblocks, s, err); break;
-      case 13: done = launch_est_cluster_t<D, 128, 8, false, false, false, 4>(a, n_head, n_qblocks, s, err); break;
-      case 14:
-      case 15: {
-        EstArgs b = a;
-        b.stagger_ns = variant == 14 ? 1000 : 2000;
-        done = launch_est_cluster<D, 128, 8, false, 4>(b, n_head, n_qblocks, s, err);
-        break;
-      }
-      default: break;
-    }
-    if (done) return err;
+    if (launch_est_one_cta<D, 128, 4, 4, 4>(a, n_head, n_qblocks, s, err)) return err;
+    return launch_with_smem(hip_estimate_kernel<D, P, 5>, grid, dim3(P), smem, s, a);
   }
   if (launch_est_cluster_default<D>(a, n_head, n_qblocks, s, err)) return err;
   return launch_with_smem(hip_estimate_kernel<D, Q, 1>, grid, dim3(Q), smem, s, a);
@@ -2408,38 +1979,16 @@ int64_t decode_workspace_floats(int32_t n_head, int32_t head_dim, int32_t max_sp
   return int64_t(n_head) * max_splits * (head_dim + 2) + n_head;  // partials, then one counter per head
 }
 
-cudaError_t hip_estimate_debug_phases(uint64_t (&phases)[8], bool reset) {
-  static_assert(sizeof(uint64_t) == sizeof(unsigned long long));
-  if (reset) {
-    const unsigned long long zero[8] = {};
-    return cudaMemcpyToSymbol(g_est_phase, zero, sizeof(zero));
-  }
-  return cudaMemcpyFromSymbol(phases, g_est_phase, sizeof(phases));
-}
-
 int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim) {
   return est_smem_bytes(cfg, head_dim);
 }
 
-cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream, int variant) {
+cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream) {
   if (!head_dim_ok(p.head_dim) || p.n_q <= 0) return p.n_q == 0 ? cudaSuccess : cudaErrorInvalidValue;
-  // Variants (head dim 128; timings in docs/GPU.md): 0 = 4 warps x 2 row tiles, BC 64 (FA2's shape);
-  // 1 = 8 warps x 1 row tile, BC 64; 2 = 4 warps x 2 row tiles, BC 32; 3 = 4 warps x 1 row tile, BC 64;
-  // 4 = 4 warps x 2 row tiles, BC 48 (fewer S registers than 0, which spills a little).
-  if (p.head_dim == 64) {
-    switch (variant) {
-      case 1: return dense_prefill_launch<64, 8, 64, 1>(p, stream);
-      case 2: return dense_prefill_launch<64, 4, 64, 1>(p, stream);
-      default: return dense_prefill_launch<64, 4, 64, 2>(p, stream);
-    }
-  }
-  switch (variant) {
-    case 1: return dense_prefill_launch<128, 8, 64, 1>(p, stream);
-    case 2: return dense_prefill_launch<128, 4, 32, 2>(p, stream);
-    case 3: return dense_prefill_launch<128, 4, 64, 1>(p, stream);
-    case 4: return dense_prefill_launch<128, 4, 48, 2>(p, stream);
-    default: return dense_prefill_launch<128, 4, 64, 2>(p, stream);
-  }
+  // 4 warps x 2 row tiles (128 query rows per CTA), key tiles of 64: FlashAttention-2's shape (other warp and
+  // tile shapes compared and removed: docs/GPU.md).
+  if (p.head_dim == 64) return dense_prefill_launch<64, 4, 64, 2>(p, stream);
+  return dense_prefill_launch<128, 4, 64, 2>(p, stream);
 }
 
 cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& ws, cudaStream_t stream) {
@@ -2464,37 +2013,37 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
 }
 
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                              cudaStream_t stream, int variant) {
+                              cudaStream_t stream) {
   if (!head_dim_ok(p.head_dim) || cfg.block_q / cfg.stride_q > 16 || cfg.k / cfg.block_k > 1024 ||
       mask.kb_stride < cfg.k / cfg.block_k || mask.n_qblocks != (p.n_q + cfg.block_q - 1) / cfg.block_q)
     return cudaErrorInvalidValue;
   if (p.n_q == 0) return cudaSuccess;
   EstArgs a{p, cfg, mask};
   const bool decode = p.n_q == 1;
-  return p.head_dim == 128 ? est_dispatch<128>(cfg, a, p.n_head, mask.n_qblocks, decode, variant, stream)
-                           : est_dispatch<64>(cfg, a, p.n_head, mask.n_qblocks, decode, variant, stream);
+  return p.head_dim == 128 ? est_dispatch<128>(cfg, a, p.n_head, mask.n_qblocks, decode, stream)
+                           : est_dispatch<64>(cfg, a, p.n_head, mask.n_qblocks, decode, stream);
 }
 
 namespace {
-template <int D, int NW, int BC, int STAGES>
+template <int D, int NW, int BC>
 cudaError_t hip_prefill_launch(const PrefillArgs& a, dim3 grid, cudaStream_t stream) {
-  using S = PrefillShape<D, NW, BC, 1, STAGES>;
-  return launch_with_smem(hip_prefill_kernel<D, NW, BC, STAGES>, grid, dim3(S::NT), S::smem_bytes, stream, a);
+  using S = PrefillShape<D, NW, BC, 1>;
+  return launch_with_smem(hip_prefill_kernel<D, NW, BC>, grid, dim3(S::NT), S::smem_bytes, stream, a);
 }
 
-// The GQA-shared kernel for G = n_head / n_kv_head <= GS heads of b_q = 16 BQW rows; false (nothing launched)
-// if the group or the shared memory does not fit.
-template <int D, int BQW, int GS, int STAGES, int MINB, int SL = 16, int MAXCH = GS, bool LAZY = false>
-bool hip_gqa_launch(const PrefillArgs& a, cudaStream_t stream, cudaError_t& err, bool split_group = false) {
-  using S = HipGqaShape<D, BQW, GS, STAGES, SL>;
+// The GQA-shared kernel for b_q = 16 BQW rows, GS heads of a group per CTA (a larger group split over adjacent
+// CTAs); false (nothing launched) if b_q differs or the lists do not fit in shared memory.
+template <int D, int BQW, int GS, int STAGES, int MINB>
+bool hip_gqa_launch(const PrefillArgs& a, cudaStream_t stream, cudaError_t& err) {
+  using S = HipGqaShape<D, BQW, GS, STAGES>;
   const int G = a.p.n_head / a.p.n_kv_head;
-  if ((G > GS && !split_group) || a.hip.block_q != S::BQ) return false;
+  if (a.hip.block_q != S::BQ) return false;
   const int n_sub = (G + GS - 1) / GS;
   const int64_t smem = S::fixed_bytes + hip_gqa_list_bytes(a.mask.kb_stride, GS);
   // The scan scratch lives in the K/V stages.
   const int64_t scratch = int64_t(GS) * a.mask.kb_stride * 5 + 16 + 4 * S::NW + 64;
   if (smem > 227 * 1024 || scratch > int64_t(S::kv_elems) * 2) return false;
-  err = launch_with_smem(hip_gqa_prefill_kernel<D, BQW, GS, STAGES, MINB, SL, MAXCH, LAZY>,
+  err = launch_with_smem(hip_gqa_prefill_kernel<D, BQW, GS, STAGES, MINB>,
                          dim3(a.p.n_kv_head * n_sub, a.mask.n_qblocks), dim3(S::NT), int(smem), stream, a);
   return true;
 }
@@ -2503,83 +2052,33 @@ bool hip_gqa_launch(const PrefillArgs& a, cudaStream_t stream, cudaError_t& err,
 
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                                   cudaStream_t stream, int variant) {
-  if (!head_dim_ok(p.head_dim) || (cfg.block_q != 32 && cfg.block_q != 64)) return cudaErrorInvalidValue;
+  if (!head_dim_ok(p.head_dim) || (cfg.block_q != 32 && cfg.block_q != 64) ||
+      (variant != 0 && variant != kHipPrefillPerHead))
+    return cudaErrorInvalidValue;
   if (p.n_q == 0) return cudaSuccess;
   PrefillArgs a{p, cfg, mask};
   const dim3 grid(p.n_head, mask.n_qblocks);
-  // Variants (measured on an H100, docs/GPU.md). The per-head kernel (one CTA per (head, query block)): b_q 32,
-  // head dim 128: 1 = key tiles of 16, 4 stages; 2 = tiles of 32, 3 stages; 3 = tiles of 32, 2 stages (the
-  // best of these). b_q 64: 1 = 16/4, 2 = 32/3, 3 = 32/2. Each CTA is short (~800 keys) and gathers scattered
-  // blocks: what counts is loads in flight per SM against shared memory (CTAs) per SM; deeper pipelines lost
-  // CTAs and time at b_q 32. The GQA-shared kernel (one CTA per (KV group, query block), hip_gqa_prefill_kernel;
-  // needs G * b_q <= 128 rows, else the per-head default runs): 4 = 2 stages, 5 = 3 stages, 6 = 4 stages
-  // (1 CTA per SM by registers), 7 = 2 stages at 2 CTAs per SM (registers capped at 128).
   cudaError_t err = cudaSuccess;
-  // Default: the GQA-shared kernel, variant 13 (2 heads per CTA, lazy rescale), at b_q 32 and head dim 128
-  // (measured faster than the per-head kernel there: run 15, H100, 4.38 vs 4.50 ms at 32K, 17.73 vs 18.17 ms
-  // at 128K); the per-head kernel (3) elsewhere (b_q 64 and head dim 64: the GQA kernel not measured there).
-  const int v = variant != 0 ? variant : (cfg.block_q == 32 && p.head_dim == 128 ? kHipPrefillGqaDefault : kHipPrefillDefault);
-  if (v >= 8 && v <= 13) {
-    // Second round (run 15): head slots per CTA (GS), keys per head slot in a split tile (SL), chunks per
-    // online-softmax step (MAXCH), lazy rescale. b_q 64 (and D 64) fall back to 4 warps x 2 heads.
-    bool done = false;
-    if (p.head_dim == 128) {
-      switch (v) {
-        case 8: done = hip_gqa_launch<128, 2, 2, 2, 3, 16, 2, false>(a, stream, err, true); break;
-        case 9: done = hip_gqa_launch<128, 2, 2, 2, 2, 32, 2, false>(a, stream, err, true); break;
-        case 10: done = hip_gqa_launch<128, 2, 4, 2, 1, 32, 2, false>(a, stream, err, true); break;
-        case 11: done = hip_gqa_launch<128, 2, 2, 2, 2, 32, 2, true>(a, stream, err, true); break;
-        case 12: done = hip_gqa_launch<128, 2, 4, 2, 1, 16, 4, true>(a, stream, err, true); break;
-        default: done = hip_gqa_launch<128, 2, 2, 2, 3, 16, 2, true>(a, stream, err, true); break;
-      }
-      if (!done) done = hip_gqa_launch<128, 4, 2, 2, 1, 16, 2, true>(a, stream, err, true);
-    } else {
-      done = hip_gqa_launch<64, 2, 2, 2, 3, 32, 2, true>(a, stream, err, true) ||
-             hip_gqa_launch<64, 4, 2, 2, 1, 16, 2, true>(a, stream, err, true);
-    }
-    if (done) return err;
-  }
-  if (v >= 4 && v <= 7) {
-    bool done = false;
-    if (p.head_dim == 128) {
-      switch (v) {
-        case 4: done = hip_gqa_launch<128, 2, 4, 2, 1>(a, stream, err) || hip_gqa_launch<128, 4, 2, 2, 1>(a, stream, err); break;
-        case 5: done = hip_gqa_launch<128, 2, 4, 3, 1>(a, stream, err) || hip_gqa_launch<128, 4, 2, 3, 1>(a, stream, err); break;
-        case 6: done = hip_gqa_launch<128, 2, 4, 4, 1>(a, stream, err) || hip_gqa_launch<128, 4, 2, 4, 1>(a, stream, err); break;
-        default: done = hip_gqa_launch<128, 2, 4, 2, 2>(a, stream, err) || hip_gqa_launch<128, 4, 2, 2, 2>(a, stream, err); break;
-      }
-    } else {
-      switch (v) {
-        case 4: done = hip_gqa_launch<64, 2, 4, 2, 1>(a, stream, err) || hip_gqa_launch<64, 4, 2, 2, 1>(a, stream, err); break;
-        case 5: done = hip_gqa_launch<64, 2, 4, 3, 1>(a, stream, err) || hip_gqa_launch<64, 4, 2, 3, 1>(a, stream, err); break;
-        case 6: done = hip_gqa_launch<64, 2, 4, 4, 1>(a, stream, err) || hip_gqa_launch<64, 4, 2, 4, 1>(a, stream, err); break;
-        default: done = hip_gqa_launch<64, 2, 4, 2, 2>(a, stream, err) || hip_gqa_launch<64, 4, 2, 2, 2>(a, stream, err); break;
-      }
-    }
-    if (done) return err;
-  }
+  // Default at b_q 32 and head dim 128: the GQA-shared kernel with 2 heads per CTA, 4 warps, 3 CTAs per SM,
+  // lazy rescale (measured faster than the per-head kernel there: run 15, H100, 4.38 vs 4.50 ms at 32K, 17.73
+  // vs 18.17 ms at 128K); the per-head kernel where its lists do not fit in shared memory (kb_stride > 3267)
+  // and elsewhere (b_q 64 and head dim 64).
+  if (variant == 0 && cfg.block_q == 32 && p.head_dim == 128 && hip_gqa_launch<128, 2, 2, 2, 3>(a, stream, err))
+    return err;
+  // The per-head kernel (one CTA per (head, query block)), 2 stages; key tiles of 32 (64 at b_q 32 and head dim
+  // 64). Each CTA is short (~800 keys) and gathers scattered blocks: what counts is loads in flight per SM
+  // against shared memory (CTAs) per SM; deeper pipelines (16-key tiles with 4 stages, 32 with 3) lost CTAs and
+  // time at b_q 32 (docs/GPU.md).
   if (cfg.block_q == 32) {
-    if (p.head_dim == 128) {
-      switch (v) {
-        case 1: return hip_prefill_launch<128, 2, 16, 4>(a, grid, stream);
-        case 2: return hip_prefill_launch<128, 2, 32, 3>(a, grid, stream);
-        default: return hip_prefill_launch<128, 2, 32, 2>(a, grid, stream);
-      }
-    }
-    return hip_prefill_launch<64, 2, 64, 2>(a, grid, stream);
+    if (p.head_dim == 128) return hip_prefill_launch<128, 2, 32>(a, grid, stream);
+    return hip_prefill_launch<64, 2, 64>(a, grid, stream);
   }
-  if (p.head_dim == 128) {
-    switch (v) {
-      case 1: return hip_prefill_launch<128, 4, 16, 4>(a, grid, stream);
-      case 2: return hip_prefill_launch<128, 4, 32, 3>(a, grid, stream);
-      default: return hip_prefill_launch<128, 4, 32, 2>(a, grid, stream);
-    }
-  }
-  return hip_prefill_launch<64, 4, 32, 2>(a, grid, stream);
+  if (p.head_dim == 128) return hip_prefill_launch<128, 4, 32>(a, grid, stream);
+  return hip_prefill_launch<64, 4, 32>(a, grid, stream);
 }
 
 cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                                 const DecodeWorkspace& ws, cudaStream_t stream, int variant) {
+                                 const DecodeWorkspace& ws, cudaStream_t stream) {
   if (!head_dim_ok(p.head_dim) || p.n_q != 1 || mask.n_qblocks != 1) return cudaErrorInvalidValue;
   DecodeArgs a{};
   a.p = p;
@@ -2590,27 +2089,18 @@ cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, cons
   // Upper bound of the list length (sink + k selected keys + window); CTAs past a head's list end are idle.
   const int max_keys = cfg.n_sink + cfg.k + cfg.window;
   // The step is a chain of dependent round trips (mask -> K/V -> partial -> merge), so short chains beat fewer
-  // CTAs. Variants: 0 = one round of loads per CTA (8 keys per lane group in flight: 64 keys per CTA at head dim
-  // 128); 1 = the previous split (64 keys per CTA in two rounds of 4); 2 = 4 keys per lane group in one round
-  // (32 keys per CTA at head dim 128, twice the CTAs).
+  // CTAs: one round of loads per CTA, kHipDecodeUnroll (8) keys in flight per lane group (64 keys per CTA at
+  // head dim 128). (Two rounds of 4, and 32 keys per CTA, compared and removed: docs/GPU.md.)
   const int groups = kDecodeThreads / (p.head_dim / 8);  // lane groups per CTA
-  const int unr = variant == 0 ? 8 : 4;
-  const int per_cta = variant == 1 ? 64 : groups * unr;
+  const int per_cta = groups * kHipDecodeUnroll;
   a.n_splits = std::max(1, std::min(kMaxDecodeSplits, (max_keys + per_cta - 1) / per_cta));
   a.keys_per_split = (max_keys + a.n_splits - 1) / a.n_splits;
   if (ws.n_floats < decode_workspace_floats(p.n_head, p.head_dim, a.n_splits)) return cudaErrorInvalidValue;
   const dim3 grid(p.n_head, a.n_splits);
-  if (p.head_dim == 128) {
-    if (unr == 8)
-      hip_decode_kernel<128, 8><<<grid, kDecodeThreads, 0, stream>>>(a);
-    else
-      hip_decode_kernel<128, 4><<<grid, kDecodeThreads, 0, stream>>>(a);
-  } else {
-    if (unr == 8)
-      hip_decode_kernel<64, 8><<<grid, kDecodeThreads, 0, stream>>>(a);
-    else
-      hip_decode_kernel<64, 4><<<grid, kDecodeThreads, 0, stream>>>(a);
-  }
+  if (p.head_dim == 128)
+    hip_decode_kernel<128><<<grid, kDecodeThreads, 0, stream>>>(a);
+  else
+    hip_decode_kernel<64><<<grid, kDecodeThreads, 0, stream>>>(a);
   return last_launch_error();
 }
 

@@ -15,6 +15,11 @@
 //
 // Every function returns the first CUDA error it met (launch configuration or cudaGetLastError after each
 // launch) and never synchronizes; all work goes to `stream`. Decode functions are CUDA-graph capturable.
+//
+// Variants: the alternative kernels and shapes that were compared on an H100 and lost are gone (numbers and
+// reasons in docs/GPU.md, bench/gpu/results/). One remains selectable, as the reference the default is
+// measured against: hip_attention_prefill's variant 3, the per-head kernel. The other functions take no
+// variant.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -62,9 +67,8 @@ struct DecodeWorkspace {
 int64_t decode_workspace_floats(int32_t n_head, int32_t head_dim, int32_t max_splits);
 inline constexpr int32_t kMaxDecodeSplits = 256;
 
-// Dense causal attention for any n_q (prefill chunk at q_pos0). variant: 0 = default (tuned), 1.. = numbered
-// alternatives kept for the benchmark (see attention_cuda.cu).
-cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream, int variant = 0);
+// Dense causal attention for any n_q (prefill chunk at q_pos0).
+cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream);
 // Dense decode: n_q == 1 (the query at position n_kv - 1 = q_pos0), split-K over the keys, one CTA per (KV
 // group, split) so the G query heads of a group share every K/V read; partials merged by a second kernel.
 cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& ws, cudaStream_t stream);
@@ -73,36 +77,28 @@ cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& w
 // call with n_q == 1 is a decode refresh and shrinks the window by refresh - 1, as the CPU does). Prefill: one
 // CTA per (head, query block) runs all tree iterations. Decode (n_q == 1, or so few (head, query block) pairs
 // that one CTA each would fill at most half the SMs): a cluster of 8 CTAs per (head, query block) that split
-// each iteration's scoring (distributed shared memory). mask.n_qblocks must be ceil(n_q / block_q). variant
-// (kept for the benchmark, attention_cuda.cu est_dispatch): 0 = default; prefill 1 = the kernel before the
-// fused phases, 2 = the fused one-CTA kernel with 64 threads, 3 = the cluster kernel, 4..7 = the cluster
-// kernel's selection in one CTA per (head, query block) (4 is the prefill default), 8 = the fused one-CTA
-// kernel with 128 threads (the prefill default before 4); decode 1 = the
-// previous kernel, 2 = the one-CTA kernel with 128 threads, 3 = the one-CTA kernel with 512 threads (the decode
-// default before the cluster kernel), 4..9 = other cluster shapes, 10..12 = with phase timing.
+// each iteration's scoring (distributed shared memory). Either falls back to a one-CTA kernel with its state
+// in shared memory when k / block_k is beyond its registers (prefill > 256, decode > 512) or block_k /
+// stride_k is not 1, 2, 4 or 8 (attention_cuda.cu est_dispatch). mask.n_qblocks must be ceil(n_q / block_q).
 cudaError_t hip_estimate_mask(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                              cudaStream_t stream, int variant = 0);
+                              cudaStream_t stream);
 // HiP block-sparse prefill attention over mask's blocks U sink U window (CPU: hip_attention's attend_block).
-// variant: 0 = default (13 at block_q 32 and head dim 128, else 3), 1..3 = the per-head kernel (one CTA per
-// (head, query block)), 4..7 = the GQA-shared kernel (one CTA per (KV group, query block): sink, window and
-// blocks shared by several heads' masks loaded once; G * block_q <= 128, else the per-head kernel runs),
-// 8..13 = the GQA-shared kernel with 2 or 4 heads per CTA (a group split over CTAs), 32-key slices, lazy
-// rescale (13: 2 heads, 3 CTAs/SM, lazy). See attention_cuda.cu.
+// variant:
+//   0 = default: at block_q 32 and head dim 128 the GQA-shared kernel (one CTA per 2 heads of a KV group and
+//       query block: sink, window and blocks in both heads' masks loaded once; the per-head kernel where the
+//       mask lists do not fit in shared memory, kb_stride > 3267); elsewhere (block_q 64, head dim 64)
+//       the per-head kernel;
+//   3 = the per-head kernel (one CTA per (head, query block)) for every shape: the reference the GQA-shared
+//       default is measured against (its number in the earlier benchmark results);
+//   anything else: cudaErrorInvalidValue (the numbers 1, 2, 4..13 of removed variants included).
 cudaError_t hip_attention_prefill(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
                                   cudaStream_t stream, int variant = 0);
 // HiP decode (n_q == 1) over a cached mask of one query block per head: split-K over sink, selected blocks
-// and window, partials merged. variant (benchmark): 0 = default, 1 = the previous split (two rounds of loads
-// per CTA), 2 = half the keys per CTA (attention_cuda.cu).
+// and window, partials merged.
 cudaError_t hip_attention_decode(const HipParams& cfg, const AttnParams& p, const HipMaskDev& mask,
-                                 const DecodeWorkspace& ws, cudaStream_t stream, int variant = 0);
+                                 const DecodeWorkspace& ws, cudaStream_t stream);
 
-// Benchmark instrumentation: the phase cycle counters of the timing variants of hip_estimate_mask (decode
-// variants 10..12): [0] setup, [1] scoring, [2] cluster barrier after scoring, [3] a second bare cluster
-// barrier, [4] selection, [5] emit (clock64 cycles summed over thread 0 of every CTA), [6] iterations summed
-// over CTAs, [7] CTAs. reset: zero them (phases untouched); else read them (synchronous).
-cudaError_t hip_estimate_debug_phases(uint64_t (&phases)[8], bool reset);
-
-// Shared-memory bytes the estimation kernel needs for cfg (tests and sizing).
+// Shared-memory bytes the fallback estimation kernel (state in shared memory) needs for cfg.
 int64_t hip_estimate_smem_bytes(const HipParams& cfg, int32_t head_dim);
 
 }  // namespace hs::cuda
