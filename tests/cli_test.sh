@@ -88,7 +88,9 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then  # machines without a GPU (CI):
   expect_error "--device cuda without a GPU" "device cuda" "$bin" bench --device cuda -p 8 -n 0
   expect_error "--random-weights without a GPU" "random-weights" "$bin" bench --random-weights llama3.1-8b
   expect_error "eval on the GPU without a GPU" "device cuda" "$bin" eval passkey --device cuda
+  expect_error "serve on the GPU without a GPU" "device cuda" "$bin" serve --device cuda --port 0
 fi
+expect_error "serve with random weights" "no tokenizer" "$bin" serve --random-weights llama3.1-8b --port 0
 expect_error "--random-weights on the CPU" "random-weights" "$bin" bench --device cpu --random-weights llama3.1-8b
 
 echo "$pass passed, $fail failed, $skip skipped"

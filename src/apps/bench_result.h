@@ -10,6 +10,7 @@ namespace hs::cli {
 struct BenchResult {
   std::string test;  // "pp512", "tg128", "tg128@d4096"
   int n_prompt = 0, n_gen = 0, depth = 0;
+  int batch = 1;  // decode tests: sequences decoding together (tok_per_s is their sum)
   std::vector<double> tok_per_s;  // one per timed repetition
 
   double mean() const {

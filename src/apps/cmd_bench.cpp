@@ -60,9 +60,8 @@ int cmd_bench(const std::vector<std::string>& args) {
   }
   HS_CHECK(pos.empty(), "unexpected argument '%s'", pos[0].c_str());
   if (common.use_cuda()) {
-    HS_CHECK(batches.size() == 1 && batches[0] == 1,
-             "-b (batched decode) runs on the CPU for now: add --device cpu");
     BenchPlan plan;
+    plan.batches = batches;
     plan.prompts = prompts;
     plan.gens = gens;
     plan.depths = depths;

@@ -6,6 +6,7 @@
 
 #include "apps/cli.h"
 #include "apps/commands.h"
+#include "apps/gpu_commands.h"
 #include "apps/loader.h"
 #include "model/chat_template.h"
 #include "server/http_server.h"
@@ -56,7 +57,8 @@ int cmd_serve(const std::vector<std::string>& args) {
   if (help) {
     std::printf(
         "usage: hipserve serve [options]\n\n"
-        "OpenAI-compatible HTTP server with continuous batching and a paged KV cache.\n"
+        "OpenAI-compatible HTTP server with continuous batching: on the CPU (a paged KV cache shared by the slots)\n"
+        "or, with --device cuda (the default when a GPU is present), on the GPU (one K/V region per slot).\n"
         "Routes: POST /v1/chat/completions, POST /v1/completions (stream or not), GET /v1/models, GET /health,\n"
         "GET /metrics (Prometheus), POST /tokenize, POST /detokenize. The sampling flags set the defaults for\n"
         "fields a request does not send. -c is the context of each sequence (prompt + max_tokens must fit).\n\n%s",
@@ -67,6 +69,8 @@ int cmd_serve(const std::vector<std::string>& args) {
   HS_CHECK(so.engine.page_size % 64 == 0, "--kv-page must be a multiple of 64, got %d", so.engine.page_size);
   if (kv_tokens > 0) so.engine.n_pages = (kv_tokens + so.engine.page_size - 1) / so.engine.page_size;
   (void)common.attention();  // invalid attention flags fail now, not in the background load
+  HS_CHECK(common.random_weights.empty(), "--random-weights has no tokenizer: use it with `hipserve bench`");
+  const bool on_gpu = common.use_cuda();  // --device cuda without a GPU fails now, before binding
 
   return server::run_server(so, [&]() {
     // Test hook: hold the load back so tests can see /health answer 503 while loading.
@@ -76,6 +80,9 @@ int cmd_serve(const std::vector<std::string>& args) {
     server::LoadedForServe out;
     out.n_ctx = lm.n_ctx;
     out.model_name = lm.model->config().name.empty() ? "hipserve" : lm.model->config().name;
+    EngineOptions eo = so.engine;
+    eo.n_ctx = lm.n_ctx;
+    out.backend = make_slot_backend(common, lm, eo, on_gpu);
     out.model = std::move(lm.model);
     out.pool = std::move(lm.pool);
     return out;

@@ -25,6 +25,13 @@ std::unique_ptr<Sequence> make_sequence(const CommonArgs&, LoadedModel& lm, bool
   return std::make_unique<CpuSequence>(*lm.model, lm.n_ctx, *lm.pool);
 }
 
+std::unique_ptr<SlotBackend> make_slot_backend(const CommonArgs&, LoadedModel& lm, const EngineOptions& e,
+                                               bool on_gpu) {
+  HS_CHECK(!on_gpu, "this build has no CUDA backend");
+  return std::make_unique<CpuSlotBackend>(*lm.model, *lm.pool, e.n_slots, e.n_ctx, e.page_size, e.n_pages,
+                                          e.prefill_chunk);
+}
+
 #else
 
 namespace {
@@ -58,11 +65,14 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
   const auto t_load = clock_type::now();
   std::unique_ptr<cuda::GpuModel> gm;
   LoadedModel lm;
+  cuda::GpuModelOptions go = gpu_options(common, n_ctx);
+  for (int b : plan.batches) go.n_seq = std::max(go.n_seq, b);  // a K/V region per sequence of a batch
+  go.max_batch_tokens = std::max(go.max_batch_tokens, go.n_seq);
   if (!common.random_weights.empty()) {
-    gm = cuda::GpuModel::random(cuda::random_preset(common.random_weights), 1234, gpu_options(common, n_ctx));
+    gm = cuda::GpuModel::random(cuda::random_preset(common.random_weights), 1234, go);
   } else {
     lm = load_model(common, plan.json);
-    gm = cuda::GpuModel::upload(*lm.model, gpu_options(common, n_ctx));
+    gm = cuda::GpuModel::upload(*lm.model, go);
   }
   const ModelConfig& c = gm->config();
   const std::string dev = cuda::device_name();
@@ -100,7 +110,46 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
   }
   for (int g : plan.gens) {
     if (g <= 0) continue;
+    for (int d : plan.depths)
+      for (int b : plan.batches) {
+        if (b == 1) continue;
+        // b sequences at depth d decoding together, as `serve` runs its slots: one forward per step with a row
+        // per sequence (cuBLAS GEMMs over the rows, attention per sequence), logits copied to the host.
+        GpuResult r;
+        r.test = (d > 0 ? strfmt("tg%d@d%d", g, d) : strfmt("tg%d", g)) + strfmt(" x%d", b);
+        r.n_gen = g;
+        r.depth = d;
+        r.batch = b;
+        const int32_t V = c.n_vocab;
+        std::vector<std::vector<float>> logits(size_t(b), std::vector<float>(size_t(V), 0.0f));
+        std::vector<std::vector<int32_t>> toks(static_cast<size_t>(b));
+        for (int s = 0; s < b; ++s) {
+          gm->truncate(s, 0);
+          toks[size_t(s)] = random_tokens(g);
+          const std::vector<int32_t> prompt = random_tokens(d);
+          for (int done = 0; done < d; done += go.max_batch_tokens) {
+            const cuda::GpuModel::SeqFeed f{s, prompt.data() + done, std::min(go.max_batch_tokens, d - done), nullptr};
+            gm->forward(std::span<const cuda::GpuModel::SeqFeed>(&f, 1));
+          }
+        }
+        auto run = [&] {
+          for (int s = 0; s < b; ++s) gm->truncate(s, d);
+          std::vector<cuda::GpuModel::SeqFeed> feeds(static_cast<size_t>(b));
+          for (int i = 0; i < g; ++i) {
+            for (int s = 0; s < b; ++s) feeds[size_t(s)] = {s, &toks[size_t(s)][size_t(i)], 1, logits[size_t(s)].data()};
+            gm->forward(feeds);
+          }
+        };
+        for (int rep = first_rep; rep < plan.reps; ++rep) {
+          const auto t0 = clock_type::now();
+          run();
+          const double ms = ms_since(t0);
+          if (rep >= 0) r.tok_per_s.push_back(1000.0 * g * b / ms);
+        }
+        results.push_back(r);
+      }
     for (int d : plan.depths) {
+      if (std::find(plan.batches.begin(), plan.batches.end(), 1) == plan.batches.end()) continue;
       GpuResult r;
       r.test = d > 0 ? strfmt("tg%d@d%d", g, d) : strfmt("tg%d", g);
       r.n_gen = g;
@@ -144,12 +193,13 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
                           {"n_prompt", r.n_prompt},
                           {"n_gen", r.n_gen},
                           {"depth", r.depth},
+                          {"n_batch", r.batch},
                           {"samples_ts", r.tok_per_s},
                           {"avg_ts", r.mean()},
                           {"stddev_ts", r.stddev()},
                           {"attention", common.attention().describe()},
                           {"copy_bandwidth_gbs", bw}};
-      if (r.n_gen > 0) {
+      if (r.n_gen > 0 && r.batch == 1) {
         j["weight_read_bound_ts"] = bound_tok_s;
         j["fraction_of_bound"] = r.mean() / bound_tok_s;
         if (r.prof.steps > 0) {
@@ -192,6 +242,22 @@ std::unique_ptr<Sequence> make_sequence(const CommonArgs& common, LoadedModel& l
                cuda::device_name().c_str(), double(gm->weight_bytes()) / (1 << 20), double(gm->kv_bytes()) / (1 << 20),
                ms_since(t_up));
   return std::make_unique<cuda::GpuSequence>(std::move(gm));
+}
+
+std::unique_ptr<SlotBackend> make_slot_backend(const CommonArgs& common, LoadedModel& lm, const EngineOptions& e,
+                                               bool on_gpu) {
+  if (!on_gpu)
+    return std::make_unique<CpuSlotBackend>(*lm.model, *lm.pool, e.n_slots, e.n_ctx, e.page_size, e.n_pages,
+                                            e.prefill_chunk);
+  const auto t_up = clock_type::now();
+  cuda::GpuModelOptions o = gpu_options(common, e.n_ctx);
+  o.n_seq = e.n_slots;
+  o.max_batch_tokens = std::max(o.max_batch_tokens, std::max(e.n_slots, e.prefill_chunk));
+  auto gm = cuda::GpuModel::upload(*lm.model, o);
+  std::fprintf(stderr, "hipserve: serving on %s (weights %.1f MiB bf16, K/V %.1f MiB for %d slots, uploaded in %.0f ms)\n",
+               cuda::device_name().c_str(), double(gm->weight_bytes()) / (1 << 20), double(gm->kv_bytes()) / (1 << 20),
+               e.n_slots, ms_since(t_up));
+  return std::make_unique<cuda::GpuSlotBackend>(std::move(gm));
 }
 
 #endif

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <optional>
 
-#include "backends/cpu/matmul_f32act.h"
 #include "engine/stop_strings.h"
 #include "util/common.h"
 
@@ -46,7 +45,8 @@ void GenRequest::finish(StopReason why, const std::string& error_message) {
 
 struct BatchEngine::Slot {
   std::shared_ptr<GenRequest> req;  // null: free
-  std::unique_ptr<KvCache> cache;   // paged, in the engine's pool
+  int32_t index = 0;                // the backend's slot
+  bool open = false;                // the backend's slot holds this request's sequence
   std::optional<Sampler> sampler;
   std::optional<StopStringMatcher> stops;
   std::optional<StreamDecoder> detok;
@@ -62,25 +62,26 @@ namespace {
 int64_t us_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
 }
-int32_t pages_for(int64_t tokens, int32_t page_size) { return int32_t((tokens + page_size - 1) / page_size); }
 }  // namespace
 
-BatchEngine::BatchEngine(Model& model, ThreadPool& pool, const EngineOptions& options)
-    : model_(model), pool_(pool), opt_(options),
-      kv_pool_(model.config(), options.page_size,
-               options.n_pages > 0 ? options.n_pages
-                                   : options.n_slots * pages_for(options.n_ctx, options.page_size)) {
-  HS_CHECK(opt_.n_slots >= 1, "the engine needs at least one slot (got %d)", opt_.n_slots);
+BatchEngine::BatchEngine(SlotBackend& backend, const Tokenizer& tokenizer, const EngineOptions& options)
+    : backend_(backend), tok_(tokenizer), opt_(options) {
+  HS_CHECK(opt_.n_slots == backend.n_slots() && opt_.n_ctx == backend.n_ctx(),
+           "engine options (%d slots of %d tokens) do not match the backend's (%d slots of %d tokens)", opt_.n_slots,
+           opt_.n_ctx, backend.n_slots(), backend.n_ctx());
   HS_CHECK(opt_.n_ctx >= 2, "the context must hold at least 2 tokens (got %d)", opt_.n_ctx);
   HS_CHECK(opt_.prefill_chunk >= 1, "the prefill chunk must be at least 1 token (got %d)", opt_.prefill_chunk);
-  opt_.n_pages = kv_pool_.n_pages();
-  bit_exact_decode_rows_ =
-      model.matmul_mode() == MatmulMode::F32 ? int32_t(cpu::f32act_batch_invariant_tokens()) : 1;
   // Decode batches of up to n_slots rows and prefill chunks both go through one forward call.
-  model_.set_max_batch_tokens(std::max({model_.max_batch_tokens(), opt_.n_slots, opt_.prefill_chunk}));
+  HS_CHECK(backend.max_batch_tokens() >= std::max(opt_.n_slots, opt_.prefill_chunk),
+           "the backend takes %d rows per forward call, fewer than %d slots or a %d-token prefill chunk",
+           backend.max_batch_tokens(), opt_.n_slots, opt_.prefill_chunk);
+  opt_.page_size = backend.kv_unit_tokens();
+  opt_.n_pages = backend.kv_units_total();
+  bit_exact_decode_rows_ = backend.bit_exact_decode_rows();
   for (int32_t i = 0; i < opt_.n_slots; ++i) {
     auto s = std::make_unique<Slot>();
-    s->logits.resize(size_t(model.config().n_vocab));
+    s->index = i;
+    s->logits.resize(size_t(backend.config().n_vocab));
     slots_.push_back(std::move(s));
   }
 }
@@ -114,8 +115,8 @@ BatchEngine::AdmitResult BatchEngine::submit(const std::shared_ptr<GenRequest>& 
   const int64_t n_prompt = int64_t(req->prompt.size());
   if (n_prompt == 0) return {Admit::BadRequest, "the prompt is empty (nothing to condition on)", "invalid_prompt"};
   for (int32_t t : req->prompt)
-    if (t < 0 || t >= model_.config().n_vocab)
-      return {Admit::BadRequest, strfmt("token id %d is out of range [0, %d)", t, model_.config().n_vocab),
+    if (t < 0 || t >= backend_.config().n_vocab)
+      return {Admit::BadRequest, strfmt("token id %d is out of range [0, %d)", t, backend_.config().n_vocab),
               "invalid_prompt"};
   if (n_prompt >= opt_.n_ctx)
     return {Admit::BadRequest,
@@ -131,11 +132,10 @@ BatchEngine::AdmitResult BatchEngine::submit(const std::shared_ptr<GenRequest>& 
                    opt_.n_ctx, (long long)(n_prompt + req->max_tokens), (long long)n_prompt, req->max_tokens),
             "context_length_exceeded"};
   // (prompt + max_tokens <= n_ctx <= what n_slots full contexts need, unless the pool was made smaller.)
-  if (pages_for(n_prompt + req->max_tokens, kv_pool_.page_size()) > kv_pool_.n_pages())
+  if (backend_.kv_units_for(n_prompt + req->max_tokens) > backend_.kv_units_total())
     return {Admit::BadRequest,
-            strfmt("the request needs %d KV pages but the whole pool has %d", pages_for(n_prompt + req->max_tokens,
-                                                                                        kv_pool_.page_size()),
-                   kv_pool_.n_pages()),
+            strfmt("the request needs %d KV pages but the whole pool has %d",
+                   backend_.kv_units_for(n_prompt + req->max_tokens), backend_.kv_units_total()),
             "context_length_exceeded"};
   const std::string why = req->sampling.validate();
   if (!why.empty()) return {Admit::BadRequest, why, "invalid_value"};
@@ -168,9 +168,9 @@ EngineStats BatchEngine::stats() const {
     std::lock_guard<std::mutex> lock(mu_);
     s.queued = int32_t(queue_.size());
   }
-  s.kv_pages_total = kv_pool_.n_pages();
-  s.kv_pages_used = kv_pool_.n_pages() - kv_pool_.n_free();
-  s.kv_page_size = kv_pool_.page_size();
+  s.kv_pages_total = backend_.kv_units_total();
+  s.kv_pages_used = backend_.kv_units_total() - backend_.kv_units_free();
+  s.kv_page_size = backend_.kv_unit_tokens();
   s.bit_exact_decode_rows = bit_exact_decode_rows_;
   return s;
 }
@@ -194,17 +194,18 @@ void BatchEngine::admit_locked() {
       }
     if (!free_slot) return;
     const int32_t need = int32_t(req->prompt.size()) + req->max_tokens;
-    if (pages_for(need, kv_pool_.page_size()) > kv_pool_.n_free()) return;
+    if (backend_.kv_units_for(need) > backend_.kv_units_free()) return;
     Slot& s = *free_slot;
     try {
-      s.cache = std::make_unique<KvCache>(model_.config(), opt_.n_ctx, kv_pool_);
-      s.cache->reserve(need);  // all pages now: a running sequence never waits for memory
-      s.sampler.emplace(req->sampling, model_.config().n_vocab);
+      backend_.open(s.index, need);  // all its memory now: a running sequence never waits for memory
+      s.open = true;
+      s.sampler.emplace(req->sampling, backend_.config().n_vocab);
       for (int32_t t : req->prompt) s.sampler->accept(t);
       s.stops.emplace(req->stop);
-      s.detok.emplace(model_.tokenizer());
+      s.detok.emplace(tok_);
     } catch (const std::exception& e) {  // (submit() validated everything; this is a bug guard)
-      s.cache.reset();
+      if (s.open) backend_.close(s.index);
+      s.open = false;
       s.sampler.reset();
       s.stops.reset();
       failed_++;
@@ -235,7 +236,8 @@ void BatchEngine::end_slot(Slot& s, StopReason why, const std::string& error) {
     finished_++;
   // Free the pages and the slot before telling the client, so that what it sees next (/metrics, a new
   // request) already has them.
-  s.cache.reset();
+  if (s.open) backend_.close(s.index);
+  s.open = false;
   s.sampler.reset();
   s.stops.reset();
   s.detok.reset();
@@ -251,7 +253,7 @@ bool BatchEngine::consume_logits(Slot& s) {
   if (r.n_generated == 0) r.t_first_token = GenRequest::Clock::now();
   r.n_generated++;
   generated_tokens_++;
-  if (!r.ignore_eos && model_.tokenizer().is_end_of_generation(next)) {
+  if (!r.ignore_eos && tok_.is_end_of_generation(next)) {
     end_slot(s, StopReason::EndOfGeneration);
     return false;
   }
@@ -264,7 +266,7 @@ bool BatchEngine::consume_logits(Slot& s) {
     end_slot(s, StopReason::Length);
     return false;
   }
-  if (s.cache->n_past() + 1 >= opt_.n_ctx) {  // unreachable while admission checks prompt + max_tokens
+  if (backend_.n_past(s.index) + 1 >= opt_.n_ctx) {  // unreachable while admission checks prompt + max_tokens
     end_slot(s, StopReason::ContextFull);
     return false;
   }
@@ -273,22 +275,22 @@ bool BatchEngine::consume_logits(Slot& s) {
 }
 
 void BatchEngine::decode_step() {
-  std::vector<SeqBatch> batch;
+  std::vector<SlotBackend::Feed> batch;
   std::vector<Slot*> rows;
   for (auto& sp : slots_) {
     Slot& s = *sp;
     if (!s.req || s.prefilling()) continue;
-    SeqBatch b;
-    b.cache = s.cache.get();
-    b.tokens = &s.next_token;
-    b.n_tokens = 1;
-    b.logits = s.logits.data();
-    batch.push_back(b);
+    SlotBackend::Feed f;
+    f.slot = s.index;
+    f.tokens = &s.next_token;
+    f.n_tokens = 1;
+    f.logits = s.logits.data();
+    batch.push_back(f);
     rows.push_back(&s);
   }
   if (batch.empty()) return;
   const auto t0 = std::chrono::steady_clock::now();
-  model_.forward(std::span<const SeqBatch>(batch), pool_);
+  backend_.forward(batch);
   decode_us_ += us_since(t0);
   decode_steps_++;
   decode_rows_ += int64_t(rows.size());
@@ -303,14 +305,14 @@ void BatchEngine::prefill_step() {
   Slot& s = *oldest;
   const int32_t n_prompt = int32_t(s.req->prompt.size());
   const int32_t chunk = std::min(opt_.prefill_chunk, n_prompt - s.n_prefilled);
-  SeqBatch b;
-  b.cache = s.cache.get();
-  b.tokens = s.req->prompt.data() + s.n_prefilled;
-  b.n_tokens = chunk;
+  SlotBackend::Feed f;
+  f.slot = s.index;
+  f.tokens = s.req->prompt.data() + s.n_prefilled;
+  f.n_tokens = chunk;
   const bool last = s.n_prefilled + chunk == n_prompt;
-  b.logits = last ? s.logits.data() : nullptr;
+  f.logits = last ? s.logits.data() : nullptr;
   const auto t0 = std::chrono::steady_clock::now();
-  model_.forward(std::span<const SeqBatch>(&b, 1), pool_);
+  backend_.forward(std::span<const SlotBackend::Feed>(&f, 1));
   prompt_us_ += us_since(t0);
   prompt_tokens_ += chunk;
   s.n_prefilled += chunk;

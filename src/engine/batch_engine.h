@@ -1,12 +1,12 @@
 // Continuous batching for many concurrent generation requests over one model (what `hipserve serve` runs).
 //
-// One engine thread owns the model, the thread pool and a KvPagePool shared by every sequence. Each loop
-// iteration (a "step"):
+// One engine thread drives a SlotBackend (model/slot_backend.h: the CPU model with a KvPagePool shared by every
+// sequence, or the GPU model with a K/V region per slot). Each loop iteration (a "step"):
 //   1. admits queued requests into free slots, FIFO, while the pool has the pages the request can ever need
 //      (prompt + max_tokens, reserved at admission: a running sequence never runs out of KV memory);
 //   2. drops slots whose request was cancelled (client gone, shutdown);
 //   3. runs ONE forward pass with the decode row of every sequence that has a sampled token to feed
-//      (Model::forward over several SeqBatch: the weight matrices are streamed once for all of them);
+//      (SlotBackend::forward over several slots: the weight matrices are read once for all of them);
 //   4. runs at most `prefill_chunk` prompt tokens of the oldest sequence still prefilling, so a long prompt
 //      delays the running streams by one bounded chunk per step rather than by its whole length.
 // Decode rows and prefill chunks run as separate forward calls on purpose: a prompt chunk of >= 12 rows takes
@@ -32,9 +32,8 @@
 
 #include "engine/sampler.h"
 #include "engine/session.h"
-#include "model/kv_cache.h"
-#include "model/llama.h"
-#include "util/thread_pool.h"
+#include "model/slot_backend.h"
+#include "model/tokenizer.h"
 
 namespace hs {
 
@@ -84,8 +83,8 @@ class GenRequest {
 struct EngineOptions {
   int32_t n_slots = 4;         // sequences generating at once
   int32_t n_ctx = 4096;        // per-sequence context: prompt + max_tokens must fit
-  int32_t page_size = 256;     // KV positions per page (multiple of kAttnKeyBlock)
-  int32_t n_pages = 0;         // KV pool size in pages; 0: enough for n_slots full contexts
+  int32_t page_size = 256;     // KV positions per page (multiple of kAttnKeyBlock; CPU backend)
+  int32_t n_pages = 0;         // KV pool size in pages; 0: enough for n_slots full contexts (CPU backend)
   int32_t prefill_chunk = 256; // prompt tokens fed per step at most
   int32_t max_queued = 256;    // waiting requests beyond this are refused (503)
 };
@@ -97,7 +96,7 @@ struct EngineStats {
   int64_t decode_steps = 0, decode_rows = 0;        // batched decode forwards, and rows they carried
   int64_t requests_finished = 0, requests_cancelled = 0, requests_failed = 0;
   int32_t running = 0, queued = 0;
-  int32_t kv_pages_used = 0, kv_pages_total = 0, kv_page_size = 0;
+  int32_t kv_pages_used = 0, kv_pages_total = 0, kv_page_size = 0;  // K/V memory units (SlotBackend)
   // Decode batches of up to this many sequences give each one exactly the bits of its lone run (the linear
   // layers' kernels keep their summation order up to this many rows; see cpu::f32act_batch_invariant_tokens).
   int32_t bit_exact_decode_rows = 1;
@@ -105,8 +104,9 @@ struct EngineStats {
 
 class BatchEngine {
  public:
-  // The model and pool must outlive the engine; the engine thread is their only user while it runs.
-  BatchEngine(Model& model, ThreadPool& pool, const EngineOptions& options);
+  // The backend and tokenizer must outlive the engine; the engine thread is the backend's only user while it
+  // runs. options.n_slots and n_ctx must match the backend's; page_size and n_pages are taken from it.
+  BatchEngine(SlotBackend& backend, const Tokenizer& tokenizer, const EngineOptions& options);
   ~BatchEngine();  // stop()s
 
   const EngineOptions& options() const { return opt_; }
@@ -138,10 +138,9 @@ class BatchEngine {
   bool consume_logits(Slot& s);
   void end_slot(Slot& s, StopReason why, const std::string& error = "");
 
-  Model& model_;
-  ThreadPool& pool_;
+  SlotBackend& backend_;
+  const Tokenizer& tok_;
   EngineOptions opt_;
-  KvPagePool kv_pool_;
   std::vector<std::unique_ptr<Slot>> slots_;
   int64_t admit_counter_ = 0;  // admission order, so the oldest prefill goes first
 

@@ -61,7 +61,8 @@ TEST(BatchEngine, ConcurrentSequencesMatchTheirLoneRuns) {
   eo.n_slots = 4;  // 6 requests: two wait for a free slot
   eo.n_ctx = 512;
   eo.page_size = 64;
-  BatchEngine engine(m, pool, eo);
+  CpuSlotBackend backend(m, pool, eo.n_slots, eo.n_ctx, eo.page_size, eo.n_pages, eo.prefill_chunk);
+  BatchEngine engine(backend, m.tokenizer(), eo);
   engine.start();
   for (const auto& r : reqs) ASSERT_EQ(engine.submit(r).status, BatchEngine::Admit::Ok);
   // Exact only where the kernels keep each row's summation order in batches of n_slots rows (AVX-512: up to
@@ -94,7 +95,8 @@ TEST(BatchEngine, AdmissionRefusesWhatCanNeverFit) {
   eo.n_ctx = 64;
   eo.page_size = 64;
   eo.max_queued = 1;
-  BatchEngine engine(m, pool, eo);  // not started: requests stay queued
+  CpuSlotBackend backend(m, pool, eo.n_slots, eo.n_ctx, eo.page_size, eo.n_pages, eo.prefill_chunk);
+  BatchEngine engine(backend, m.tokenizer(), eo);  // not started: requests stay queued
   const std::vector<int32_t> p10(10, 42), p64(64, 42);
   EXPECT_EQ(engine.submit(make_request({}, 5, 0, 1)).status, BatchEngine::Admit::BadRequest);
   EXPECT_EQ(engine.submit(make_request(p64, 1, 0, 1)).status, BatchEngine::Admit::BadRequest);  // prompt = ctx
@@ -123,7 +125,8 @@ TEST(BatchEngine, RequestsWaitForKvPagesAndCancellationFreesThem) {
   eo.n_ctx = 256;
   eo.page_size = 64;
   eo.n_pages = 2;  // one request of <= 128 tokens at a time although there are two slots
-  BatchEngine engine(m, pool, eo);
+  CpuSlotBackend backend(m, pool, eo.n_slots, eo.n_ctx, eo.page_size, eo.n_pages, eo.prefill_chunk);
+  BatchEngine engine(backend, m.tokenizer(), eo);
   engine.start();
   const std::vector<int32_t> prompt = m.tokenizer().encode("Tell me a long story about a dragon.", true, true);
   auto first = make_request(prompt, 100, 0, 1);
@@ -160,7 +163,8 @@ TEST(BatchEngine, StopStringsAndEndOfGenerationEndRequests) {
   EngineOptions eo;
   eo.n_ctx = 256;
   eo.page_size = 64;
-  BatchEngine engine(m, pool, eo);
+  CpuSlotBackend backend(m, pool, eo.n_slots, eo.n_ctx, eo.page_size, eo.n_pages, eo.prefill_chunk);
+  BatchEngine engine(backend, m.tokenizer(), eo);
   engine.start();
   const std::vector<int32_t> prompt = m.tokenizer().encode("Count: 1, 2, 3, 4,", true, true);
   // Greedy continuation first, then the same with a stop string taken from inside it.

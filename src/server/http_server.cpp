@@ -470,17 +470,16 @@ int run_server(const ServerOptions& options, const std::function<LoadedForServe(
                                       : chat_template_from_name(options.chat_template));
       EngineOptions eo_in = options.engine;
       eo_in.n_ctx = st.loaded.n_ctx;
-      st.engine = std::make_unique<BatchEngine>(*st.loaded.model, *st.loaded.pool, eo_in);
+      st.engine = std::make_unique<BatchEngine>(*st.loaded.backend, st.loaded.model->tokenizer(), eo_in);
       st.engine->start();
       st.engine_for_metrics = st.engine.get();
       const EngineOptions& eo = st.engine->options();
-      logf("model '%s' ready: %d slots, context %d tokens per sequence, KV pool %d pages x %d tokens (%.1f MiB "
-           "reserved), prefill chunk %d, chat template %s; decode batches of <= %d sequences are bit-identical "
-           "to lone runs",
-           st.loaded.model_name.c_str(), eo.n_slots, eo.n_ctx, eo.n_pages, eo.page_size,
-           double(st.engine->stats().kv_pages_total) * eo.page_size * 2 * 2 * st.loaded.model->config().n_layer *
-               st.loaded.model->config().kv_dim() / double(1 << 20),
-           eo.prefill_chunk, chat_template_name(st.tmpl.kind), st.engine->stats().bit_exact_decode_rows);
+      logf("model '%s' ready on %s: %d slots, context %d tokens per sequence, KV memory %d units x %d tokens "
+           "(%.1f MiB reserved), prefill chunk %d, chat template %s; decode batches of <= %d sequences are "
+           "bit-identical to lone runs",
+           st.loaded.model_name.c_str(), st.loaded.backend->name().c_str(), eo.n_slots, eo.n_ctx, eo.n_pages,
+           eo.page_size, double(st.loaded.backend->kv_bytes()) / double(1 << 20), eo.prefill_chunk,
+           chat_template_name(st.tmpl.kind), st.engine->stats().bit_exact_decode_rows);
       Phase expected = Phase::Loading;
       st.phase.compare_exchange_strong(expected, Phase::Ready);
     } catch (const std::exception& e) {

@@ -29,8 +29,9 @@ struct ServerOptions {
 // Loads the model with `load` (called on a background thread once the socket listens; returns the model and
 // thread pool), serves until SIGINT/SIGTERM, shuts down gracefully. Returns the exit code.
 struct LoadedForServe {
-  std::unique_ptr<Model> model;
+  std::unique_ptr<Model> model;  // the tokenizer and, on the CPU, the weights
   std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<SlotBackend> backend;  // what the engine runs: CpuSlotBackend over model, or the GPU's
   std::string model_name;
   int32_t n_ctx = 0;  // per-sequence context (the engine's n_ctx)
 };

@@ -428,12 +428,15 @@ struct GpuModel::Impl {
   const bf16* output_w = nullptr;  // output or tok_embd (tied)
   size_t weight_bytes = 0;
 
-  // K/V cache: per layer [n_head_kv][n_ctx][head_dim] bf16.
-  std::vector<DeviceBuffer> k_cache, v_cache;
-  int32_t n_past = 0;
-  int32_t hip_refresh_pos = -1;           // position of the last decode mask refresh (-1: none valid)
-  std::vector<DeviceBuffer> mask_blocks;  // per layer: decode masks [n_head][1][K_b], counts [n_head]
-  std::vector<DeviceBuffer> mask_counts;
+  // One sequence's state (opt.n_seq of them; the single-sequence API uses sequence 0).
+  struct SeqState {
+    std::vector<DeviceBuffer> k_cache, v_cache;  // per layer [n_head_kv][n_ctx][head_dim] bf16
+    std::vector<DeviceBuffer> mask_blocks;       // per layer: decode masks [n_head][1][K_b], counts [n_head]
+    std::vector<DeviceBuffer> mask_counts;
+    int32_t n_past = 0;
+    int32_t hip_refresh_pos = -1;  // position of the last decode mask refresh (-1: none valid)
+  };
+  std::vector<SeqState> seqs;
   DeviceBuffer pf_mask_blocks, pf_mask_counts;  // prefill chunk masks [n_head][ceil(B / b_q)][K_b]
   DeviceBuffer decode_ws;
 
@@ -486,7 +489,9 @@ struct GpuModel::Impl {
   void init_common() {
     HS_CHECK(cfg.head_dim == 64 || cfg.head_dim == 128, "CUDA backend: head_dim %d (supported: 64, 128)",
              cfg.head_dim);
-    HS_CHECK(opt.n_ctx >= 1 && opt.max_batch_tokens >= 1, "CUDA backend: bad n_ctx / max_batch_tokens");
+    HS_CHECK(opt.n_ctx >= 1 && opt.max_batch_tokens >= 1 && opt.n_seq >= 1 && opt.n_seq <= opt.max_batch_tokens,
+             "CUDA backend: bad n_ctx / max_batch_tokens / n_seq (%d / %d / %d)", opt.n_ctx, opt.max_batch_tokens,
+             opt.n_seq);
     const std::string why = opt.attn.validate();
     HS_CHECK(why.empty(), "invalid attention config: %s", why.c_str());
     const HipConfig& h = opt.attn.hip;
@@ -515,17 +520,19 @@ struct GpuModel::Impl {
     HS_CUDA(cudaMallocHost(&h_logits, size_t(V) * 4));
 
     const int64_t kv_elems = int64_t(cfg.n_head_kv) * opt.n_ctx * cfg.head_dim;
-    for (int il = 0; il < cfg.n_layer; ++il) {
-      k_cache.emplace_back(size_t(kv_elems) * 2);
-      v_cache.emplace_back(size_t(kv_elems) * 2);
-      if (opt.attn.layer_uses_hip(il)) {
-        mask_blocks.emplace_back(size_t(cfg.n_head) * Kb() * 4);
-        mask_counts.emplace_back(size_t(cfg.n_head) * 4);
-      } else {
-        mask_blocks.emplace_back();
-        mask_counts.emplace_back();
+    seqs.resize(size_t(opt.n_seq));
+    for (SeqState& sq : seqs)
+      for (int il = 0; il < cfg.n_layer; ++il) {
+        sq.k_cache.emplace_back(size_t(kv_elems) * 2);
+        sq.v_cache.emplace_back(size_t(kv_elems) * 2);
+        if (opt.attn.layer_uses_hip(il)) {
+          sq.mask_blocks.emplace_back(size_t(cfg.n_head) * Kb() * 4);
+          sq.mask_counts.emplace_back(size_t(cfg.n_head) * 4);
+        } else {
+          sq.mask_blocks.emplace_back();
+          sq.mask_counts.emplace_back();
+        }
       }
-    }
     if (opt.attn.kind == AttentionKind::Hip) {
       const int64_t nqb = (B + hip.block_q - 1) / hip.block_q;
       pf_mask_blocks = DeviceBuffer(size_t(cfg.n_head) * nqb * Kb() * 4);
@@ -598,12 +605,23 @@ struct GpuModel::Impl {
                "cublasGemmEx");
   }
 
-  AttnParams attn_params(int il, int32_t n, int32_t pos0) {
+  // Rows [row0, row0 + n) of the activations, at positions [pos0, pos0 + n) of one sequence: a prefill chunk,
+  // or one row of a (batched) decode step.
+  struct Segment {
+    int32_t seq = 0;
+    int32_t row0 = 0, n = 0;
+    int32_t pos0 = 0;
+    bool estimate = true;  // decode (n == 1): refresh the sequence's cached HiP masks
+  };
+
+  AttnParams attn_params(int il, const Segment& sg) {
+    const int32_t n = sg.n, pos0 = sg.pos0;
+    SeqState& sq = seqs[size_t(sg.seq)];
     AttnParams p;
-    p.q = reinterpret_cast<const uint16_t*>(q.as<bf16>());
-    p.k = k_cache[il].as<uint16_t>();
-    p.v = v_cache[il].as<uint16_t>();
-    p.out = att.as<uint16_t>();
+    p.q = reinterpret_cast<const uint16_t*>(q.as<bf16>() + int64_t(sg.row0) * QD());
+    p.k = sq.k_cache[il].as<uint16_t>();
+    p.v = sq.v_cache[il].as<uint16_t>();
+    p.out = reinterpret_cast<uint16_t*>(att.as<bf16>() + int64_t(sg.row0) * QD());
     p.q_stride = QD();
     p.out_stride = QD();
     p.kv_head_stride = int64_t(opt.n_ctx) * cfg.head_dim;
@@ -618,16 +636,22 @@ struct GpuModel::Impl {
     return p;
   }
 
-  // Enqueues the layers for rows tokens[0, n) (already in `tokens`) at positions [pos0, pos0 + n). For a decode
-  // step (n == 1), `estimate` says whether the HiP layers refresh their cached masks.
+  // Enqueues the layers for one sequence's rows tokens[0, n) (already in `tokens`) at positions [pos0, pos0 + n).
+  // For a decode step (n == 1), `estimate` says whether the HiP layers refresh their cached masks.
   void enqueue_layers(int32_t n, int32_t pos0, bool estimate) {
+    const Segment sg{0, 0, n, pos0, estimate};
+    enqueue_layers(std::span<const Segment>(&sg, 1));
+  }
+  // The layers over segments of rows (ascending, contiguous from row 0): the norms, GEMMs and SwiGLU run once
+  // over all rows; RoPE + K/V store and attention per segment, on its sequence's cache.
+  void enqueue_layers(std::span<const Segment> segs) {
+    const int32_t n = segs.back().row0 + segs.back().n;
     const int E_ = E(), QD_ = QD(), FF_ = FF();
     const int threads = 256;
     phase(kOther, [&] {
       embed_kernel<<<n, threads, 0, stream>>>(tokens.as<int32_t>(), tok_embd.as<bf16>(), E_, x.as<float>());
       HS_CUDA_LAUNCH("embed_kernel");
     });
-    const bool hip_dense = pos0 + n <= hip.n_sink + hip.window;  // sink + window cover every key: HiP == dense
     for (int il = 0; il < cfg.n_layer; ++il) {
       LayerDev& L = layers[size_t(il)];
       phase(kOther, [&] {
@@ -635,48 +659,56 @@ struct GpuModel::Impl {
                int64_t(E_), (const float*)L.attn_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>(), int64_t(E_));
       });
       phase(kGemm, [&] { gemm(L.w_qkv.as<bf16>(), QKV(), E_, xn.as<bf16>(), n, qkv.as<float>(), false); });
-      phase(kOther, [&] {
-        RopeArgs a;
-        a.qkv = qkv.as<float>();
-        a.bias = L.b_qkv.bytes() ? L.b_qkv.as<float>() : nullptr;
-        a.ld = QKV();
-        a.inv_freq = inv_freq.as<float>();
-        a.n_head = cfg.n_head;
-        a.n_head_kv = cfg.n_head_kv;
-        a.head_dim = cfg.head_dim;
-        a.n_rot = cfg.rope.n_rot;
-        a.neox = cfg.rope.type == RopeType::NeoX;
-        a.pos0 = pos0;
-        a.q = q.as<bf16>();
-        a.k_cache = k_cache[size_t(il)].as<bf16>();
-        a.v_cache = v_cache[size_t(il)].as<bf16>();
-        a.kv_head_stride = int64_t(opt.n_ctx) * cfg.head_dim;
-        launch(use_pdl, rope_store_kernel, dim3(n, n == 1 && wide_small ? 8 : 1), dim3(threads), 0, stream, a);
-      });
-      const AttnParams p = attn_params(il, n, pos0);
-      if (opt.attn.layer_uses_hip(il) && !hip_dense) {
-        if (n == 1) {
-          HipMaskDev m{mask_blocks[size_t(il)].as<int32_t>(), mask_counts[size_t(il)].as<int32_t>(), 1, Kb()};
-          if (estimate) phase(kMask, [&] { check_cuda(hip_estimate_mask(hip, p, m, stream), "hip_estimate_mask"); });
-          phase(kAttn, [&] {
-            DecodeWorkspace ws{decode_ws.as<float>(), int64_t(decode_ws.bytes() / 4)};
-            check_cuda(hip_attention_decode(hip, p, m, ws, stream), "hip_attention_decode");
-          });
-        } else {
-          HipMaskDev m{pf_mask_blocks.as<int32_t>(), pf_mask_counts.as<int32_t>(), (n + hip.block_q - 1) / hip.block_q,
-                       Kb()};
-          phase(kMask, [&] { check_cuda(hip_estimate_mask(hip, p, m, stream), "hip_estimate_mask"); });
-          phase(kAttn, [&] { check_cuda(hip_attention_prefill(hip, p, m, stream), "hip_attention_prefill"); });
-        }
-      } else {
-        phase(kAttn, [&] {
-          if (n == 1) {
-            DecodeWorkspace ws{decode_ws.as<float>(), int64_t(decode_ws.bytes() / 4)};
-            check_cuda(attention_decode_dense(p, ws, stream), "attention_decode_dense");
-          } else {
-            check_cuda(attention_prefill_dense(p, stream), "attention_prefill_dense");
-          }
+      for (const Segment& sg : segs) {
+        SeqState& sq = seqs[size_t(sg.seq)];
+        phase(kOther, [&] {
+          RopeArgs a;
+          a.qkv = qkv.as<float>() + int64_t(sg.row0) * QKV();
+          a.bias = L.b_qkv.bytes() ? L.b_qkv.as<float>() : nullptr;
+          a.ld = QKV();
+          a.inv_freq = inv_freq.as<float>();
+          a.n_head = cfg.n_head;
+          a.n_head_kv = cfg.n_head_kv;
+          a.head_dim = cfg.head_dim;
+          a.n_rot = cfg.rope.n_rot;
+          a.neox = cfg.rope.type == RopeType::NeoX;
+          a.pos0 = sg.pos0;
+          a.q = q.as<bf16>() + int64_t(sg.row0) * QD_;
+          a.k_cache = sq.k_cache[size_t(il)].as<bf16>();
+          a.v_cache = sq.v_cache[size_t(il)].as<bf16>();
+          a.kv_head_stride = int64_t(opt.n_ctx) * cfg.head_dim;
+          launch(use_pdl, rope_store_kernel, dim3(sg.n, sg.n == 1 && wide_small ? 8 : 1), dim3(threads), 0, stream, a);
         });
+      }
+      for (const Segment& sg : segs) {
+        SeqState& sq = seqs[size_t(sg.seq)];
+        const AttnParams p = attn_params(il, sg);
+        const bool hip_dense = sg.pos0 + sg.n <= hip.n_sink + hip.window;  // sink + window cover every key
+        if (opt.attn.layer_uses_hip(il) && !hip_dense) {
+          if (sg.n == 1) {
+            HipMaskDev m{sq.mask_blocks[size_t(il)].as<int32_t>(), sq.mask_counts[size_t(il)].as<int32_t>(), 1, Kb()};
+            if (sg.estimate)
+              phase(kMask, [&] { check_cuda(hip_estimate_mask(hip, p, m, stream), "hip_estimate_mask"); });
+            phase(kAttn, [&] {
+              DecodeWorkspace ws{decode_ws.as<float>(), int64_t(decode_ws.bytes() / 4)};
+              check_cuda(hip_attention_decode(hip, p, m, ws, stream), "hip_attention_decode");
+            });
+          } else {
+            HipMaskDev m{pf_mask_blocks.as<int32_t>(), pf_mask_counts.as<int32_t>(),
+                         (sg.n + hip.block_q - 1) / hip.block_q, Kb()};
+            phase(kMask, [&] { check_cuda(hip_estimate_mask(hip, p, m, stream), "hip_estimate_mask"); });
+            phase(kAttn, [&] { check_cuda(hip_attention_prefill(hip, p, m, stream), "hip_attention_prefill"); });
+          }
+        } else {
+          phase(kAttn, [&] {
+            if (sg.n == 1) {
+              DecodeWorkspace ws{decode_ws.as<float>(), int64_t(decode_ws.bytes() / 4)};
+              check_cuda(attention_decode_dense(p, ws, stream), "attention_decode_dense");
+            } else {
+              check_cuda(attention_prefill_dense(p, stream), "attention_prefill_dense");
+            }
+          });
+        }
       }
       phase(kGemm, [&] { gemm(L.w_o.as<bf16>(), E_, QD_, att.as<bf16>(), n, x.as<float>(), true); });
       phase(kOther, [&] {
@@ -735,10 +767,11 @@ struct GpuModel::Impl {
                const std::function<void(int64_t, int64_t)>& on_chunk) {
     HS_CHECK(!toks.empty(), "empty prompt");
     check_tokens(toks);
+    int32_t& n_past = seqs[0].n_past;
     HS_CHECK(int64_t(n_past) + int64_t(toks.size()) <= opt.n_ctx,
              "context overflow: %lld positions needed but the context size is %d (raise -c)",
              (long long)(n_past + int64_t(toks.size())), opt.n_ctx);
-    hip_refresh_pos = -1;  // as on the CPU: a prefill invalidates the cached decode masks
+    seqs[0].hip_refresh_pos = -1;  // as on the CPU: a prefill invalidates the cached decode masks
     for (size_t done = 0; done < toks.size();) {
       const int32_t n = int32_t(std::min<size_t>(size_t(opt.max_batch_tokens), toks.size() - done));
       HS_CUDA(cudaMemcpyAsync(tokens.as<int32_t>(), toks.data() + done, size_t(n) * 4, cudaMemcpyHostToDevice,
@@ -760,6 +793,78 @@ struct GpuModel::Impl {
     }
     HS_CUDA(cudaStreamSynchronize(stream));
     if (out_logits && !all_logits) std::memcpy(out_logits, h_logits, size_t(cfg.n_vocab) * 4);
+  }
+
+  // Logits of the given activation rows into the host buffers outs[i] (n_vocab floats each), kHeadRows rows at
+  // a time: each row's final norm into xn row i, one output GEMM, copies back.
+  void copy_row_logits(const std::vector<int32_t>& rows, const std::vector<float*>& outs) {
+    const int E_ = E();
+    const int64_t V = cfg.n_vocab;
+    if (!logits_rows.bytes()) logits_rows = DeviceBuffer(size_t(kHeadRows) * size_t(V) * 4);
+    for (size_t r0 = 0; r0 < rows.size(); r0 += kHeadRows) {
+      const int32_t m = int32_t(std::min<size_t>(kHeadRows, rows.size() - r0));
+      for (int32_t i = 0; i < m; ++i) {
+        rmsnorm_kernel<<<1, 256, 0, stream>>>(x.as<float>() + int64_t(rows[r0 + size_t(i)]) * E_, E_,
+                                              output_norm.as<float>(), E_, cfg.norm_eps,
+                                              xn.as<bf16>() + int64_t(i) * E_, E_);
+        HS_CUDA_LAUNCH("rmsnorm_kernel");
+      }
+      gemm(output_w, cfg.n_vocab, E_, xn.as<bf16>(), m, logits_rows.as<float>(), false);
+      for (int32_t i = 0; i < m; ++i)
+        HS_CUDA(cudaMemcpyAsync(outs[r0 + size_t(i)], logits_rows.as<float>() + int64_t(i) * V, size_t(V) * 4,
+                                cudaMemcpyDeviceToHost, stream));
+      HS_CUDA(cudaStreamSynchronize(stream));
+    }
+  }
+
+  // Several sequences in one forward pass (GpuModel::forward): one segment of rows per feed, eager (no
+  // graphs), the logits of each feed's last token copied to the host.
+  void forward(std::span<const GpuModel::SeqFeed> feeds) {
+    HS_CHECK(!feeds.empty(), "forward: nothing to feed");
+    std::vector<Segment> segs;
+    std::vector<int32_t> host_tokens;
+    std::vector<int32_t> logit_rows;
+    std::vector<float*> logit_outs;
+    int32_t rows = 0;
+    for (const GpuModel::SeqFeed& f : feeds) {
+      HS_CHECK(f.seq >= 0 && f.seq < opt.n_seq, "forward: sequence %d out of range [0, %d)", f.seq, opt.n_seq);
+      HS_CHECK(f.n_tokens >= 1 && f.tokens, "forward: sequence %d is fed no tokens", f.seq);
+      for (const Segment& sg : segs) HS_CHECK(sg.seq != f.seq, "forward: sequence %d fed twice in one call", f.seq);
+      const SeqState& sq = seqs[size_t(f.seq)];
+      HS_CHECK(int64_t(sq.n_past) + f.n_tokens <= opt.n_ctx,
+               "context overflow: %lld positions needed but the context size is %d",
+               (long long)(sq.n_past + int64_t(f.n_tokens)), opt.n_ctx);
+      HS_CHECK(int64_t(rows) + f.n_tokens <= opt.max_batch_tokens, "forward: more than %d rows in one call",
+               opt.max_batch_tokens);
+      check_tokens(std::span<const int32_t>(f.tokens, size_t(f.n_tokens)));
+      Segment sg;
+      sg.seq = f.seq;
+      sg.row0 = rows;
+      sg.n = f.n_tokens;
+      sg.pos0 = sq.n_past;
+      sg.estimate = sq.hip_refresh_pos < 0 || sq.n_past - sq.hip_refresh_pos >= hip.refresh;
+      segs.push_back(sg);
+      host_tokens.insert(host_tokens.end(), f.tokens, f.tokens + f.n_tokens);
+      rows += f.n_tokens;
+      if (f.logits) {
+        logit_rows.push_back(sg.row0 + sg.n - 1);
+        logit_outs.push_back(f.logits);
+      }
+    }
+    HS_CUDA(cudaMemcpyAsync(tokens.as<int32_t>(), host_tokens.data(), size_t(rows) * 4, cudaMemcpyHostToDevice,
+                            stream));
+    enqueue_layers(segs);
+    copy_row_logits(logit_rows, logit_outs);
+    collect_profile();
+    HS_CUDA(cudaStreamSynchronize(stream));
+    for (const Segment& sg : segs) {  // the mask bookkeeping of prefill() and decode()
+      SeqState& sq = seqs[size_t(sg.seq)];
+      if (sg.n > 1)
+        sq.hip_refresh_pos = -1;
+      else if (opt.attn.kind == AttentionKind::Hip)
+        sq.hip_refresh_pos = sg.pos0 + 1 <= hip.n_sink + hip.window ? -1 : sg.estimate ? sg.pos0 : sq.hip_refresh_pos;
+      sq.n_past += sg.n;
+    }
   }
 
   // What a decode step's graph depends on besides the data: positions, which phases run, the sampling.
@@ -839,6 +944,8 @@ struct GpuModel::Impl {
 
   int32_t decode(int32_t token, float temperature, uint64_t seed, float* out_logits) {
     check_tokens(std::span<const int32_t>(&token, 1));
+    int32_t& n_past = seqs[0].n_past;
+    int32_t& hip_refresh_pos = seqs[0].hip_refresh_pos;
     HS_CHECK(n_past + 1 <= opt.n_ctx, "context overflow: %d positions needed but the context size is %d (raise -c)",
              n_past + 1, opt.n_ctx);
     const StepShape s = shape_for(n_past, hip_refresh_pos, out_logits != nullptr, temperature, seed);
@@ -1062,12 +1169,20 @@ std::unique_ptr<GpuModel> GpuModel::random(const ModelConfig& config, uint64_t s
 
 const ModelConfig& GpuModel::config() const { return impl_->cfg; }
 const GpuModelOptions& GpuModel::options() const { return impl_->opt; }
-int32_t GpuModel::n_past() const { return impl_->n_past; }
-void GpuModel::truncate(int32_t n) {
-  HS_CHECK(n >= 0 && n <= impl_->n_past, "truncate to %d beyond %d", n, impl_->n_past);
-  impl_->n_past = n;
-  if (impl_->hip_refresh_pos >= n) impl_->hip_refresh_pos = -1;
+int32_t GpuModel::n_past() const { return impl_->seqs[0].n_past; }
+int32_t GpuModel::n_past_of(int32_t seq) const {
+  HS_CHECK(seq >= 0 && seq < impl_->opt.n_seq, "sequence %d out of range [0, %d)", seq, impl_->opt.n_seq);
+  return impl_->seqs[size_t(seq)].n_past;
 }
+void GpuModel::truncate(int32_t seq, int32_t n) {
+  HS_CHECK(seq >= 0 && seq < impl_->opt.n_seq, "sequence %d out of range [0, %d)", seq, impl_->opt.n_seq);
+  Impl::SeqState& sq = impl_->seqs[size_t(seq)];
+  HS_CHECK(n >= 0 && n <= sq.n_past, "truncate to %d beyond %d", n, sq.n_past);
+  sq.n_past = n;
+  if (sq.hip_refresh_pos >= n) sq.hip_refresh_pos = -1;
+}
+void GpuModel::forward(std::span<const SeqFeed> feeds) { impl_->forward(feeds); }
+void GpuModel::truncate(int32_t n) { truncate(0, n); }
 void GpuModel::prefill(std::span<const int32_t> tokens, float* logits, bool all_logits,
                        const std::function<void(int64_t, int64_t)>& on_chunk) {
   impl_->prefill(tokens, logits, all_logits, on_chunk);
@@ -1078,8 +1193,10 @@ int32_t GpuModel::decode(int32_t token, float temperature, uint64_t seed, float*
 size_t GpuModel::weight_bytes() const { return impl_->weight_bytes; }
 size_t GpuModel::kv_bytes() const {
   size_t b = 0;
-  for (auto& k : impl_->k_cache) b += k.bytes();
-  for (auto& v : impl_->v_cache) b += v.bytes();
+  for (const auto& sq : impl_->seqs) {
+    for (auto& k : sq.k_cache) b += k.bytes();
+    for (auto& v : sq.v_cache) b += v.bytes();
+  }
   return b;
 }
 void GpuModel::set_profiling(bool on) {
@@ -1092,6 +1209,39 @@ GpuSequence::GpuSequence(std::unique_ptr<GpuModel> model) : gm_(std::move(model)
   HS_CHECK(gm_ != nullptr, "GpuSequence needs a model");
 }
 std::string GpuSequence::backend_name() const { return device_name(); }
+
+GpuSlotBackend::GpuSlotBackend(std::unique_ptr<GpuModel> model)
+    : gm_(std::move(model)), open_(size_t(gm_ ? gm_->options().n_seq : 0), 0) {
+  HS_CHECK(gm_ != nullptr, "GpuSlotBackend needs a model");
+  n_free_ = int32_t(open_.size());
+}
+std::string GpuSlotBackend::name() const { return "cuda (" + device_name() + ")"; }
+void GpuSlotBackend::open(int32_t slot, int32_t reserve) {
+  HS_CHECK(slot >= 0 && slot < n_slots() && !open_[size_t(slot)], "slot %d is not a free slot", slot);
+  HS_CHECK(reserve >= 0 && reserve <= n_ctx(), "a slot holds at most %d positions (asked for %d)", n_ctx(), reserve);
+  gm_->truncate(slot, 0);
+  open_[size_t(slot)] = 1;
+  n_free_.fetch_sub(1);
+}
+void GpuSlotBackend::close(int32_t slot) {
+  HS_CHECK(slot >= 0 && slot < n_slots(), "slot %d out of range", slot);
+  if (!open_[size_t(slot)]) return;
+  open_[size_t(slot)] = 0;
+  n_free_.fetch_add(1);
+}
+int32_t GpuSlotBackend::n_past(int32_t slot) const {
+  HS_CHECK(slot >= 0 && slot < n_slots() && open_[size_t(slot)], "slot %d is not open", slot);
+  return gm_->n_past_of(slot);
+}
+void GpuSlotBackend::forward(std::span<const Feed> feeds) {
+  std::vector<GpuModel::SeqFeed> f;
+  f.reserve(feeds.size());
+  for (const Feed& x : feeds) {
+    HS_CHECK(x.slot >= 0 && x.slot < n_slots() && open_[size_t(x.slot)], "slot %d is not open", x.slot);
+    f.push_back({x.slot, x.tokens, x.n_tokens, x.logits});
+  }
+  gm_->forward(f);
+}
 void GpuSequence::append(std::span<const int32_t> tokens, float* logits, bool all_logits,
                          const std::function<void(int64_t, int64_t)>& on_chunk) {
   // One token after a prompt: the decode step (CUDA graphs, cached HiP masks), as `hipserve bench` runs it.

@@ -11,15 +11,18 @@
 // This header needs no CUDA headers (the apps include it).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "model/attention_config.h"
 #include "model/config.h"
 #include "model/sequence.h"
+#include "model/slot_backend.h"
 
 namespace hs {
 class Model;
@@ -40,7 +43,8 @@ ModelConfig random_preset(const std::string& name);
 std::string random_preset_names();
 
 struct GpuModelOptions {
-  int32_t n_ctx = 4096;              // K/V cache positions, allocated up front on the device
+  int32_t n_ctx = 4096;              // K/V cache positions per sequence, allocated up front on the device
+  int32_t n_seq = 1;                 // sequences with their own K/V (serve's slots); the single-sequence API uses 0
   int32_t max_batch_tokens = 2048;   // prefill chunk (rows per forward)
   AttentionConfig attn;              // as on the CPU
   bool cuda_graphs = true;           // decode steps as graphs
@@ -79,6 +83,21 @@ class GpuModel {
   // When logits is non-null, the step's logits are copied there too.
   int32_t decode(int32_t token, float temperature, uint64_t seed, float* logits);
 
+  // Several sequences (options().n_seq; what GpuSlotBackend drives). One forward pass over the feeds: feed i
+  // appends its tokens to sequence feeds[i].seq (each sequence at most once; rows in all <= max_batch_tokens);
+  // several one-token feeds are a batched decode step (the GEMMs read each weight once for all rows), a longer
+  // feed is a prefill chunk. The logits of each feed's last token go to its `logits` (n_vocab floats) when
+  // non-null. Eager launches (no graphs); sampling is the caller's. Waits for the GPU.
+  struct SeqFeed {
+    int32_t seq = 0;
+    const int32_t* tokens = nullptr;
+    int32_t n_tokens = 0;
+    float* logits = nullptr;
+  };
+  void forward(std::span<const SeqFeed> feeds);
+  int32_t n_past_of(int32_t seq) const;
+  void truncate(int32_t seq, int32_t n);  // forgets sequence seq's positions >= n (n <= n_past_of(seq))
+
   size_t weight_bytes() const;  // device bytes of the weights
   size_t kv_bytes() const;      // device bytes of the K/V cache
   void set_profiling(bool on);
@@ -111,6 +130,39 @@ class GpuSequence final : public Sequence {
 
  private:
   std::unique_ptr<GpuModel> gm_;
+};
+
+// The SlotBackend interface (model/slot_backend.h) on a GpuModel of n_seq sequences: what `hipserve serve` runs
+// with --device cuda. Each slot owns a whole n_ctx K/V region on the device (allocated up front), so the
+// memory unit is one slot. Decode rows of several slots run as one forward pass (cuBLAS GEMMs over the rows,
+// attention per slot); a lone row takes the GEMV kernel instead, so batched logits are not bit-identical to
+// lone ones (bit_exact_decode_rows() = 1).
+class GpuSlotBackend final : public SlotBackend {
+ public:
+  explicit GpuSlotBackend(std::unique_ptr<GpuModel> model);
+
+  const ModelConfig& config() const override { return gm_->config(); }
+  std::string name() const override;
+  int32_t n_slots() const override { return int32_t(open_.size()); }
+  int32_t n_ctx() const override { return gm_->options().n_ctx; }
+  int32_t kv_unit_tokens() const override { return n_ctx(); }
+  int32_t kv_units_total() const override { return n_slots(); }
+  int32_t kv_units_free() const override { return n_free_.load(); }
+  int32_t kv_units_for(int64_t tokens) const override { return int32_t((tokens + n_ctx() - 1) / n_ctx()); }
+  size_t kv_bytes() const override { return gm_->kv_bytes(); }
+  void open(int32_t slot, int32_t reserve) override;
+  void close(int32_t slot) override;
+  int32_t n_past(int32_t slot) const override;
+  void forward(std::span<const Feed> feeds) override;
+  int32_t max_batch_tokens() const override { return gm_->options().max_batch_tokens; }
+  int32_t bit_exact_decode_rows() const override { return 1; }
+
+  GpuModel& model() { return *gm_; }
+
+ private:
+  std::unique_ptr<GpuModel> gm_;
+  std::vector<uint8_t> open_;
+  std::atomic<int32_t> n_free_{0};
 };
 
 }  // namespace hs::cuda

@@ -23,6 +23,7 @@
 #include "engine/session.h"
 #include "model/kv_cache.h"
 #include "model/sequence.h"
+#include "model/slot_backend.h"
 #include "model/llama.h"
 #include "model/test_model.h"
 #include "util/common.h"
@@ -331,6 +332,112 @@ TEST(GpuSequence, PerplexityAndGreedySessionMatchCpu) {
   while (same < rc.tokens.size() && same < rg.tokens.size() && rc.tokens[same] == rg.tokens[same]) ++same;
   std::printf("  greedy session, 24 tokens: first %zu identical on CPU and GPU\n", same);
   EXPECT_GE(same, size_t(12)) << "CPU: " << rc.text << "\nGPU: " << rg.text;
+}
+
+// Serve's GPU backend: three slots prefilled in chunks, then batched decode steps of all three (one forward,
+// cuBLAS GEMMs over the rows, attention per slot on its own cache): every slot's logits close to the CPU
+// backend's (the oracle) and to a lone GPU sequence's; a reopened slot starts empty; misuse is refused.
+TEST(GpuSlotBackend, BatchedSlotsMatchCpuAndLoneRuns) {
+  HS_REQUIRE_GPU();
+  HS_REQUIRE_SMOLLM2();
+  Model& m = *testing::smollm2();
+  for (const bool hip : {false, true}) {
+    AttentionConfig attn = hip ? AttentionConfig() : dense();
+    attn.dense_layers = 1;
+    m.set_attention(attn);
+    const double bound = hip ? 6e-2 : 3e-2;
+    ThreadPool pool(2);
+    const int V = m.config().n_vocab, n_ctx = 512, n_gen = 12;
+    cuda::GpuModelOptions o = seq_options(attn, n_ctx);
+    o.n_seq = 3;
+    o.max_batch_tokens = 128;  // the 300-token prompt in 3 chunks
+    cuda::GpuSlotBackend gpu(cuda::GpuModel::upload(m, o));
+    CpuSlotBackend cpu(m, pool, 3, n_ctx, 256, 0, 128);
+    EXPECT_EQ(gpu.n_slots(), 3);
+    EXPECT_EQ(gpu.kv_units_total(), 3);
+    const std::vector<int32_t> all = text_tokens(m, 700);
+    // Prompts of 300 (HiP's sparse path past sink + window), 120 and 40 tokens, from different offsets.
+    const std::vector<std::vector<int32_t>> prompts = {std::vector<int32_t>(all.begin(), all.begin() + 300),
+                                                       std::vector<int32_t>(all.begin() + 300, all.begin() + 420),
+                                                       std::vector<int32_t>(all.begin() + 500, all.begin() + 540)};
+    std::vector<std::vector<float>> lg(3, std::vector<float>(size_t(V), 0.0f)), lc = lg;
+    double worst = 0;
+    for (int s = 0; s < 3; ++s) {
+      gpu.open(s, n_ctx);
+      cpu.open(s, n_ctx);
+      const std::vector<int32_t>& p = prompts[size_t(s)];
+      for (size_t done = 0; done < p.size(); done += 128) {
+        const int32_t n = int32_t(std::min<size_t>(128, p.size() - done));
+        const bool last = done + size_t(n) == p.size();
+        gpu.forward(std::vector<SlotBackend::Feed>{{s, p.data() + done, n, last ? lg[size_t(s)].data() : nullptr}});
+        cpu.forward(std::vector<SlotBackend::Feed>{{s, p.data() + done, n, last ? lc[size_t(s)].data() : nullptr}});
+      }
+      EXPECT_EQ(gpu.n_past(s), int32_t(p.size()));
+      worst = std::max(worst, rel_l2(lg[size_t(s)], lc[size_t(s)]));
+    }
+    EXPECT_LE(worst, bound) << "prefill";
+    // Lone GPU runs of slot 0's and slot 2's sequences, fed the same tokens, for the batched-vs-lone check.
+    std::vector<std::unique_ptr<cuda::GpuSequence>> lone;
+    for (int s : {0, 2}) {
+      lone.push_back(std::make_unique<cuda::GpuSequence>(cuda::GpuModel::upload(m, seq_options(attn, n_ctx))));
+      lone.back()->append(prompts[size_t(s)], nullptr);
+    }
+    double worst_lone = 0;
+    int flips = 0;
+    std::vector<int32_t> next(3);
+    for (int s = 0; s < 3; ++s) next[size_t(s)] = argmax(lc[size_t(s)]);
+    for (int step = 0; step < n_gen; ++step) {  // decode rows of all slots at once, fed the CPU's greedy tokens
+      std::vector<SlotBackend::Feed> fg, fc;
+      for (int s = 0; s < 3; ++s) {
+        fg.push_back({s, &next[size_t(s)], 1, lg[size_t(s)].data()});
+        fc.push_back({s, &next[size_t(s)], 1, lc[size_t(s)].data()});
+      }
+      gpu.forward(fg);
+      cpu.forward(fc);
+      std::vector<float> ll(size_t(V), 0.0f);
+      for (int i = 0; i < 2; ++i) {
+        const int s = i == 0 ? 0 : 2;
+        lone[size_t(i)]->append(std::span<const int32_t>(&next[size_t(s)], 1), ll.data());
+        worst_lone = std::max(worst_lone, rel_l2(lg[size_t(s)], ll));
+      }
+      for (int s = 0; s < 3; ++s) {
+        const double e = rel_l2(lg[size_t(s)], lc[size_t(s)]);
+        worst = std::max(worst, e);
+        EXPECT_LE(e, bound) << "slot " << s << " step " << step;
+        if (argmax(lg[size_t(s)]) != argmax(lc[size_t(s)])) {
+          ++flips;
+          EXPECT_LT(top2_gap(lc[size_t(s)]), 0.25f) << "slot " << s << " step " << step;
+        }
+        next[size_t(s)] = argmax(lc[size_t(s)]);
+      }
+    }
+    std::printf("  %s, 3 slots (300/120/40-token prompts) + %d batched decode steps: worst relative L2 vs CPU "
+                "%.4f, vs lone GPU runs %.4f, %d near-tie flips\n",
+                attn.describe().c_str(), n_gen, worst, worst_lone, flips);
+    EXPECT_LE(worst_lone, 2e-2);
+    EXPECT_LE(flips, 3);
+    // A reopened slot starts empty: the 40-token prompt again gives its first logits again.
+    gpu.close(2);
+    EXPECT_EQ(gpu.kv_units_free(), 1);
+    gpu.open(2, n_ctx);
+    EXPECT_EQ(gpu.n_past(2), 0);
+    std::vector<float> again(size_t(V), 0.0f);
+    gpu.forward(std::vector<SlotBackend::Feed>{{2, prompts[2].data(), 40, again.data()}});
+    cpu.close(2);
+    cpu.open(2, n_ctx);
+    cpu.forward(std::vector<SlotBackend::Feed>{{2, prompts[2].data(), 40, lc[2].data()}});
+    EXPECT_LE(rel_l2(again, lc[2]), bound);
+    // Misuse changes nothing.
+    const int32_t t = 5;
+    EXPECT_THROW(gpu.forward(std::vector<SlotBackend::Feed>{{0, &t, 1, nullptr}, {0, &t, 1, nullptr}}), Error);
+    gpu.close(1);
+    EXPECT_THROW(gpu.forward(std::vector<SlotBackend::Feed>{{1, &t, 1, nullptr}}), Error);
+    const std::vector<int32_t> big(200, 5);
+    EXPECT_THROW(gpu.forward(std::vector<SlotBackend::Feed>{{0, big.data(), 200, nullptr}}), Error);  // > 128 rows
+    const int32_t bad = V;
+    EXPECT_THROW(gpu.forward(std::vector<SlotBackend::Feed>{{0, &bad, 1, nullptr}}), Error);
+    EXPECT_EQ(gpu.n_past(0), 300 + n_gen);
+  }
 }
 
 }  // namespace
