@@ -96,6 +96,9 @@ class GpuModel {
   };
   void forward(std::span<const SeqFeed> feeds);
   int32_t n_past_of(int32_t seq) const;
+  // Decode batches of up to this many one-token feeds give each sequence exactly the logits of its lone decode
+  // steps: the batched GEMV keeps each token's summation order, the other kernels work per row or per sequence.
+  int32_t bit_exact_batch_rows() const;
   void truncate(int32_t seq, int32_t n);  // forgets sequence seq's positions >= n (n <= n_past_of(seq))
 
   size_t weight_bytes() const;  // device bytes of the weights
@@ -134,9 +137,9 @@ class GpuSequence final : public Sequence {
 
 // The SlotBackend interface (model/slot_backend.h) on a GpuModel of n_seq sequences: what `hipserve serve` runs
 // with --device cuda. Each slot owns a whole n_ctx K/V region on the device (allocated up front), so the
-// memory unit is one slot. Decode rows of several slots run as one forward pass (cuBLAS GEMMs over the rows,
-// attention per slot); a lone row takes the GEMV kernel instead, so batched logits are not bit-identical to
-// lone ones (bit_exact_decode_rows() = 1).
+// memory unit is one slot. Decode rows of several slots run as one forward pass (the linear layers' weights read
+// once for all rows, attention per slot); up to GpuModel::bit_exact_batch_rows() rows (4) give each slot the
+// bits of its lone run.
 class GpuSlotBackend final : public SlotBackend {
  public:
   explicit GpuSlotBackend(std::unique_ptr<GpuModel> model);
@@ -155,7 +158,7 @@ class GpuSlotBackend final : public SlotBackend {
   int32_t n_past(int32_t slot) const override;
   void forward(std::span<const Feed> feeds) override;
   int32_t max_batch_tokens() const override { return gm_->options().max_batch_tokens; }
-  int32_t bit_exact_decode_rows() const override { return 1; }
+  int32_t bit_exact_decode_rows() const override { return gm_->bit_exact_batch_rows(); }
 
   GpuModel& model() { return *gm_; }
 
