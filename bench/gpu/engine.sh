@@ -8,7 +8,8 @@
 #   gpu_deps/engine/           nlohmann headers, pcre2.h, libpcre2-8.a (from the Debian packages)
 #   gpu_deps/googletest/       GoogleTest sources
 #   gpu_act/                   real activations for the attention tests (bench/gpu/dump_activations)
-# E2E=quick|full (default full), TESTS=0 skips the tests.
+# E2E=quick|full (default full), TESTS=0 skips the tests. With gpu_deps/engine/include/httplib.h (prepare_carry.sh)
+# the real `serve` is built and checked on the GPU: greedy completions against `hipserve run`, a load test.
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -52,6 +53,46 @@ if [ -f gpu-data/text.txt ]; then
     echo "[$d] $(timeout 120 "$HS" eval ppl -f gpu-data/text.txt -c 1024 --chunks 4 --device $d 2>/dev/null | head -1)"
     timeout 120 "$HS" eval passkey -c 1024 --depths 0.5 --trials 2 --device $d 2>/dev/null | tail -3
     printf 'Name a color.\n/exit\n' | timeout 60 "$HS" chat --device $d -n 12 --temp 0 -c 512 2>/dev/null | tr '\n' ' '; echo
+  done
+fi
+if "$HS" serve --help 2>/dev/null | grep -q -- "--device cuda"; then  # the real server (not the stub)
+  log "serve on the GPU (reduced SmolLM2): greedy completions, 4 at once, against hipserve run"
+  want=$(timeout 60 "$HS" run --device cuda -p "The capital of France is" -n 16 --temp 0 --ignore-eos -c 1024 2>/dev/null)
+  "$HS" serve --device cuda --port 0 -np 4 -c 1024 > "$OUT/serve_cuda.log" 2>&1 &
+  spid=$!
+  python3 - "$OUT/serve_cuda.log" "$want" <<'PY'
+import http.client, json, re, sys, threading, time
+log, want = sys.argv[1], sys.argv[2]
+port = None
+for _ in range(600):
+    m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(log).read())
+    if m:
+        port = int(m.group(1)); break
+    time.sleep(0.1)
+def call(method, path, body=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request(method, path, json.dumps(body) if body else None, {"Content-Type": "application/json"})
+    r = c.getresponse(); return r.status, r.read().decode()
+for _ in range(600):
+    if call("GET", "/health")[0] == 200: break
+    time.sleep(0.1)
+req = {"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0, "ignore_eos": True}
+out = [None] * 4
+def one(i): out[i] = call("POST", "/v1/completions", req)
+ts = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+texts = ["The capital of France is" + json.loads(b)["choices"][0]["text"] if s == 200 else "HTTP %d %s" % (s, b) for s, b in out]
+print("run :", repr(want)); print("serve:", repr(texts[0]))
+print("4 concurrent greedy requests equal hipserve run:", all(t == want for t in texts))
+print("bad request:", call("POST", "/v1/completions", {"prompt": "x", "max_tokens": 10**9})[0])
+m = call("GET", "/metrics")[1]
+print("\n".join(l for l in m.splitlines() if l.startswith("hipserve_") and ("kv" in l or "running" in l or "bit_exact" in l)))
+PY
+  kill -TERM $spid; wait $spid; echo "serve exit code: $?"; grep -E "ready on|error" "$OUT/serve_cuda.log" | head -5
+  log "serve load test, 1 vs 4 streams (reduced SmolLM2), GPU then CPU"
+  for d in cuda cpu; do
+    echo "[$d]"; timeout 200 python3 tools/load_test.py --hipserve "$HS" --server-args "-np 4 -c 1024 --device $d" --sweep 1,4 \
+      --requests 16 --max-tokens 64 --json "$OUT/serve_load_$d.json" 2>&1 | tail -14
   done
 fi
 log "bench: reduced SmolLM2 on the GPU"
