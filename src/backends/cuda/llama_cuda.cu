@@ -384,20 +384,24 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_tokens_kernel(const
   pdl_wait();
   pdl_launch_dependents();
   int v = lane;
+  // Each weight vector and each token's x vector is converted to fp32 once (not once per (row, token) pair);
+  // the FMAs, and so the results, are those of the single-token kernel.
   auto step = [&](const uint4 (&wa)[R], int vv) {
+    float2 wf[R][4];
+#pragma unroll
+    for (int j = 0; j < R; ++j)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) wf[j][k] = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(&wa[j])[k]);
 #pragma unroll
     for (int t = 0; t < T; ++t) {
       const uint4 xa = L1X ? __ldca(xv + int64_t(t) * nvec + vv) : __ldcg(xv + int64_t(t) * nvec + vv);
-      const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xa);
+      float2 xf[4];
 #pragma unroll
-      for (int j = 0; j < R; ++j) {
-        const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&wa[j]);
+      for (int k = 0; k < 4; ++k) xf[k] = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(&xa)[k]);
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const float2 a = __bfloat1622float2(wp[k]), b = __bfloat1622float2(xp[k]);
-          acc[t][j] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[t][j]));
-        }
-      }
+      for (int j = 0; j < R; ++j)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) acc[t][j] = fmaf(wf[j][k].x, xf[k].x, fmaf(wf[j][k].y, xf[k].y, acc[t][j]));
     }
   };
   for (; v + 32 * (U - 1) < nvec; v += 32 * U) {
@@ -526,6 +530,12 @@ struct GpuModel::Impl {
   bool use_gemv = getenv("HIPSERVE_CUDA_NO_GEMV") == nullptr;  // decode GEMVs (env: cuBLAS instead, to compare)
   // The batched GEMV reads the tokens' activations through L2 only, as the single-token one (env, to compare).
   bool tokens_x_l2 = getenv("HIPSERVE_CUDA_TOKENS_X_L2") != nullptr;
+  // Most rows the batched GEMV takes (env HIPSERVE_CUDA_GEMV_TOKENS=N, 1..8, to compare with cuBLAS).
+  int gemv_max_tokens = [] {
+    const char* e = getenv("HIPSERVE_CUDA_GEMV_TOKENS");
+    const int n = e ? std::atoi(e) : kGemvMaxTokens;
+    return n >= 1 && n <= 8 ? n : kGemvMaxTokens;
+  }();
   // Programmatic dependent launch of our small kernels and GEMVs (env HIPSERVE_CUDA_NO_PDL=1: plain launches).
   bool use_pdl = getenv("HIPSERVE_CUDA_NO_PDL") == nullptr;
   // Decode's one-row RMSNorm and RoPE on more threads / CTAs (1024 threads; 8 CTAs per row): a single 256-thread
@@ -533,7 +543,7 @@ struct GpuModel::Impl {
   bool wide_small = getenv("HIPSERVE_CUDA_NARROW_SMALL") == nullptr;
   // Rows of a decode step (one sequence, or a batch of up to kGemvMaxTokens) all take the wide shape, so a
   // batched step normalizes each row exactly as a lone step does.
-  int norm_threads(int32_t n) const { return n <= kGemvMaxTokens && wide_small ? 1024 : 256; }
+  int norm_threads(int32_t n) const { return n <= gemv_max_tokens && wide_small ? 1024 : 256; }
   int gemv_shape = [] {  // HIPSERVE_CUDA_GEMV=R,U -> 10 R + U (measurements only)
     const char* e = getenv("HIPSERVE_CUDA_GEMV");
     int r = 0, u = 0;
@@ -597,6 +607,17 @@ struct GpuModel::Impl {
     HS_CUDA(cudaMallocHost(&h_logits, size_t(V) * 4));
 
     const int64_t kv_elems = int64_t(cfg.n_head_kv) * opt.n_ctx * cfg.head_dim;
+    {  // Everything is allocated up front: say plainly when it cannot fit, before a CUDA out-of-memory error.
+      const double kv = 4.0 * double(kv_elems) * cfg.n_layer * opt.n_seq;  // K and V, bf16
+      const double wts = 2.0 * (double(cfg.n_vocab) * E() * (cfg.tied_embeddings ? 1 : 2) +
+                                double(cfg.n_layer) * (double(QKV()) * E() + double(E()) * QD() + 3.0 * FF() * E()));
+      size_t free_b = 0, total_b = 0;
+      if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+        HS_CHECK(kv + wts < 0.97 * double(free_b),
+                 "the GPU has %.1f GiB free, but the weights (%.1f GiB bf16) and the K/V cache of %d sequence(s) x %d "
+                 "positions (%.1f GiB) need more: lower -c (context) or, for serve, -np (slots)",
+                 double(free_b) / (1 << 30), wts / (1 << 30), opt.n_seq, opt.n_ctx, kv / (1 << 30));
+    }
     seqs.resize(size_t(opt.n_seq));
     for (SeqState& sq : seqs)
       for (int il = 0; il < cfg.n_layer; ++il) {
@@ -674,7 +695,7 @@ struct GpuModel::Impl {
       }
       return;
     }
-    if (n > 1 && n <= kGemvMaxTokens && in % 8 == 0 && use_gemv) {  // a batched decode step: one weight read
+    if (n > 1 && n <= gemv_max_tokens && in % 8 == 0 && use_gemv) {  // a batched decode step: one weight read
       constexpr int R = 4;
       auto go = [&](auto kernel) {
         launch(use_pdl, kernel, dim3(unsigned((out + kGemvWarps * R - 1) / (kGemvWarps * R))), dim3(kGemvWarps * 32),
@@ -685,11 +706,14 @@ struct GpuModel::Impl {
         if (tokens_x_l2) go(gemv_bf16_tokens_kernel<R, 2, T, false>);
         else go(gemv_bf16_tokens_kernel<R, 2, T, true>);
       };
-      static_assert(kGemvMaxTokens == 4);
       switch (n) {
         case 2: go_t(std::integral_constant<int, 2>()); break;
         case 3: go_t(std::integral_constant<int, 3>()); break;
-        default: go_t(std::integral_constant<int, 4>()); break;
+        case 4: go_t(std::integral_constant<int, 4>()); break;
+        case 5: go_t(std::integral_constant<int, 5>()); break;
+        case 6: go_t(std::integral_constant<int, 6>()); break;
+        case 7: go_t(std::integral_constant<int, 7>()); break;
+        default: go_t(std::integral_constant<int, 8>()); break;
       }
       return;
     }
@@ -1277,7 +1301,7 @@ void GpuModel::truncate(int32_t seq, int32_t n) {
 }
 void GpuModel::forward(std::span<const SeqFeed> feeds) { impl_->forward(feeds); }
 int32_t GpuModel::bit_exact_batch_rows() const {
-  return impl_->use_gemv && impl_->wide_small ? kGemvMaxTokens : 1;
+  return impl_->use_gemv && impl_->wide_small ? impl_->gemv_max_tokens : 1;
 }
 void GpuModel::truncate(int32_t n) { truncate(0, n); }
 void GpuModel::prefill(std::span<const int32_t> tokens, float* logits, bool all_logits,

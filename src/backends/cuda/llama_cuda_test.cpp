@@ -245,6 +245,16 @@ TEST(LlamaCuda, RandomPresetsAndBadInput) {
   EXPECT_GE(t, 0);
   EXPECT_LT(t, m->config().n_vocab);
   EXPECT_EQ(m->n_past(), 4);
+  // A K/V cache that cannot fit is refused up front with the sizes, not by a CUDA out-of-memory error.
+  cuda::GpuModelOptions huge = o;
+  huge.n_ctx = 1 << 20;
+  huge.n_seq = 64;  // 64 x 1M positions of the 8B shape: ~8 TiB
+  try {
+    cuda::GpuModel::random(cuda::random_preset("llama3.1-8b"), 1, huge);
+    ADD_FAILURE() << "an 8 TiB K/V cache was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lower -c"), std::string::npos) << e.what();
+  }
 }
 
 
