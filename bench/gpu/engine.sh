@@ -60,7 +60,7 @@ if "$HS" serve --help 2>/dev/null | grep -q -- "--device cuda"; then  # the real
   want=$(timeout 60 "$HS" run --device cuda -p "The capital of France is" -n 16 --temp 0 --ignore-eos -c 1024 2>/dev/null)
   "$HS" serve --device cuda --port 0 -np 4 -c 1024 > "$OUT/serve_cuda.log" 2>&1 &
   spid=$!
-  python3 - "$OUT/serve_cuda.log" "$want" <<'PY'
+  timeout 180 python3 - "$OUT/serve_cuda.log" "$want" <<'PY'
 import http.client, json, re, sys, threading, time
 log, want = sys.argv[1], sys.argv[2]
 port = None
@@ -69,6 +69,8 @@ for _ in range(600):
     if m:
         port = int(m.group(1)); break
     time.sleep(0.1)
+if port is None:
+    sys.exit("serve did not print its port within 60 s; log:\n" + open(log).read()[-2000:])
 def call(method, path, body=None):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     c.request(method, path, json.dumps(body) if body else None, {"Content-Type": "application/json"})

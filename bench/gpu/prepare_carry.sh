@@ -13,10 +13,12 @@ cp -r /usr/include/nlohmann gpu_deps/engine/include/
 cp /usr/include/pcre2.h gpu_deps/engine/include/
 cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a gpu_deps/engine/lib/
 # cpp-httplib for `serve` on the GPU machine: Debian's package is a compiled library linked against this
-# machine's OpenSSL, so the header-only httplib.h of the same Debian source package (0.11.4+ds) travels instead.
+# machine's OpenSSL, so the header-only httplib.h of the same Debian source package (0.11.4+ds, the upstream
+# tarball; Debian's patches are not applied: good enough for a test build on the GPU machine) travels instead.
 if [ ! -f gpu_deps/engine/include/httplib.h ]; then
   t=$(mktemp -d)
   curl -sSf -o "$t/src.tar.xz" http://deb.debian.org/debian/pool/main/c/cpp-httplib/cpp-httplib_0.11.4+ds.orig.tar.xz &&
+    echo "8b1a5df569003b6a4f24c68489bbda5c64aec94697bdc9ebba5d79408b2ae7eb  $t/src.tar.xz" | sha256sum -c --quiet &&
     tar -xf "$t/src.tar.xz" -C "$t" && cp "$t"/*/httplib.h gpu_deps/engine/include/httplib.h ||
     echo "warning: cpp-httplib source not fetched: the GPU build's serve will be a stub"
   rm -rf "$t"

@@ -124,6 +124,7 @@ int cmd_bench(const std::vector<std::string>& args) {
       r.test = strfmt("tg%d x%d", g, b) + (d > 0 ? strfmt("@d%d", d) : std::string());
       r.n_gen = g;
       r.depth = d;
+      r.batch = b;
       std::vector<std::unique_ptr<KvCache>> caches;
       std::vector<std::vector<int32_t>> toks;
       std::vector<std::vector<float>> outs(b, std::vector<float>(c.n_vocab));
@@ -193,6 +194,7 @@ int cmd_bench(const std::vector<std::string>& args) {
                      {"n_prompt", r.n_prompt},
                      {"n_gen", r.n_gen},
                      {"depth", r.depth},
+                     {"n_batch", r.batch},
                      {"samples_ts", r.tok_per_s},
                      {"avg_ts", r.mean()},
                      {"stddev_ts", r.stddev()},

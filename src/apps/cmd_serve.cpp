@@ -1,4 +1,7 @@
 // `hipserve serve`: the OpenAI-compatible HTTP server (src/server/) with continuous batching.
+#include <pthread.h>
+#include <signal.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +22,7 @@ int cmd_serve(const std::vector<std::string>& args) {
   server::ServerOptions so;
   bool help = false;
   int kv_tokens = 0;
+  bool kv_page_set = false;
 
   OptionTable t;
   add_common_options(t, common);
@@ -34,7 +38,10 @@ int cmd_serve(const std::vector<std::string>& args) {
          "KV pool size in tokens, shared by all slots (default: slots x context); smaller pools queue requests",
          [&](const std::string& v) { kv_tokens = parse_int("--kv-size", v, 1, 1 << 30); }});
   t.add({"", "--kv-page", "N", "tokens per KV page, a multiple of 64 (default: 256)",
-         [&](const std::string& v) { so.engine.page_size = parse_int("--kv-page", v, 64, 1 << 20); }});
+         [&](const std::string& v) {
+           so.engine.page_size = parse_int("--kv-page", v, 64, 1 << 20);
+           kv_page_set = true;
+         }});
   t.add({"", "--prefill-chunk", "N", "prompt tokens fed per engine step, between decode steps (default: 256)",
          [&](const std::string& v) { so.engine.prefill_chunk = parse_int("--prefill-chunk", v, 1, 1 << 16); }});
   t.add({"", "--max-queue", "N", "requests allowed to wait for a slot; more get 503 (default: 256)",
@@ -70,7 +77,17 @@ int cmd_serve(const std::vector<std::string>& args) {
   if (kv_tokens > 0) so.engine.n_pages = (kv_tokens + so.engine.page_size - 1) / so.engine.page_size;
   (void)common.attention();  // invalid attention flags fail now, not in the background load
   HS_CHECK(common.random_weights.empty(), "--random-weights has no tokenizer: use it with `hipserve bench`");
+  // run_server() takes SIGINT/SIGTERM with sigwait() and blocks them in every thread; the device check below may
+  // start the CUDA driver's threads, which must inherit that mask too, so block them before it.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   const bool on_gpu = common.use_cuda();  // --device cuda without a GPU fails now, before binding
+  HS_CHECK(!on_gpu || (kv_tokens == 0 && !kv_page_set),
+           "--kv-size and --kv-page shape the CPU's paged K/V pool; on the GPU each slot holds a whole context "
+           "(-c): drop them, or add --device cpu");
 
   return server::run_server(so, [&]() {
     // Test hook: hold the load back so tests can see /health answer 503 while loading.
@@ -78,7 +95,6 @@ int cmd_serve(const std::vector<std::string>& args) {
       std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(delay)));
     LoadedModel lm = load_model(common);
     server::LoadedForServe out;
-    out.n_ctx = lm.n_ctx;
     out.model_name = lm.model->config().name.empty() ? "hipserve" : lm.model->config().name;
     EngineOptions eo = so.engine;
     eo.n_ctx = lm.n_ctx;

@@ -17,6 +17,13 @@
 
 namespace hs::cli {
 
+namespace {
+std::unique_ptr<SlotBackend> cpu_slot_backend(LoadedModel& lm, const EngineOptions& e) {
+  return std::make_unique<CpuSlotBackend>(*lm.model, *lm.pool, e.n_slots, e.n_ctx, e.page_size, e.n_pages,
+                                          e.prefill_chunk);
+}
+}  // namespace
+
 #ifndef HIPSERVE_CUDA
 
 int gpu_bench(const CommonArgs&, const BenchPlan&) { fail("this build has no CUDA backend"); }
@@ -28,8 +35,7 @@ std::unique_ptr<Sequence> make_sequence(const CommonArgs&, LoadedModel& lm, bool
 std::unique_ptr<SlotBackend> make_slot_backend(const CommonArgs&, LoadedModel& lm, const EngineOptions& e,
                                                bool on_gpu) {
   HS_CHECK(!on_gpu, "this build has no CUDA backend");
-  return std::make_unique<CpuSlotBackend>(*lm.model, *lm.pool, e.n_slots, e.n_ctx, e.page_size, e.n_pages,
-                                          e.prefill_chunk);
+  return cpu_slot_backend(lm, e);
 }
 
 #else
@@ -79,10 +85,10 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
   const double bw = cuda::copy_bandwidth_gbs();
   if (!plan.json)
     std::fprintf(stderr,
-                 "hipserve: %s on %s: weights %.2f GiB bf16, K/V cache %.2f GiB (%d positions), ready in %.0f ms; "
-                 "device copy bandwidth %.0f GB/s\n",
+                 "hipserve: %s on %s: weights %.2f GiB bf16, K/V cache %.2f GiB (%d sequence(s) x %d positions), "
+                 "ready in %.0f ms; device copy bandwidth %.0f GB/s\n",
                  c.name.c_str(), dev.c_str(), double(gm->weight_bytes()) / (1 << 30),
-                 double(gm->kv_bytes()) / (1 << 30), n_ctx, ms_since(t_load), bw);
+                 double(gm->kv_bytes()) / (1 << 30), go.n_seq, n_ctx, ms_since(t_load), bw);
 
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> pick(0, c.n_vocab - 1);
@@ -114,9 +120,10 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
       for (int b : plan.batches) {
         if (b == 1) continue;
         // b sequences at depth d decoding together, as `serve` runs its slots: one forward per step with a row
-        // per sequence (cuBLAS GEMMs over the rows, attention per sequence), logits copied to the host.
+        // per sequence (the linear layers read each weight once for all rows, attention per sequence), logits
+        // copied to the host.
         GpuResult r;
-        r.test = (d > 0 ? strfmt("tg%d@d%d", g, d) : strfmt("tg%d", g)) + strfmt(" x%d", b);
+        r.test = strfmt("tg%d x%d", g, b) + (d > 0 ? strfmt("@d%d", d) : std::string());  // as the CPU bench
         r.n_gen = g;
         r.depth = d;
         r.batch = b;
@@ -246,9 +253,7 @@ std::unique_ptr<Sequence> make_sequence(const CommonArgs& common, LoadedModel& l
 
 std::unique_ptr<SlotBackend> make_slot_backend(const CommonArgs& common, LoadedModel& lm, const EngineOptions& e,
                                                bool on_gpu) {
-  if (!on_gpu)
-    return std::make_unique<CpuSlotBackend>(*lm.model, *lm.pool, e.n_slots, e.n_ctx, e.page_size, e.n_pages,
-                                            e.prefill_chunk);
+  if (!on_gpu) return cpu_slot_backend(lm, e);
   const auto t_up = clock_type::now();
   cuda::GpuModelOptions o = gpu_options(common, e.n_ctx);
   o.n_seq = e.n_slots;

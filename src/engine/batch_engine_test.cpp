@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <thread>
 
 #include "engine/session.h"
@@ -179,6 +181,102 @@ TEST(BatchEngine, StopStringsAndEndOfGenerationEndRequests) {
   EXPECT_EQ(drain(*cut), text.substr(0, text.find(stop)));
   EXPECT_EQ(cut->reason, StopReason::StopString);
   engine.stop();
+}
+
+// A SlotBackend that fails on demand (no model behind it: logits make token 42 the greedy choice), to test the
+// engine's error path: a forward that throws ends every running request with the error, frees every slot, and
+// the engine keeps serving.
+class FailingBackend final : public SlotBackend {
+ public:
+  explicit FailingBackend(const ModelConfig& c) : cfg_(c), open_(2, false), n_past_(2, 0) {}
+  const ModelConfig& config() const override { return cfg_; }
+  std::string name() const override { return "fake"; }
+  int32_t n_slots() const override { return 2; }
+  int32_t n_ctx() const override { return 64; }
+  int32_t kv_unit_tokens() const override { return 64; }
+  int32_t kv_units_total() const override { return 2; }
+  int32_t kv_units_free() const override { return n_free_.load(); }
+  int32_t kv_units_for(int64_t tokens) const override { return int32_t((tokens + 63) / 64); }
+  size_t kv_bytes() const override { return 0; }
+  void open(int32_t slot, int32_t) override {
+    HS_CHECK(!open_[size_t(slot)], "slot %d is open", slot);
+    open_[size_t(slot)] = true;
+    n_past_[size_t(slot)] = 0;
+    n_free_--;
+  }
+  void close(int32_t slot) override {
+    if (!open_[size_t(slot)]) return;
+    open_[size_t(slot)] = false;
+    n_free_++;
+  }
+  int32_t n_past(int32_t slot) const override { return n_past_[size_t(slot)]; }
+  void forward(std::span<const Feed> feeds) override {
+    if (++calls_ == fail_at_call) throw Error("injected failure");
+    for (const Feed& f : feeds) {
+      HS_CHECK(open_[size_t(f.slot)], "slot %d is closed", f.slot);
+      n_past_[size_t(f.slot)] += f.n_tokens;
+      if (f.logits) {
+        std::fill(f.logits, f.logits + cfg_.n_vocab, 0.0f);
+        f.logits[42] = 10.0f;
+      }
+    }
+  }
+  int32_t max_batch_tokens() const override { return 256; }
+  int32_t bit_exact_decode_rows() const override { return 1; }
+  int fail_at_call = -1;
+
+ private:
+  ModelConfig cfg_;
+  std::vector<bool> open_;
+  std::vector<int32_t> n_past_;
+  std::atomic<int32_t> n_free_{2};
+  int calls_ = 0;
+};
+
+TEST(BatchEngine, AFailingForwardEndsTheRunningRequestsAndFreesTheirSlots) {
+  HS_REQUIRE_SMOLLM2();
+  Model& m = *testing::smollm2();
+  FailingBackend be(m.config());
+  be.fail_at_call = 4;  // two prompts, one decode step, then the failure
+  EngineOptions eo;
+  eo.n_slots = 2;
+  eo.n_ctx = 64;
+  BatchEngine engine(be, m.tokenizer(), eo);
+  EXPECT_EQ(engine.options().n_pages, 2);
+  const std::vector<int32_t> prompt = {1, 2, 3};
+  auto a = make_request(prompt, 20, 0.0f, 0), b = make_request(prompt, 20, 0.0f, 0);
+  a->ignore_eos = b->ignore_eos = true;
+  ASSERT_EQ(engine.submit(a).status, BatchEngine::Admit::Ok);
+  ASSERT_EQ(engine.submit(b).status, BatchEngine::Admit::Ok);
+  engine.start();
+  drain(*a);
+  drain(*b);
+  EXPECT_NE(a->error.find("injected failure"), std::string::npos) << a->error;
+  EXPECT_NE(b->error.find("injected failure"), std::string::npos) << b->error;
+  EXPECT_EQ(engine.stats().requests_failed, 2);
+  EXPECT_EQ(be.kv_units_free(), 2);
+  EXPECT_EQ(engine.stats().running, 0);
+  auto c = make_request(prompt, 5, 0.0f, 0);  // the engine still serves
+  c->ignore_eos = true;
+  ASSERT_EQ(engine.submit(c).status, BatchEngine::Admit::Ok);
+  drain(*c);
+  EXPECT_TRUE(c->error.empty()) << c->error;
+  EXPECT_EQ(c->n_generated, 5);
+  EXPECT_EQ(engine.stats().requests_finished, 1);
+  engine.stop();
+}
+
+TEST(BatchEngine, RefusesOptionsThatDoNotMatchTheBackend) {
+  HS_REQUIRE_SMOLLM2();
+  Model& m = *testing::smollm2();
+  FailingBackend be(m.config());
+  EngineOptions eo;
+  eo.n_slots = 3;  // the backend has 2
+  eo.n_ctx = 64;
+  EXPECT_THROW(BatchEngine(be, m.tokenizer(), eo), Error);
+  eo.n_slots = 2;
+  eo.n_ctx = 128;  // the backend's slots hold 64
+  EXPECT_THROW(BatchEngine(be, m.tokenizer(), eo), Error);
 }
 
 }  // namespace

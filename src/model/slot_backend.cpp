@@ -16,6 +16,7 @@ CpuSlotBackend::CpuSlotBackend(Model& model, ThreadPool& pool, int32_t n_slots, 
   HS_CHECK(n_slots >= 1, "at least one slot is needed (got %d)", n_slots);
   HS_CHECK(n_ctx >= 2, "the context must hold at least 2 tokens (got %d)", n_ctx);
   caches_.resize(size_t(n_slots));
+  reserved_.assign(size_t(n_slots), 0);
   model_.set_max_batch_tokens(std::max({model_.max_batch_tokens(), n_slots, max_batch_tokens}));
 }
 
@@ -29,6 +30,7 @@ void CpuSlotBackend::open(int32_t slot, int32_t reserve) {
   auto cache = std::make_unique<KvCache>(model_.config(), n_ctx_, pool_kv_);
   cache->reserve(reserve);  // throws when the pool is short; the pages taken so far go back with `cache`
   caches_[size_t(slot)] = std::move(cache);
+  reserved_[size_t(slot)] = reserve;
 }
 
 void CpuSlotBackend::close(int32_t slot) {
@@ -48,6 +50,10 @@ void CpuSlotBackend::forward(std::span<const Feed> feeds) {
     HS_CHECK(f.slot >= 0 && f.slot < n_slots() && caches_[size_t(f.slot)], "slot %d is not open", f.slot);
     for (const SeqBatch& b : batch)
       HS_CHECK(b.cache != caches_[size_t(f.slot)].get(), "slot %d fed twice in one forward call", f.slot);
+    // Past its reservation a slot would take pages promised to the others.
+    HS_CHECK(int64_t(caches_[size_t(f.slot)]->n_past()) + f.n_tokens <= reserved_[size_t(f.slot)],
+             "slot %d reserved %d positions; %d more after %d do not fit", f.slot, reserved_[size_t(f.slot)],
+             f.n_tokens, caches_[size_t(f.slot)]->n_past());
     SeqBatch b;
     b.cache = caches_[size_t(f.slot)].get();
     b.tokens = f.tokens;

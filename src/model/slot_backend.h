@@ -93,6 +93,7 @@ class CpuSlotBackend final : public SlotBackend {
   int32_t n_ctx_;
   KvPagePool pool_kv_;
   std::vector<std::unique_ptr<KvCache>> caches_;  // null: slot closed
+  std::vector<int32_t> reserved_;                  // positions reserved at open()
 };
 
 }  // namespace hs

@@ -22,7 +22,11 @@ using testing::random_tokens;
 TEST(CpuSlotBackend, BatchedSlotsGiveTheirLoneLogitsAndAccountMemory) {
   HS_REQUIRE_SMOLLM2();
   Model& m = *testing::smollm2();
-  const int32_t saved_chunk = m.max_batch_tokens();
+  struct RestoreChunk {  // the shared test model's rows per call, also when an assertion returns early
+    Model& m;
+    int32_t n;
+    ~RestoreChunk() { m.set_max_batch_tokens(n); }
+  } restore{m, m.max_batch_tokens()};
   ThreadPool pool(2);
   const int V = m.config().n_vocab;
   CpuSlotBackend be(m, pool, /*n_slots=*/3, /*n_ctx=*/256, /*page_size=*/64, /*n_pages=*/0, /*max_batch=*/32);
@@ -68,10 +72,12 @@ TEST(CpuSlotBackend, BatchedSlotsGiveTheirLoneLogitsAndAccountMemory) {
   EXPECT_THROW(be.n_past(0), Error);
   be.open(0, 256);  // a reopened slot starts empty
   EXPECT_EQ(be.n_past(0), 0);
+  const std::vector<int32_t> more = random_tokens(40, V, 3);  // 26 + 40 > the 64 positions slot 2 reserved
+  EXPECT_THROW(be.forward(std::vector<SlotBackend::Feed>{{2, more.data(), 40, nullptr}}), Error);
+  EXPECT_EQ(be.n_past(2), 26);
   be.close(0);
   be.close(2);
   EXPECT_EQ(be.kv_units_free(), 12);
-  m.set_max_batch_tokens(saved_chunk);
 }
 
 }  // namespace

@@ -302,11 +302,12 @@ std::string metrics_text(const State& st) {
   out += strfmt("hipserve_requests_total{outcome=\"finished\"} %lld\n", (long long)s.requests_finished);
   out += strfmt("hipserve_requests_total{outcome=\"cancelled\"} %lld\n", (long long)s.requests_cancelled);
   out += strfmt("hipserve_requests_total{outcome=\"failed\"} %lld\n", (long long)s.requests_failed);
+  // On the GPU a "page" is one slot's whole context (the memory unit of its SlotBackend).
   metric("hipserve_kv_cache_pages_used", "gauge", "KV cache pages held by sequences", s.kv_pages_used);
   metric("hipserve_kv_cache_pages_total", "gauge", "KV cache pages in the pool", s.kv_pages_total);
   metric("hipserve_kv_cache_page_tokens", "gauge", "Token positions per KV page", s.kv_page_size);
   metric("hipserve_decode_bit_exact_rows", "gauge",
-         "Decode batches up to this many sequences give each its lone-run bits (a property of the CPU kernels)",
+         "Decode batches up to this many sequences give each its lone-run bits (a property of the backend's kernels)",
          s.bit_exact_decode_rows);
   metric("hipserve_kv_cache_usage_ratio", "gauge", "Fraction of the KV pool in use",
          s.kv_pages_total ? double(s.kv_pages_used) / s.kv_pages_total : 0.0);
@@ -469,7 +470,7 @@ int run_server(const ServerOptions& options, const std::function<LoadedForServe(
                                       ? std::nullopt
                                       : chat_template_from_name(options.chat_template));
       EngineOptions eo_in = options.engine;
-      eo_in.n_ctx = st.loaded.n_ctx;
+      eo_in.n_ctx = st.loaded.backend->n_ctx();
       st.engine = std::make_unique<BatchEngine>(*st.loaded.backend, st.loaded.model->tokenizer(), eo_in);
       st.engine->start();
       st.engine_for_metrics = st.engine.get();

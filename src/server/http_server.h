@@ -26,14 +26,14 @@ struct ServerOptions {
   EngineOptions engine;
 };
 
-// Loads the model with `load` (called on a background thread once the socket listens; returns the model and
-// thread pool), serves until SIGINT/SIGTERM, shuts down gracefully. Returns the exit code.
+// Loads the model with `load` (called on a background thread once the socket listens; returns the model, the
+// thread pool and the slot backend the engine runs on), serves until SIGINT/SIGTERM, shuts down gracefully.
+// Returns the exit code. The engine's context per sequence is the backend's n_ctx().
 struct LoadedForServe {
   std::unique_ptr<Model> model;  // the tokenizer and, on the CPU, the weights
   std::unique_ptr<ThreadPool> pool;
   std::unique_ptr<SlotBackend> backend;  // what the engine runs: CpuSlotBackend over model, or the GPU's
   std::string model_name;
-  int32_t n_ctx = 0;  // per-sequence context (the engine's n_ctx)
 };
 int run_server(const ServerOptions& options, const std::function<LoadedForServe()>& load);
 

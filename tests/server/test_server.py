@@ -42,7 +42,10 @@ class Server:
         self.log = tempfile.NamedTemporaryFile(prefix="hipserve-serve-", suffix=".log", delete=False)
         env = dict(os.environ)
         env.update(env_extra or {})
-        args = [HIPSERVE, "serve", "--port", "0", "-t", THREADS, "-c", str(CTX), "-np", str(SLOTS), *extra]
+        # --device cpu: these tests check the CPU engine (its paged pool, bits equal to `hipserve run` on the CPU)
+        # also on machines with a GPU, where serve would otherwise run there.
+        args = [HIPSERVE, "serve", "--device", "cpu", "--port", "0", "-t", THREADS, "-c", str(CTX), "-np", str(SLOTS),
+                *extra]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.log.close()  # the child has its own descriptor; we read the file by name
         deadline = time.time() + 30 * SLOW
@@ -111,8 +114,8 @@ def metrics(server):
 
 def hipserve_run(prompt, n, chat=True):
     """Greedy text from the CLI (`hipserve run`), the single-sequence reference."""
-    args = [HIPSERVE, "run", "-p", prompt, "-n", str(n), "--temp", "0", "--no-display-prompt", "-c", str(CTX),
-            "-t", THREADS] + (["--chat"] if chat else [])
+    args = [HIPSERVE, "run", "--device", "cpu", "-p", prompt, "-n", str(n), "--temp", "0", "--no-display-prompt",
+            "-c", str(CTX), "-t", THREADS] + (["--chat"] if chat else [])
     out = subprocess.run(args, capture_output=True, check=True, timeout=300 * SLOW).stdout.decode()
     assert out.endswith("\n")
     return out[:-1]  # run ends its output with one newline
@@ -460,8 +463,8 @@ class OtherServersTest(unittest.TestCase):
         text = " ".join(rng.choice(words) for _ in range(700)) + "\n"
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
             f.write(text)
-        args = [HIPSERVE, "run", "-f", f.name, "-n", "24", "--temp", "0", "--no-display-prompt", "-c", "2048",
-                "-t", THREADS]
+        args = [HIPSERVE, "run", "--device", "cpu", "-f", f.name, "-n", "24", "--temp", "0", "--no-display-prompt",
+                "-c", "2048", "-t", THREADS]
         expected = subprocess.run(args, capture_output=True, check=True, timeout=600 * SLOW).stdout.decode()[:-1]
         os.unlink(f.name)
         srv = Server("-c", "2048", "--prefill-chunk", "512")

@@ -269,7 +269,7 @@ __global__ void fill_kernel(float* p, int64_t n, float v) {
 // Decode's matrix-vector products: y[r] (+)= sum_c W[r][c] x[c], W [rows][cols] bf16 row-major, x bf16, y fp32.
 // Bound by reading W once: each warp owns R rows and streams them with 16-byte loads, R x U loads in flight
 // per lane before the first use; x (at most a few tens of KB) comes through L2.
-// cols must be a multiple of 8 (16-byte rows). One token only: the GEMMs of prefill stay with cuBLAS.
+// cols must be a multiple of 8 (16-byte rows). One token (2-4: gemv_bf16_tokens_kernel below; more rows: cuBLAS).
 // Shapes (rows per warp R, 16-byte loads per lane and row per step U): <4, 4> by default; others selectable
 // with HIPSERVE_CUDA_GEMV=R,U (2,4 / 4,4 / 2,8 / 1,8 / 4,2) for measurements. H100, 8B decode at depth 0, one
 // run: 2,4 149.3 tok/s; 4,4 152.7; 2,8 150.8; 1,8 136.9; 4,2 152.7.
@@ -433,7 +433,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_tokens_kernel(const
 // tok/s (this kernel / cuBLAS, same run): 2 rows 295.6 / 284.5, 4 rows 502.4 / 504.0, 8 rows 702.6 / 835.6
 // (at 32K: 4 rows 391.4 / 406.1, 8 rows 498.4 / 585.1); its x through L2 only: 4 rows 476.8, 8 rows 674.9.
 // Converting each weight / x vector to fp32 once instead of per (row, token) pair changed nothing (4 rows 499.9,
-// 8 rows 653.7 against cuBLAS 818.0 in one run). HIPSERVE_CUDA_GEMV_TOKENS=N (1..8) moves the switch.
+// 8 rows 653.7 against cuBLAS 818.0 in one run, with the kernel then instantiated up to 8 rows).
+// HIPSERVE_CUDA_GEMV_TOKENS=N (1..4) lowers the switch.
 constexpr int kGemvMaxTokens = 4;
 int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
 
@@ -532,11 +533,11 @@ struct GpuModel::Impl {
   bool use_gemv = getenv("HIPSERVE_CUDA_NO_GEMV") == nullptr;  // decode GEMVs (env: cuBLAS instead, to compare)
   // The batched GEMV reads the tokens' activations through L2 only, as the single-token one (env, to compare).
   bool tokens_x_l2 = getenv("HIPSERVE_CUDA_TOKENS_X_L2") != nullptr;
-  // Most rows the batched GEMV takes (env HIPSERVE_CUDA_GEMV_TOKENS=N, 1..8, to compare with cuBLAS).
+  // Most rows the batched GEMV takes (env HIPSERVE_CUDA_GEMV_TOKENS=N, 1..4: fewer, to compare with cuBLAS).
   int gemv_max_tokens = [] {
     const char* e = getenv("HIPSERVE_CUDA_GEMV_TOKENS");
     const int n = e ? std::atoi(e) : kGemvMaxTokens;
-    return n >= 1 && n <= 8 ? n : kGemvMaxTokens;
+    return n >= 1 && n <= kGemvMaxTokens ? n : kGemvMaxTokens;
   }();
   // Programmatic dependent launch of our small kernels and GEMVs (env HIPSERVE_CUDA_NO_PDL=1: plain launches).
   bool use_pdl = getenv("HIPSERVE_CUDA_NO_PDL") == nullptr;
@@ -708,14 +709,11 @@ struct GpuModel::Impl {
         if (tokens_x_l2) go(gemv_bf16_tokens_kernel<R, 2, T, false>);
         else go(gemv_bf16_tokens_kernel<R, 2, T, true>);
       };
+      static_assert(kGemvMaxTokens == 4);
       switch (n) {
         case 2: go_t(std::integral_constant<int, 2>()); break;
         case 3: go_t(std::integral_constant<int, 3>()); break;
-        case 4: go_t(std::integral_constant<int, 4>()); break;
-        case 5: go_t(std::integral_constant<int, 5>()); break;
-        case 6: go_t(std::integral_constant<int, 6>()); break;
-        case 7: go_t(std::integral_constant<int, 7>()); break;
-        default: go_t(std::integral_constant<int, 8>()); break;
+        default: go_t(std::integral_constant<int, 4>()); break;
       }
       return;
     }

@@ -1,4 +1,5 @@
-// The llama/qwen2 forward pass on a CUDA GPU, batch of one sequence: weights uploaded once as bf16 (GGUF
+// The llama/qwen2 forward pass on a CUDA GPU, for one sequence or several (n_seq, each with its own K/V; what
+// serve's GpuSlotBackend drives): weights uploaded once as bf16 (GGUF
 // tensors dequantized exactly on the CPU, rounded to bf16), cuBLAS GEMMs (bf16 operands, fp32 accumulation),
 // fused kernels for RMSNorm (fp32 residual in, bf16 out), RoPE + K/V cache write, SwiGLU, embedding lookup,
 // residual adds folded into the GEMMs (beta = 1), and sampling (greedy / temperature) on the GPU. Attention
@@ -44,7 +45,7 @@ std::string random_preset_names();
 
 struct GpuModelOptions {
   int32_t n_ctx = 4096;              // K/V cache positions per sequence, allocated up front on the device
-  int32_t n_seq = 1;                 // sequences with their own K/V (serve's slots); the single-sequence API uses 0
+  int32_t n_seq = 1;                 // sequences with their own K/V (serve's slots); prefill/decode use sequence 0
   int32_t max_batch_tokens = 2048;   // prefill chunk (rows per forward)
   AttentionConfig attn;              // as on the CPU
   bool cuda_graphs = true;           // decode steps as graphs

@@ -360,20 +360,21 @@ TEST(GpuSlotBackend, BatchedSlotsMatchCpuAndLoneRuns) {
     ThreadPool pool(2);
     const int V = m.config().n_vocab, n_ctx = 512, n_gen = 12;
     cuda::GpuModelOptions o = seq_options(attn, n_ctx);
-    o.n_seq = 3;
+    o.n_seq = 4;
     o.max_batch_tokens = 128;  // the 300-token prompt in 3 chunks
     cuda::GpuSlotBackend gpu(cuda::GpuModel::upload(m, o));
-    CpuSlotBackend cpu(m, pool, 3, n_ctx, 256, 0, 128);
-    EXPECT_EQ(gpu.n_slots(), 3);
-    EXPECT_EQ(gpu.kv_units_total(), 3);
+    CpuSlotBackend cpu(m, pool, 4, n_ctx, 256, 0, 128);
+    EXPECT_EQ(gpu.n_slots(), 4);
+    EXPECT_EQ(gpu.kv_units_total(), 4);
     const std::vector<int32_t> all = text_tokens(m, 700);
-    // Prompts of 300 (HiP's sparse path past sink + window), 120 and 40 tokens, from different offsets.
+    // Prompts of 300 (HiP's sparse path past sink + window), 120, 40 and 200 tokens, from different offsets.
     const std::vector<std::vector<int32_t>> prompts = {std::vector<int32_t>(all.begin(), all.begin() + 300),
                                                        std::vector<int32_t>(all.begin() + 300, all.begin() + 420),
-                                                       std::vector<int32_t>(all.begin() + 500, all.begin() + 540)};
-    std::vector<std::vector<float>> lg(3, std::vector<float>(size_t(V), 0.0f)), lc = lg;
+                                                       std::vector<int32_t>(all.begin() + 500, all.begin() + 540),
+                                                       std::vector<int32_t>(all.begin() + 450, all.begin() + 650)};
+    std::vector<std::vector<float>> lg(4, std::vector<float>(size_t(V), 0.0f)), lc = lg;
     double worst = 0;
-    for (int s = 0; s < 3; ++s) {
+    for (int s = 0; s < 4; ++s) {
       gpu.open(s, n_ctx);
       cpu.open(s, n_ctx);
       const std::vector<int32_t>& p = prompts[size_t(s)];
@@ -387,36 +388,36 @@ TEST(GpuSlotBackend, BatchedSlotsMatchCpuAndLoneRuns) {
       worst = std::max(worst, rel_l2(lg[size_t(s)], lc[size_t(s)]));
     }
     EXPECT_LE(worst, bound) << "prefill";
-    // Lone GPU runs of slot 0's and slot 2's sequences (prefilled in the same 128-token chunks, then decode
-    // steps through graphs), fed the same tokens: the batched rows must give exactly their bits.
+    // Lone GPU runs of every slot's sequence (prefilled in the same 128-token chunks, then decode steps through
+    // graphs), fed the same tokens: the batched rows must give exactly their bits.
     std::vector<std::unique_ptr<cuda::GpuSequence>> lone;
-    for (int s : {0, 2}) {
+    for (int s = 0; s < 4; ++s) {
       cuda::GpuModelOptions lo = seq_options(attn, n_ctx);
       lo.max_batch_tokens = 128;
       lone.push_back(std::make_unique<cuda::GpuSequence>(cuda::GpuModel::upload(m, lo)));
       lone.back()->append(prompts[size_t(s)], nullptr);
     }
-    ASSERT_GE(gpu.bit_exact_decode_rows(), 3);
+    ASSERT_GE(gpu.bit_exact_decode_rows(), 4);
     double worst_lone = 0;
-    int flips = 0;
-    std::vector<int32_t> next(3);
-    for (int s = 0; s < 3; ++s) next[size_t(s)] = argmax(lc[size_t(s)]);
-    for (int step = 0; step < n_gen; ++step) {  // decode rows of all slots at once, fed the CPU's greedy tokens
+    int flips = 0, rows_fed = 0;
+    std::vector<int32_t> next(4);
+    for (int s = 0; s < 4; ++s) next[size_t(s)] = argmax(lc[size_t(s)]);
+    // Decode steps of 4, 2 and 3 rows in turn (every batched GEMV shape), fed the CPU's greedy tokens.
+    const std::vector<std::vector<int>> groups = {{0, 1, 2, 3}, {0, 2}, {1, 2, 3}};
+    for (int step = 0; step < n_gen; ++step) {
+      const std::vector<int>& g = groups[size_t(step) % groups.size()];
       std::vector<SlotBackend::Feed> fg, fc;
-      for (int s = 0; s < 3; ++s) {
+      for (int s : g) {
         fg.push_back({s, &next[size_t(s)], 1, lg[size_t(s)].data()});
         fc.push_back({s, &next[size_t(s)], 1, lc[size_t(s)].data()});
       }
       gpu.forward(fg);
       cpu.forward(fc);
       std::vector<float> ll(size_t(V), 0.0f);
-      for (int i = 0; i < 2; ++i) {
-        const int s = i == 0 ? 0 : 2;
-        lone[size_t(i)]->append(std::span<const int32_t>(&next[size_t(s)], 1), ll.data());
+      for (int s : g) {
+        lone[size_t(s)]->append(std::span<const int32_t>(&next[size_t(s)], 1), ll.data());
         worst_lone = std::max(worst_lone, rel_l2(lg[size_t(s)], ll));
         EXPECT_EQ(lg[size_t(s)], ll) << "slot " << s << " step " << step << ": batched logits differ from the lone run";
-      }
-      for (int s = 0; s < 3; ++s) {
         const double e = rel_l2(lg[size_t(s)], lc[size_t(s)]);
         worst = std::max(worst, e);
         EXPECT_LE(e, bound) << "slot " << s << " step " << step;
@@ -425,16 +426,17 @@ TEST(GpuSlotBackend, BatchedSlotsMatchCpuAndLoneRuns) {
           EXPECT_LT(top2_gap(lc[size_t(s)]), 0.25f) << "slot " << s << " step " << step;
         }
         next[size_t(s)] = argmax(lc[size_t(s)]);
+        ++rows_fed;
       }
     }
-    std::printf("  %s, 3 slots (300/120/40-token prompts) + %d batched decode steps: worst relative L2 vs CPU "
-                "%.4f, vs lone GPU runs %.4f, %d near-tie flips\n",
-                attn.describe().c_str(), n_gen, worst, worst_lone, flips);
+    std::printf("  %s, 4 slots (300/120/40/200-token prompts) + %d batched decode steps of 4/2/3 rows: worst "
+                "relative L2 vs CPU %.4f, vs lone GPU runs %.4f, %d near-tie flips in %d rows\n",
+                attn.describe().c_str(), n_gen, worst, worst_lone, flips, rows_fed);
     EXPECT_EQ(worst_lone, 0.0);
     EXPECT_LE(flips, 3);
     // A reopened slot starts empty: the 40-token prompt again gives its first logits again.
     gpu.close(2);
-    EXPECT_EQ(gpu.kv_units_free(), 1);
+    EXPECT_EQ(gpu.kv_units_free(), 1);  // 4 slots, 3 open
     gpu.open(2, n_ctx);
     EXPECT_EQ(gpu.n_past(2), 0);
     std::vector<float> again(size_t(V), 0.0f);
@@ -452,7 +454,7 @@ TEST(GpuSlotBackend, BatchedSlotsMatchCpuAndLoneRuns) {
     EXPECT_THROW(gpu.forward(std::vector<SlotBackend::Feed>{{0, big.data(), 200, nullptr}}), Error);  // > 128 rows
     const int32_t bad = V;
     EXPECT_THROW(gpu.forward(std::vector<SlotBackend::Feed>{{0, &bad, 1, nullptr}}), Error);
-    EXPECT_EQ(gpu.n_past(0), 300 + n_gen);
+    EXPECT_EQ(gpu.n_past(0), lone[0]->n_past());  // the refused calls changed nothing
 
     // Six slots: decode rows beyond the batched GEMV's 4 go through cuBLAS (close to the CPU, not bit-exact).
     cuda::GpuSlotBackend six(cuda::GpuModel::upload(m, [&] {
