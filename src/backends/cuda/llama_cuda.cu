@@ -846,17 +846,24 @@ struct GpuModel::Impl {
 
   // Final norm of row `row`, logits, and the sampled token into next_token.
   void enqueue_head(int32_t row, float temperature, uint64_t seed) {
-    const int E_ = E();
-    phase(kOther, [&] {
-      launch(use_pdl, rmsnorm_kernel, dim3(1), dim3(norm_threads(1)), 0, stream,
-             (const float*)(x.as<float>() + int64_t(row) * E_),
-             int64_t(E_), (const float*)output_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>(), int64_t(E_));
-    });
-    phase(kGemm, [&] { gemm(output_w, cfg.n_vocab, E_, xn.as<bf16>(), 1, logits.as<float>(), false); });
+    enqueue_logits(&row, 1, logits.as<float>());
     phase(kOther, [&] {
       launch(use_pdl, sample_kernel, dim3(1), dim3(1024), 0, stream, (const float*)logits.as<float>(), cfg.n_vocab,
              temperature, seed, next_token.as<int32_t>());
     });
+  }
+
+  // The final norm of activation rows rows[0, m) into xn rows [0, m), each row normalized as a lone decode row
+  // is (so a batch's logits equal its lone runs'), then the output GEMM into dst ([m][n_vocab]).
+  void enqueue_logits(const int32_t* rows, int32_t m, float* dst) {
+    const int E_ = E();
+    phase(kOther, [&] {
+      for (int32_t i = 0; i < m; ++i)
+        launch(use_pdl, rmsnorm_kernel, dim3(1), dim3(norm_threads(1)), 0, stream,
+               (const float*)(x.as<float>() + int64_t(rows[i]) * E_), int64_t(E_),
+               (const float*)output_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>() + int64_t(i) * E_, int64_t(E_));
+    });
+    phase(kGemm, [&] { gemm(output_w, cfg.n_vocab, E_, xn.as<bf16>(), m, dst, false); });
   }
 
   void check_tokens(std::span<const int32_t> toks) const {
@@ -865,22 +872,16 @@ struct GpuModel::Impl {
   }
 
   // Logits of rows [0, n) of the chunk just run (x holds their residual stream) into host `out` ([n][n_vocab]),
-  // kHeadRows rows at a time (the final norm into xn, the output GEMM into logits_rows, a copy back).
+  // through copy_row_logits (kHeadRows rows at a time).
   static constexpr int32_t kHeadRows = 64;
   void copy_all_logits(int32_t n, float* out) {
-    const int E_ = E();
-    const int64_t V = cfg.n_vocab;
-    if (!logits_rows.bytes()) logits_rows = DeviceBuffer(size_t(kHeadRows) * size_t(V) * 4);
-    for (int32_t r0 = 0; r0 < n; r0 += kHeadRows) {
-      const int32_t m = std::min(kHeadRows, n - r0);
-      rmsnorm_kernel<<<m, 256, 0, stream>>>(x.as<float>() + int64_t(r0) * E_, E_, output_norm.as<float>(), E_,
-                                            cfg.norm_eps, xn.as<bf16>(), E_);
-      HS_CUDA_LAUNCH("rmsnorm_kernel");
-      gemm(output_w, cfg.n_vocab, E_, xn.as<bf16>(), m, logits_rows.as<float>(), false);
-      HS_CUDA(cudaMemcpyAsync(out + int64_t(r0) * V, logits_rows.as<float>(), size_t(m) * size_t(V) * 4,
-                              cudaMemcpyDeviceToHost, stream));
-      HS_CUDA(cudaStreamSynchronize(stream));
+    std::vector<int32_t> rows(static_cast<size_t>(n));
+    std::vector<float*> outs(static_cast<size_t>(n));
+    for (int32_t r = 0; r < n; ++r) {
+      rows[size_t(r)] = r;
+      outs[size_t(r)] = out + int64_t(r) * cfg.n_vocab;
     }
+    copy_row_logits(rows, outs);
   }
 
   void prefill(std::span<const int32_t> toks, float* out_logits, bool all_logits,
@@ -918,16 +919,11 @@ struct GpuModel::Impl {
   // Logits of the given activation rows into the host buffers outs[i] (n_vocab floats each), kHeadRows rows at
   // a time: each row's final norm into xn row i, one output GEMM, copies back.
   void copy_row_logits(const std::vector<int32_t>& rows, const std::vector<float*>& outs) {
-    const int E_ = E();
     const int64_t V = cfg.n_vocab;
     if (!logits_rows.bytes()) logits_rows = DeviceBuffer(size_t(kHeadRows) * size_t(V) * 4);
     for (size_t r0 = 0; r0 < rows.size(); r0 += kHeadRows) {
       const int32_t m = int32_t(std::min<size_t>(kHeadRows, rows.size() - r0));
-      for (int32_t i = 0; i < m; ++i)  // each row as enqueue_head normalizes a lone decode row
-        launch(use_pdl, rmsnorm_kernel, dim3(1), dim3(norm_threads(1)), 0, stream,
-               (const float*)(x.as<float>() + int64_t(rows[r0 + size_t(i)]) * E_), int64_t(E_),
-               (const float*)output_norm.as<float>(), E_, cfg.norm_eps, xn.as<bf16>() + int64_t(i) * E_, int64_t(E_));
-      gemm(output_w, cfg.n_vocab, E_, xn.as<bf16>(), m, logits_rows.as<float>(), false);
+      enqueue_logits(rows.data() + r0, m, logits_rows.as<float>());
       for (int32_t i = 0; i < m; ++i)
         HS_CUDA(cudaMemcpyAsync(outs[r0 + size_t(i)], logits_rows.as<float>() + int64_t(i) * V, size_t(V) * 4,
                                 cudaMemcpyDeviceToHost, stream));
