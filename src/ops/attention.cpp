@@ -659,22 +659,8 @@ void attention_update_gather(SoftmaxState& st, const QueryTile& q, const KvHeadV
   Scratch& sc = thread_scratch();
   prepare_scratch(sc, q.n_rows(), q.dim());
   const bool avx512 = cpu::simd_path() == cpu::SimdPath::kAvx512;
-  // The keys are scattered (HiP's selected blocks of b_k = 2 tokens: 256 bytes of K and of V at head dim 64),
-  // which the hardware prefetcher cannot follow, and in decode the cache is cold (one visit per layer per step).
-  // So the rows are prefetched by hand: this block's V rows and the next block's K rows while this block's
-  // K rows are scored.
-  const int64_t row_bytes = int64_t(q.dim()) * 2;
-  auto prefetch_rows = [&](const uint16_t* base, int32_t b0) {
-    for (int32_t c = b0; c < std::min<int32_t>(b0 + kBc, n_keys); ++c) {
-      const char* r = reinterpret_cast<const char*>(base + kv.offset(keys[c]));
-      for (int64_t o = 0; o < row_bytes; o += 64) _mm_prefetch(r + o, _MM_HINT_T0);
-    }
-  };
-  prefetch_rows(kv.k, 0);
   for (int32_t b = 0; b < n_keys; b += kBc) {
     const int n = std::min<int32_t>(kBc, n_keys - b);
-    prefetch_rows(kv.v, b);
-    if (b + kBc < n_keys) prefetch_rows(kv.k, b + kBc);
     for (int c = 0; c < n; ++c) {
       const int64_t at = kv.offset(keys[b + c]);
       sc.krow[c] = kv.k + at;
