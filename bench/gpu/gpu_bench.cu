@@ -152,6 +152,22 @@ struct Problem {
   }
 };
 
+// Device storage of HiP masks for n_head heads x n_qblocks query blocks (K_b blocks each), freed with it.
+struct MaskBuffers {
+  HipMaskDev dev;
+  MaskBuffers(int n_head, int n_qblocks, int Kb) {
+    CHECK(cudaMalloc(&dev.blocks, int64_t(n_head) * n_qblocks * Kb * 4));
+    CHECK(cudaMalloc(&dev.counts, int64_t(n_head) * n_qblocks * 4));
+    dev.n_qblocks = n_qblocks;
+    dev.kb_stride = Kb;
+  }
+  MaskBuffers(const MaskBuffers&) = delete;
+  ~MaskBuffers() {
+    cudaFree(dev.blocks);
+    cudaFree(dev.counts);
+  }
+};
+
 double causal_flops(int T, int H, int D) { return 4.0 * 0.5 * double(T) * double(T) * H * D; }
 
 int main(int argc, char** argv) {
@@ -182,10 +198,8 @@ int main(int argc, char** argv) {
       Problem pr(T);
       const AttnParams p = pr.params(false);
       const int nqb = (T + hip.block_q - 1) / hip.block_q;
-      int32_t *blocks, *counts;
-      CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
-      CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
-      const HipMaskDev mask{blocks, counts, nqb, Kb};
+      const MaskBuffers mbuf(pr.H, nqb, Kb);
+      const HipMaskDev& mask = mbuf.dev;
       CHECK(hip_estimate_mask(hip, p, mask, s));
       const int vs[] = {3, 0, 3, 0};
       const int reps = T > 32768 ? 10 : 30;
@@ -193,8 +207,6 @@ int main(int argc, char** argv) {
         const auto att = time_ms([&] { CHECK(hip_attention_prefill(hip, p, mask, s, vs[i])); }, 2, reps, s);
         js.row(("hip_attention_v" + std::to_string(vs[i]) + (i >= 2 ? "_again" : "")).c_str(), T, att.first, att.second, reps, 0);
       }
-      CHECK(cudaFree(blocks));
-      CHECK(cudaFree(counts));
     }
     return 0;
   }
@@ -217,10 +229,8 @@ int main(int argc, char** argv) {
       h.stride_q = sq;
       const std::string pre = bq == 32 ? "hip" : "hip_bq64";
       const int nqb = (T + h.block_q - 1) / h.block_q;
-      int32_t *blocks, *counts;
-      CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
-      CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
-      const HipMaskDev mask{blocks, counts, nqb, Kb};
+      const MaskBuffers mbuf(pr.H, nqb, Kb);
+      const HipMaskDev& mask = mbuf.dev;
       const int reps = big ? 10 : 30;
       const auto est = time_ms([&] { CHECK(hip_estimate_mask(h, p, mask, s)); }, 2, reps, s);
       js.row((pre + "_estimate").c_str(), T, est.first, est.second, reps, 0);
@@ -234,8 +244,6 @@ int main(int argc, char** argv) {
         CHECK(hip_attention_prefill(h, p, mask, s));
       }, 2, reps, s);
       js.row((pre + "_prefill").c_str(), T, tot.first, tot.second, reps, 0);
-      CHECK(cudaFree(blocks));
-      CHECK(cudaFree(counts));
     }
   }
 
@@ -245,10 +253,8 @@ int main(int argc, char** argv) {
     Problem pr(T);
     const AttnParams p = pr.params(false);
     const int nqb = (T + hip.block_q - 1) / hip.block_q;
-    int32_t *blocks, *counts;
-    CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
-    CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
-    const HipMaskDev mask{blocks, counts, nqb, Kb};
+    const MaskBuffers mbuf(pr.H, nqb, Kb);
+    const HipMaskDev& mask = mbuf.dev;
     auto time_estimate = [&](const char* name) {
       const auto est = time_ms([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }, 1, 5, s);
       js.row(name, T, est.first, est.second, 5, 0);
@@ -268,8 +274,6 @@ int main(int argc, char** argv) {
     }, 1, 5, s);
     js.row("hip_prefill", T, tot.first, tot.second, 5, 0);
     time_estimate("hip_estimate_v0_again");
-    CHECK(cudaFree(blocks));
-    CHECK(cudaFree(counts));
   }
 
   // HiP at 128K on keys with locality (fill_smooth_keys): how much of the random-key cost is the scattered
@@ -282,16 +286,12 @@ int main(int argc, char** argv) {
     CHECK(cudaDeviceSynchronize());
     const AttnParams p = pr.params(false);
     const int nqb = (T + hip.block_q - 1) / hip.block_q;
-    int32_t *blocks, *counts;
-    CHECK(cudaMalloc(&blocks, int64_t(pr.H) * nqb * Kb * 4));
-    CHECK(cudaMalloc(&counts, int64_t(pr.H) * nqb * 4));
-    const HipMaskDev mask{blocks, counts, nqb, Kb};
+    const MaskBuffers mbuf(pr.H, nqb, Kb);
+    const HipMaskDev& mask = mbuf.dev;
     const auto est = time_ms([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }, 2, 10, s);
     js.row("hip_smooth_estimate", T, est.first, est.second, 10, 0);
     const auto att = time_ms([&] { CHECK(hip_attention_prefill(hip, p, mask, s)); }, 2, 10, s);
     js.row("hip_smooth_attention_v0", T, att.first, att.second, 10, 0);
-    CHECK(cudaFree(blocks));
-    CHECK(cudaFree(counts));
   }
 
   // Decode at 128K.
@@ -304,10 +304,8 @@ int main(int argc, char** argv) {
     CHECK(cudaMalloc(&ws, ws_n * 4));
     CHECK(cudaMemset(ws, 0, ws_n * 4));
     const DecodeWorkspace w{ws, ws_n};
-    int32_t *blocks, *counts;
-    CHECK(cudaMalloc(&blocks, int64_t(pr.H) * Kb * 4));
-    CHECK(cudaMalloc(&counts, int64_t(pr.H) * 4));
-    const HipMaskDev mask{blocks, counts, 1, Kb};
+    const MaskBuffers mbuf(pr.H, 1, Kb);
+    const HipMaskDev& mask = mbuf.dev;
     CHECK(hip_estimate_mask(hip, p, mask, s));
     CHECK(cudaStreamSynchronize(s));
 
@@ -340,8 +338,6 @@ int main(int argc, char** argv) {
              }), steps);
     per_step("hip_decode_refresh_again", graph_of([&] { CHECK(hip_estimate_mask(hip, p, mask, s)); }), 1);
     CHECK(cudaFree(ws));
-    CHECK(cudaFree(blocks));
-    CHECK(cudaFree(counts));
   }
   if (js.f) std::fclose(js.f);
   CHECK(cudaStreamDestroy(s));

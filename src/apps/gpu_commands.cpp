@@ -98,20 +98,25 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
     return v;
   };
   std::vector<GpuResult> results;
-  const int first_rep = plan.warmup ? -1 : 0;
+  // The untimed warm-up (if any), then plan.reps timed runs of `run`, each producing `tokens` tokens.
+  auto time_runs = [&](GpuResult& r, int64_t tokens, const auto& run) {
+    for (int rep = plan.warmup ? -1 : 0; rep < plan.reps; ++rep) {
+      const auto t0 = clock_type::now();
+      run();
+      const double ms = ms_since(t0);
+      if (rep >= 0) r.tok_per_s.push_back(1000.0 * double(tokens) / ms);
+    }
+  };
   for (int p : plan.prompts) {
     if (p <= 0) continue;
     GpuResult r;
     r.test = strfmt("pp%d", p);
     r.n_prompt = p;
     const std::vector<int32_t> toks = random_tokens(p);
-    for (int rep = first_rep; rep < plan.reps; ++rep) {
+    time_runs(r, p, [&] {
       gm->truncate(0);
-      const auto t0 = clock_type::now();
       gm->prefill(toks, nullptr);
-      const double ms = ms_since(t0);
-      if (rep >= 0) r.tok_per_s.push_back(1000.0 * p / ms);
-    }
+    });
     results.push_back(r);
   }
   for (int g : plan.gens) {
@@ -135,24 +140,19 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
           toks[size_t(s)] = random_tokens(g);
           const std::vector<int32_t> prompt = random_tokens(d);
           for (int done = 0; done < d; done += go.max_batch_tokens) {
-            const cuda::GpuModel::SeqFeed f{s, prompt.data() + done, std::min(go.max_batch_tokens, d - done), nullptr};
-            gm->forward(std::span<const cuda::GpuModel::SeqFeed>(&f, 1));
+            const SlotBackend::Feed f{s, prompt.data() + done, std::min(go.max_batch_tokens, d - done), nullptr};
+            gm->forward(std::span<const SlotBackend::Feed>(&f, 1));
           }
         }
-        auto run = [&] {
+        time_runs(r, int64_t(g) * b, [&] {
           for (int s = 0; s < b; ++s) gm->truncate(s, d);
-          std::vector<cuda::GpuModel::SeqFeed> feeds(static_cast<size_t>(b));
+          std::vector<SlotBackend::Feed> feeds(static_cast<size_t>(b));
           for (int i = 0; i < g; ++i) {
-            for (int s = 0; s < b; ++s) feeds[size_t(s)] = {s, &toks[size_t(s)][size_t(i)], 1, logits[size_t(s)].data()};
+            for (int s = 0; s < b; ++s)
+              feeds[size_t(s)] = {s, &toks[size_t(s)][size_t(i)], 1, logits[size_t(s)].data()};
             gm->forward(feeds);
           }
-        };
-        for (int rep = first_rep; rep < plan.reps; ++rep) {
-          const auto t0 = clock_type::now();
-          run();
-          const double ms = ms_since(t0);
-          if (rep >= 0) r.tok_per_s.push_back(1000.0 * g * b / ms);
-        }
+        });
         results.push_back(r);
       }
     for (int d : plan.depths) {
@@ -169,12 +169,7 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
         int32_t tok = first;
         for (int i = 0; i < g; ++i) tok = gm->decode(tok, 0.0f, 0, nullptr);
       };
-      for (int rep = first_rep; rep < plan.reps; ++rep) {
-        const auto t0 = clock_type::now();
-        run();
-        const double ms = ms_since(t0);
-        if (rep >= 0) r.tok_per_s.push_back(1000.0 * g / ms);
-      }
+      time_runs(r, g, run);
       if (plan.profile) {
         gm->set_profiling(true);
         run();

@@ -941,10 +941,10 @@ struct GpuModel::Impl {
     std::vector<float*> logit_outs;
     int32_t rows = 0;
     for (const GpuModel::SeqFeed& f : feeds) {
-      HS_CHECK(f.seq >= 0 && f.seq < opt.n_seq, "forward: sequence %d out of range [0, %d)", f.seq, opt.n_seq);
-      HS_CHECK(f.n_tokens >= 1 && f.tokens, "forward: sequence %d is fed no tokens", f.seq);
-      for (const Segment& sg : segs) HS_CHECK(sg.seq != f.seq, "forward: sequence %d fed twice in one call", f.seq);
-      const SeqState& sq = seqs[size_t(f.seq)];
+      HS_CHECK(f.slot >= 0 && f.slot < opt.n_seq, "forward: sequence %d out of range [0, %d)", f.slot, opt.n_seq);
+      HS_CHECK(f.n_tokens >= 1 && f.tokens, "forward: sequence %d is fed no tokens", f.slot);
+      for (const Segment& sg : segs) HS_CHECK(sg.seq != f.slot, "forward: sequence %d fed twice in one call", f.slot);
+      const SeqState& sq = seqs[size_t(f.slot)];
       HS_CHECK(int64_t(sq.n_past) + f.n_tokens <= opt.n_ctx,
                "context overflow: %lld positions needed but the context size is %d",
                (long long)(sq.n_past + int64_t(f.n_tokens)), opt.n_ctx);
@@ -952,7 +952,7 @@ struct GpuModel::Impl {
                opt.max_batch_tokens);
       check_tokens(std::span<const int32_t>(f.tokens, size_t(f.n_tokens)));
       Segment sg;
-      sg.seq = f.seq;
+      sg.seq = f.slot;
       sg.row0 = rows;
       sg.n = f.n_tokens;
       sg.pos0 = sq.n_past;
@@ -1351,13 +1351,9 @@ int32_t GpuSlotBackend::n_past(int32_t slot) const {
   return gm_->n_past_of(slot);
 }
 void GpuSlotBackend::forward(std::span<const Feed> feeds) {
-  std::vector<GpuModel::SeqFeed> f;
-  f.reserve(feeds.size());
-  for (const Feed& x : feeds) {
+  for (const Feed& x : feeds)
     HS_CHECK(x.slot >= 0 && x.slot < n_slots() && open_[size_t(x.slot)], "slot %d is not open", x.slot);
-    f.push_back({x.slot, x.tokens, x.n_tokens, x.logits});
-  }
-  gm_->forward(f);
+  gm_->forward(feeds);
 }
 void GpuSequence::append(std::span<const int32_t> tokens, float* logits, bool all_logits,
                          const std::function<void(int64_t, int64_t)>& on_chunk) {

@@ -84,17 +84,13 @@ class GpuModel {
   // When logits is non-null, the step's logits are copied there too.
   int32_t decode(int32_t token, float temperature, uint64_t seed, float* logits);
 
-  // Several sequences (options().n_seq; what GpuSlotBackend drives). One forward pass over the feeds: feed i
-  // appends its tokens to sequence feeds[i].seq (each sequence at most once; rows in all <= max_batch_tokens);
+  // Several sequences (options().n_seq; what GpuSlotBackend drives). One forward pass over the feeds (the slot
+  // backend's own struct, a sequence being a slot): feed i appends its tokens to sequence feeds[i].slot (each
+  // sequence at most once; rows in all <= max_batch_tokens);
   // several one-token feeds are a batched decode step (the GEMMs read each weight once for all rows), a longer
   // feed is a prefill chunk. The logits of each feed's last token go to its `logits` (n_vocab floats) when
   // non-null. Eager launches (no graphs); sampling is the caller's. Waits for the GPU.
-  struct SeqFeed {
-    int32_t seq = 0;
-    const int32_t* tokens = nullptr;
-    int32_t n_tokens = 0;
-    float* logits = nullptr;
-  };
+  using SeqFeed = SlotBackend::Feed;
   void forward(std::span<const SeqFeed> feeds);
   int32_t n_past_of(int32_t seq) const;
   // Decode batches of up to this many one-token feeds give each sequence exactly the logits of its lone decode

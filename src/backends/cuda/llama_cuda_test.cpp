@@ -102,6 +102,14 @@ AttentionConfig dense() {
   return a;
 }
 
+// What the model tests run: the paper's HiP defaults (or dense attention) with only layer 0 dense, so that the
+// reduced 4-layer model still has HiP layers.
+AttentionConfig one_dense_layer(bool hip) {
+  AttentionConfig a = hip ? AttentionConfig() : dense();
+  a.dense_layers = 1;
+  return a;
+}
+
 // Prefill logits, then greedy decode: every step's logits close to the CPU's, and the same tokens except
 // where the CPU's top two logits lie within the error budget (those are printed and the runs continue from
 // the CPU's token so the comparison stays aligned).
@@ -149,9 +157,8 @@ TEST(LlamaCuda, DenseChunkedLongPromptMatchesCpu) {
 
 TEST(LlamaCuda, HipMatchesCpu) {
   HS_REQUIRE_GPU();
-  AttentionConfig a;  // paper defaults; with sink 16 + window 256, 700 tokens leave a real searchable range
-  a.dense_layers = 1;
-  compare_generation(a, 700, 20, 6e-2);  // decode crosses two mask refreshes (r_m = 8)
+  // Paper defaults; with sink 16 + window 256, 700 tokens leave a real searchable range.
+  compare_generation(one_dense_layer(true), 700, 20, 6e-2);  // decode crosses two mask refreshes (r_m = 8)
 }
 
 TEST(LlamaCuda, HipWithWholeRangeSelectedEqualsDense) {
@@ -185,8 +192,7 @@ TEST(LlamaCuda, HipWithWholeRangeSelectedEqualsDense) {
 TEST(LlamaCuda, GraphsGiveTheSameResultAsEagerLaunches) {
   HS_REQUIRE_GPU();
   HS_REQUIRE_SMOLLM2();
-  AttentionConfig a;
-  a.dense_layers = 1;
+  const AttentionConfig a = one_dense_layer(true);
   auto pg = make_pair(a, 700, true);
   auto pe = make_pair(a, 700, false);
   const std::vector<int32_t> ids = text_tokens(*pg->cpu, 400);
@@ -272,8 +278,7 @@ TEST(GpuSequence, AllLogitsMatchCpuRowByRow) {
   HS_REQUIRE_SMOLLM2();
   Model& m = *testing::smollm2();
   for (const bool hip : {false, true}) {
-    AttentionConfig attn = hip ? AttentionConfig() : dense();
-    attn.dense_layers = 1;
+    const AttentionConfig attn = one_dense_layer(hip);
     m.set_attention(attn);
     ThreadPool pool(2);
     const int V = m.config().n_vocab, n = 600;  // 3 chunks of 256 on the GPU; 64-row head pieces
@@ -317,8 +322,7 @@ TEST(GpuSequence, PerplexityAndGreedySessionMatchCpu) {
   HS_REQUIRE_GPU();
   HS_REQUIRE_SMOLLM2();
   Model& m = *testing::smollm2();
-  AttentionConfig attn;
-  attn.dense_layers = 1;
+  const AttentionConfig attn = one_dense_layer(true);
   m.set_attention(attn);
   ThreadPool pool(2);
   const std::vector<int32_t> ids = text_tokens(m, 1024);
@@ -353,8 +357,7 @@ TEST(GpuSlotBackend, BatchedSlotsMatchCpuAndLoneRuns) {
   HS_REQUIRE_SMOLLM2();
   Model& m = *testing::smollm2();
   for (const bool hip : {false, true}) {
-    AttentionConfig attn = hip ? AttentionConfig() : dense();
-    attn.dense_layers = 1;
+    const AttentionConfig attn = one_dense_layer(hip);
     m.set_attention(attn);
     const double bound = hip ? 6e-2 : 3e-2;
     ThreadPool pool(2);
