@@ -3,7 +3,8 @@
 //
 //   MemRead/<threads>:                    plain streaming read of 512 MiB (AVX2 loads), the bandwidth ceiling
 //   <type>/<name>/<rows>x<cols>/n<tokens>/<path>: one matmul call
-//   SmolLM2_all_linear/n<tokens>/<path>:  every linear layer of one forward pass (bm_model)
+//   SmolLM2_all_linear/n<tokens>/<path>:  every linear layer of one forward pass (bm_model); the path
+//                                         avx512_packed runs on weights packed ahead of time (pack_weight)
 // Decode (n1) cycles through enough copies of the weight (>= 256 MiB) that every call streams it from DRAM,
 // as a real decode step does (the model's 96 MB of weights do not fit the 32 MB L3). Prefill (n512) reuses
 // one copy: its weights are read once per call and the cost is compute.
@@ -103,7 +104,7 @@ void bm_matmul(benchmark::State& state, Shape s, int64_t n_tokens, SimdPath path
 // All linear layers of one SmolLM2-135M forward pass over n_tokens tokens, each layer with its own weights
 // (30 x {q, k, v, o, gate, up, down} in Q4_1 plus the Q8_0 output head: 96 MB, 3x the L3), in model order.
 // For n1 this is a decode step's matmul time; tok/s counts tokens per second of matmul work alone.
-void bm_model(benchmark::State& state, int64_t n_tokens, SimdPath path) {
+void bm_model(benchmark::State& state, int64_t n_tokens, SimdPath path, bool packed) {
   set_simd_path(path);
   struct Layer {
     GgmlType type;
@@ -141,12 +142,30 @@ void bm_model(benchmark::State& state, int64_t n_tokens, SimdPath path) {
       }
     }
   }
+  // Packed ahead of time (what `--matmul int8` loads): one copy of every matrix in the kernels' tile layout.
+  std::vector<const void*> packs(layers.size(), nullptr);
+  static std::vector<uint8_t> pack_bytes;
+  if (packed) {
+    size_t need = 64;
+    for (const Layer& L : layers) need += (packed_weight_bytes(make_weight(L.type, nullptr, L.rows, L.cols)) + 63) & ~size_t(63);
+    pack_bytes.assign(need, 0);
+    uint8_t* at = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(pack_bytes.data()) + 63) & ~uintptr_t(63));
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const Layer& L = layers[i];
+      const MatmulWeight w = make_weight(L.type, weights.data() + L.offset, L.rows, L.cols);
+      pack_weight(w, at);
+      packs[i] = at;
+      at += (packed_weight_bytes(w) + 63) & ~size_t(63);
+    }
+  }
   std::vector<float> x(size_t(n_tokens) * 1536, 0.5f), y(size_t(n_tokens) * 49152);
   double flops = 0;
   for (const Layer& L : layers) flops += 2.0 * double(L.rows) * double(L.cols) * double(n_tokens);
   for (auto _ : state) {
-    for (const Layer& L : layers) {
-      const MatmulWeight w = make_weight(L.type, weights.data() + L.offset, L.rows, L.cols);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const Layer& L = layers[i];
+      MatmulWeight w = make_weight(L.type, weights.data() + L.offset, L.rows, L.cols);
+      w.packed = packs[i];
       matmul(w, x.data(), n_tokens, L.cols, y.data(), L.rows, pool());
     }
     benchmark::DoNotOptimize(y.data());
@@ -178,13 +197,19 @@ int main(int argc, char** argv) {
             ->UseRealTime()
             ->Unit(benchmark::kMicrosecond);
       }
-  for (int64_t n : {int64_t(1), int64_t(512)})
+  for (int64_t n : {int64_t(1), int64_t(4), int64_t(512)}) {
     for (SimdPath path : supported_simd_paths())
       benchmark::RegisterBenchmark(
           hs::strfmt("SmolLM2_all_linear/n%lld/%s", (long long)n, simd_path_name(path)).c_str(), bm_model, n,
-          path)
+          path, false)
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
+    if (packed_weight_bytes(make_weight(GgmlType::Q4_1, nullptr, 16, 576)) > 0)
+      benchmark::RegisterBenchmark(hs::strfmt("SmolLM2_all_linear/n%lld/avx512_packed", (long long)n).c_str(),
+                                   bm_model, n, SimdPath::kAvx512, true)
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+  }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

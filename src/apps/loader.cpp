@@ -47,8 +47,12 @@ LoadedModel load_model(const CommonArgs& args, bool quiet) {
     std::fprintf(stderr, "hipserve: %s\n", c.summary().c_str());
     std::fprintf(stderr, "hipserve: weights %.1f MiB (%s); context %d tokens; %d threads; loaded in %.0f ms\n",
                  double(lm.model->weight_bytes()) / (1 << 20), type_list.c_str(), lm.n_ctx, threads, lm.load_ms);
-    std::fprintf(stderr, "hipserve: attention: %s; matmul activations: %s\n", attn.describe().c_str(),
-                 args.int8_matmul ? "int8" : "f32");
+    std::fprintf(stderr, "hipserve: attention: %s; matmul activations: %s%s\n", attn.describe().c_str(),
+                 args.int8_matmul ? "int8" : "f32",
+                 lm.model->packed_weight_bytes() > 0
+                     ? strfmt(" (weights repacked for AVX-512: %.1f MiB)",
+                              double(lm.model->packed_weight_bytes()) / (1 << 20)).c_str()
+                     : "");
     if (lm.n_ctx > c.n_ctx_train)
       std::fprintf(stderr, "hipserve: warning: context %d exceeds the model's training context %d\n", lm.n_ctx,
                    c.n_ctx_train);

@@ -35,9 +35,17 @@ std::string drain(GenRequest& r) {
   }
 }
 
-TEST(BatchEngine, ConcurrentSequencesMatchTheirLoneRuns) {
-  HS_REQUIRE_SMOLLM2();
+// Sets the shared model's matmul mode for one test and restores it.
+struct MatmulModeGuard {
+  Model& m;
+  MatmulMode saved;
+  MatmulModeGuard(Model& model, MatmulMode mode) : m(model), saved(model.matmul_mode()) { m.set_matmul_mode(mode); }
+  ~MatmulModeGuard() { m.set_matmul_mode(saved); }
+};
+
+void check_concurrent_sequences_match_lone_runs(MatmulMode mode, int32_t n_slots) {
   Model& m = *testing::smollm2();
+  MatmulModeGuard mode_guard(m, mode);
   ThreadPool pool(2);
   const Tokenizer& tok = m.tokenizer();
   const std::vector<std::string> prompts = {
@@ -60,15 +68,16 @@ TEST(BatchEngine, ConcurrentSequencesMatchTheirLoneRuns) {
   }
 
   EngineOptions eo;
-  eo.n_slots = 4;  // 6 requests: two wait for a free slot
+  eo.n_slots = n_slots;  // 6 requests: with 4 slots two wait for a free one
   eo.n_ctx = 512;
   eo.page_size = 64;
   CpuSlotBackend backend(m, pool, eo.n_slots, eo.n_ctx, eo.page_size, eo.n_pages, eo.prefill_chunk);
   BatchEngine engine(backend, m.tokenizer(), eo);
   engine.start();
   for (const auto& r : reqs) ASSERT_EQ(engine.submit(r).status, BatchEngine::Admit::Ok);
-  // Exact only where the kernels keep each row's summation order in batches of n_slots rows (AVX-512: up to
-  // 4); elsewhere (AVX2) batched logits differ from lone ones in the last bits and a near-tie may flip a token.
+  // Exact only where the kernels keep each row's summation order in batches of n_slots rows (fp32 on
+  // AVX-512: up to 4; int8 with packed weights: any number); elsewhere (AVX2) batched logits differ from lone
+  // ones in the last bits and a near-tie may flip a token.
   const bool exact = engine.stats().bit_exact_decode_rows >= eo.n_slots;
   for (size_t i = 0; i < reqs.size(); ++i) {
     const std::string text = drain(*reqs[i]);
@@ -86,6 +95,18 @@ TEST(BatchEngine, ConcurrentSequencesMatchTheirLoneRuns) {
   if (!exact)
     GTEST_SKIP() << "batched == lone bit-for-bit not checked: this CPU path keeps lone-run bits only up to "
                  << st.bit_exact_decode_rows << " decode rows";
+}
+
+TEST(BatchEngine, ConcurrentSequencesMatchTheirLoneRuns) {
+  HS_REQUIRE_SMOLLM2();
+  check_concurrent_sequences_match_lone_runs(MatmulMode::F32, 4);
+}
+
+// llama.cpp-style int8 activations over weights packed for the AVX-512 kernels: every decode batch (here 6
+// rows) gives each sequence its lone bits.
+TEST(BatchEngine, ConcurrentSequencesMatchTheirLoneRunsInt8) {
+  HS_REQUIRE_SMOLLM2();
+  check_concurrent_sequences_match_lone_runs(MatmulMode::Int8, 6);
 }
 
 TEST(BatchEngine, AdmissionRefusesWhatCanNeverFit) {

@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <climits>
 #include <cstring>
 
+#include "backends/cpu/cpu_features.h"
+#include "backends/cpu/scratch.h"
 #include "ops/activations.h"
 #include "ops/attention.h"
 #include "ops/norm.h"
@@ -146,6 +149,39 @@ void Model::set_attention(const AttentionConfig& config) {
   const std::string why = config.validate();
   HS_CHECK(why.empty(), "invalid attention config: %s", why.c_str());
   attn_ = config;
+}
+
+void Model::set_matmul_mode(MatmulMode mode) {
+  matmul_mode_ = mode;
+  if (mode != MatmulMode::Int8 || packed_.data()) return;
+  std::vector<cpu::MatmulWeight*> all;
+  for (LayerWeights& L : layers_)
+    for (cpu::MatmulWeight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) all.push_back(w);
+  all.push_back(&output_);
+  size_t total = 0;
+  bool every = true;
+  for (const cpu::MatmulWeight* w : all) {
+    const size_t n = cpu::packed_weight_bytes(*w);
+    every = every && n > 0;
+    total += cpu::align64(n);
+  }
+  if (total == 0) return;
+  packed_ = HugeBuffer(total);
+  uint8_t* at = packed_.as<uint8_t>();
+  for (cpu::MatmulWeight* w : all) {
+    const size_t n = cpu::packed_weight_bytes(*w);
+    if (n == 0) continue;
+    cpu::pack_weight(*w, at);
+    w->packed = at;
+    at += cpu::align64(n);
+  }
+  packed_bytes_ = total;
+  all_packed_ = every;
+}
+
+int64_t Model::batch_invariant_tokens() const {
+  if (matmul_mode_ == MatmulMode::F32) return cpu::f32act_batch_invariant_tokens();
+  return all_packed_ && cpu::simd_path() == cpu::SimdPath::kAvx512 ? INT64_MAX : 1;
 }
 
 void Model::linear(const cpu::MatmulWeight& w, const float* x, int64_t n, int64_t ldx, float* y, int64_t ldy,

@@ -20,6 +20,7 @@
 #include "model/gguf.h"
 #include "model/kv_cache.h"
 #include "model/tokenizer.h"
+#include "util/huge_buffer.h"
 #include "util/thread_pool.h"
 
 namespace hs {
@@ -86,8 +87,15 @@ class Model {
                const std::function<void(int64_t, int64_t)>& on_chunk = {}, bool all_logits = false);
 
   void set_debug_tap(DebugTap tap) { tap_ = std::move(tap); }
-  void set_matmul_mode(MatmulMode mode) { matmul_mode_ = mode; }
+  // Int8 also packs every Q4_0 / Q4_1 / Q8_0 matrix once for this CPU's AVX-512 kernels (cpu::pack_weight:
+  // as many bytes again as those weights, in huge pages), so decode batches and prefill chunks share one
+  // register-tiled kernel. Not thread-safe: call before forward passes.
+  void set_matmul_mode(MatmulMode mode);
   MatmulMode matmul_mode() const { return matmul_mode_; }
+  size_t packed_weight_bytes() const { return packed_bytes_; }
+  // Tokens one linear-layer call may carry while giving each token the bits it gets alone (INT64_MAX: any
+  // number, with packed int8 weights).
+  int64_t batch_invariant_tokens() const;
 
   // Attention per layer (default: HiP with the first layers dense). Throws hs::Error on an invalid config.
   void set_attention(const AttentionConfig& config);
@@ -117,6 +125,9 @@ class Model {
   DebugTap tap_;
   AttentionConfig attn_;
   MatmulMode matmul_mode_ = MatmulMode::F32;
+  HugeBuffer packed_;  // set_matmul_mode(Int8): the packed matrices, referenced by their MatmulWeight::packed
+  size_t packed_bytes_ = 0;
+  bool all_packed_ = false;  // every matrix of the forward pass has a packed copy
   HipStats hip_stats_;
   HipMask prefill_mask_;  // scratch: masks of a prefill chunk's query blocks (not kept after the chunk)
 

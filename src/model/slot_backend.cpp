@@ -67,7 +67,7 @@ void CpuSlotBackend::forward(std::span<const Feed> feeds) {
 int32_t CpuSlotBackend::max_batch_tokens() const { return model_.max_batch_tokens(); }
 
 int32_t CpuSlotBackend::bit_exact_decode_rows() const {
-  return model_.matmul_mode() == MatmulMode::F32 ? int32_t(cpu::f32act_batch_invariant_tokens()) : 1;
+  return int32_t(std::min<int64_t>(model_.batch_invariant_tokens(), std::max(n_slots(), 1)));
 }
 
 }  // namespace hs

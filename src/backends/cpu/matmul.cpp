@@ -7,6 +7,8 @@
 //   2b. Many tokens (prefill): a thread takes a tile of NR rows, repacks it once into an interleaved u8
 //       layout (pack_tile*) in its own scratch, and runs an NR rows x NT tokens register-tiled microkernel
 //       over every token (gemm_int_*); the tile is reused from L1/L2 for all tokens.
+//   2c. Weights packed ahead of time (pack_weight; AVX-512, Q4_0 / Q4_1 / Q8_0): every call, decode or
+//       prefill, runs the register-tiled microkernel straight from the packed tiles (gemm_packed_avx512).
 // fp32 path (F32, F16, BF16): rows are dequantized to fp32 in per-thread scratch and multiplied with an AVX2
 // FMA kernel of 4 rows x 2 tokens.
 #include "backends/cpu/matmul.h"
@@ -388,6 +390,37 @@ void run_gemm(Job& job, int ith, int nth) {
   }
 }
 
+// Weights packed ahead of time: items are runs of whole 16-row tiles (job.lead_rows / rows_per_item count
+// tiles here, as in the GEMV's guided chunks) times token splits; a tile stays in L1 for all its tokens.
+void run_packed(Job& job) {
+  const MatmulWeight& w = *job.w;
+  constexpr int NR = detail::kGemmRowsAvx512;
+  const int64_t nsb = w.cols / 32;
+  const size_t tile_bytes = size_t(nsb) * detail::packed16_block_bytes(w.type);
+  const int64_t n_tiles = (w.rows + NR - 1) / NR;
+  const int64_t L = job.act.L;
+  const int64_t n_token_tiles = (job.n_tokens + L - 1) / L;
+  for (int64_t i; (i = job.next.fetch_add(1, std::memory_order_relaxed)) < job.n_items;) {
+    const int64_t group = i / job.token_splits, split = i % job.token_splits;
+    const int64_t g0 = group < job.n_lead ? group * job.lead_rows
+                                          : job.n_lead * job.lead_rows + (group - job.n_lead) * job.rows_per_item;
+    const int64_t g1 = std::min(n_tiles, group < job.n_lead ? g0 + job.lead_rows : g0 + job.rows_per_item);
+    GemmArgs g;
+    g.nsb = nsb;
+    g.act = &job.act;
+    g.t0 = std::min(job.n_tokens, n_token_tiles * split / job.token_splits * L);
+    g.t1 = std::min(job.n_tokens, n_token_tiles * (split + 1) / job.token_splits * L);
+    g.ldy = job.ldy;
+    if (g.t0 >= g.t1) continue;
+    for (int64_t tile = g0; tile < g1; ++tile) {
+      g.wpack = static_cast<const uint8_t*>(w.packed) + size_t(tile) * tile_bytes;
+      g.y = job.y + tile * NR;
+      g.nr_valid = int(std::min<int64_t>(NR, w.rows - tile * NR));
+      detail::gemm_packed_avx512(w.type, g);
+    }
+  }
+}
+
 void run_fp(Job& job, int ith, int nth) {
   const MatmulWeight& w = *job.w;
   const int64_t K = w.cols;
@@ -439,6 +472,63 @@ int64_t detail::set_gemm_min_tokens(int64_t n) {
   return g_gemm_min_tokens.exchange(std::max<int64_t>(1, n));
 }
 
+size_t detail::packed16_block_bytes(GgmlType type) {
+  switch (type) {
+    case GgmlType::Q4_0:
+      return 16 * sizeof(BlockQ4_0);
+    case GgmlType::Q4_1:
+      return 16 * sizeof(BlockQ4_1);
+    case GgmlType::Q8_0:
+      return 16 * sizeof(BlockQ8_0);
+    default:
+      return 0;
+  }
+}
+
+size_t packed_weight_bytes(const MatmulWeight& w) {
+  const std::vector<SimdPath> paths = supported_simd_paths();
+  if (std::find(paths.begin(), paths.end(), SimdPath::kAvx512) == paths.end()) return 0;
+  const size_t block = detail::packed16_block_bytes(w.type);
+  if (block == 0 || w.rows <= 0 || w.cols <= 0 || w.cols % 32 != 0) return 0;
+  const int64_t NR = detail::kGemmRowsAvx512;
+  return size_t((w.rows + NR - 1) / NR) * size_t(w.cols / 32) * block;
+}
+
+void pack_weight(const MatmulWeight& w, void* out) {
+  HS_CHECK(packed_weight_bytes(w) > 0, "pack_weight: no packed form for %s on this CPU", ggml_traits(w.type).name);
+  HS_CHECK(reinterpret_cast<uintptr_t>(out) % 64 == 0, "pack_weight: output is not 64-byte aligned");
+  constexpr int NR = detail::kGemmRowsAvx512;
+  // Each tile goes through the per-call GEMM packer (u8 per value, fp32 scales), then is narrowed: two 4-bit
+  // steps per byte, scales back to the fp16 they came from (exact).
+  const IntScheme s = int_scheme(w.type, SimdPath::kAvx512);
+  const int64_t nsb = w.cols / 32;
+  const size_t sub_bytes = detail::packed_subblock_bytes(s, NR), block = detail::packed16_block_bytes(w.type);
+  std::vector<uint8_t> wide(size_t(nsb) * sub_bytes + 64);
+  uint8_t* tmp = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(wide.data()) + 63) & ~uintptr_t(63));
+  uint8_t* o = static_cast<uint8_t*>(out);
+  const bool q8 = w.type == GgmlType::Q8_0;
+  for (int64_t r0 = 0; r0 < w.rows; r0 += NR) {
+    const int nr = int(std::min<int64_t>(NR, w.rows - r0));
+    const uint8_t* row0 = static_cast<const uint8_t*>(w.data) + size_t(r0) * w.row_bytes;
+    if (nr < NR || !detail::pack_tile_avx512(w.type, s, row0, w.row_bytes, nsb, tmp))
+      pack_tile(w.type, s, row0, w.row_bytes, nr, NR, nsb, tmp);
+    for (int64_t j = 0; j < nsb; ++j, o += block) {
+      const uint8_t* st = tmp + size_t(j) * sub_bytes;  // step k at st + 64 k
+      const int q_bytes = q8 ? 512 : 256;
+      if (q8) {
+        std::memcpy(o, st, 512);
+      } else {
+        for (int b = 0; b < 256; ++b) o[b] = uint8_t(st[b] | st[b + 256] << 4);
+      }
+      const float* dv = reinterpret_cast<const float*>(st + 512);
+      uint16_t* h = reinterpret_cast<uint16_t*>(o + q_bytes);
+      for (int r = 0; r < NR; ++r) h[r] = _cvtss_sh(dv[r], 0);
+      if (s.has_min)
+        for (int r = 0; r < NR; ++r) h[NR + r] = _cvtss_sh(dv[NR + r], 0);
+    }
+  }
+}
+
 MatmulWeight make_weight(GgmlType type, const void* data, int64_t rows, int64_t cols) {
   MatmulWeight w;
   w.type = type;
@@ -471,6 +561,33 @@ void matmul(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx
     job.rows_per_item = std::clamp<int64_t>(w.rows / (8 * nth), 4, kFpMaxChunk) & ~int64_t(3);
     job.n_items = (w.rows + job.rows_per_item - 1) / job.rows_per_item;
     pool.run([&job](int ith, int nth) { run_fp(job, ith, nth); });
+    return;
+  }
+
+  if (w.packed && job.path == SimdPath::kAvx512 && detail::packed16_block_bytes(w.type) > 0) {
+    constexpr int NR = detail::kGemmRowsAvx512, L = detail::kGemmTokensAvx512;
+    job.scheme = int_scheme(w.type, SimdPath::kAvx512);
+    job.act = make_actq(w.cols, L, job.scheme.sb, n_tokens, thread_scratch);
+    const int64_t n_token_tiles = (n_tokens + L - 1) / L;
+    if (n_token_tiles == 1) {  // decode: no second pool round for one tile of activations
+      quantize_activations(x, ldx, job.act, job.scheme.sb, job.scheme.offset, 0, n_tokens);
+    } else {
+      pool.run([&job, n_token_tiles](int ith, int nth) {
+        const int64_t t0 = std::min(job.n_tokens, n_token_tiles * ith / nth * L);
+        const int64_t t1 = std::min(job.n_tokens, n_token_tiles * (ith + 1) / nth * L);
+        quantize_activations(job.x, job.ldx, job.act, job.scheme.sb, job.scheme.offset, t0, t1);
+      });
+    }
+    // Tiles in guided chunks as the GEMV's rows: each thread's first item a long stream, then small pieces.
+    const int64_t n_tiles = (w.rows + NR - 1) / NR;
+    job.lead_rows = n_tiles / (2 * nth);
+    job.n_lead = job.lead_rows > 0 ? nth : 0;
+    job.rows_per_item = std::max<int64_t>(1, n_tiles / (8 * nth));
+    const int64_t n_groups =
+        job.n_lead + (n_tiles - job.n_lead * job.lead_rows + job.rows_per_item - 1) / job.rows_per_item;
+    job.token_splits = std::min<int64_t>(n_token_tiles, std::max<int64_t>(1, (4 * nth + n_groups - 1) / n_groups));
+    job.n_items = n_groups * job.token_splits;
+    pool.run([&job](int, int) { run_packed(job); });
     return;
   }
 

@@ -26,6 +26,9 @@ struct MatmulWeight {
   int64_t rows = 0;
   int64_t cols = 0;
   size_t row_bytes = 0;
+  // Optional copy of the rows packed ahead of time for this CPU's integer kernels (pack_weight); matmul uses
+  // it when it can and otherwise reads `data`. Must hold the same values.
+  const void* packed = nullptr;
 };
 
 // Fills a MatmulWeight for densely stored rows (row_bytes = ggml_row_bytes(type, cols)).
@@ -36,6 +39,16 @@ MatmulWeight make_weight(GgmlType type, const void* data, int64_t rows, int64_t 
 // `pool`. Call from one thread at a time per pool; scratch memory is kept per thread and reused across calls.
 void matmul(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx, float* y, int64_t ldy,
             ThreadPool& pool);
+
+// Bytes of w packed ahead of time for this CPU's integer kernels (AVX-512 VNNI: Q4_0, Q4_1 and Q8_0 in
+// tiles of 16 rows, the same size as the GGML rows, rows rounded up to 16), or 0 when the type or the CPU has
+// no packed form. Packed weights let decode-sized calls run the register-tiled microkernel instead of
+// streaming rows, with no per-call repacking: a batch of n tokens then costs far less than n single tokens,
+// and every token's result has the same bits whatever the batch (layout: matmul_kernels.h).
+size_t packed_weight_bytes(const MatmulWeight& w);
+// Writes that packed copy to `out` (packed_weight_bytes(w) bytes, 64-byte aligned). Set w.packed = out to use
+// it.
+void pack_weight(const MatmulWeight& w, void* out);
 
 // The same product computed the obvious way: dequantize_row_ref per row, double accumulation, rounded to
 // fp32 at the end. Single-threaded; for tests.

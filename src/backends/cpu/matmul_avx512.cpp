@@ -100,6 +100,77 @@ HS_AVX512 void gemm_run16(const GemmArgs& g) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// The same microkernel over weights packed ahead of time (layout in matmul_kernels.h): 4-bit values stay
+// nibble-packed in memory (one and / shift+and per pair of steps, shared by all tokens) and the scales fp16,
+// so streaming a tile costs the GGML bytes; the integer sums and the fp32 updates per token are
+// gemm_tile16's, in the same order. Blocks of Q4_0 (288 bytes) and Q8_0 (544) are not 64-byte aligned:
+// unaligned loads.
+
+template <int NT, GgmlType kType>
+HS_AVX512 void packed_tile16(const uint8_t* __restrict wp, int64_t nsb, const int32_t* __restrict xq,
+                             const float* __restrict ds, const int32_t* __restrict off, float* y, int64_t ldy,
+                             __mmask16 mask) {
+  constexpr int L = kGemmTokensAvx512;
+  constexpr bool kQ8 = kType == GgmlType::Q8_0, kMin = kType == GgmlType::Q4_1;
+  constexpr int kQBytes = kQ8 ? 512 : 256, kBytes = kQBytes + (kMin ? 64 : 32);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < nsb; ++j, wp += kBytes, xq += 8 * L, off += L, ds += 2 * L) {
+    __m512i ia[NT];
+    for (int t = 0; t < NT; ++t) ia[t] = _mm512_set1_epi32(off[t]);
+    if constexpr (kQ8) {
+      for (int k = 0; k < 8; ++k) {
+        const __m512i w = _mm512_loadu_si512(wp + 64 * k);
+        for (int t = 0; t < NT; ++t) ia[t] = _mm512_dpbusd_epi32(ia[t], w, _mm512_set1_epi32(xq[k * L + t]));
+      }
+    } else {
+      for (int k = 0; k < 4; ++k) {
+        const __m512i v = _mm512_loadu_si512(wp + 64 * k);
+        const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        for (int t = 0; t < NT; ++t) ia[t] = _mm512_dpbusd_epi32(ia[t], lo, _mm512_set1_epi32(xq[k * L + t]));
+        for (int t = 0; t < NT; ++t)
+          ia[t] = _mm512_dpbusd_epi32(ia[t], hi, _mm512_set1_epi32(xq[(k + 4) * L + t]));
+      }
+    }
+    const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + kQBytes)));
+    for (int t = 0; t < NT; ++t)
+      acc[t] =
+          _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[t]), _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * t])), acc[t]);
+    if constexpr (kMin) {
+      const __m512 mv =
+          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + kQBytes + 32)));
+      for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * t + 1]), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
+}
+
+template <GgmlType kType>
+HS_AVX512 void packed_run16(const GemmArgs& g) {
+  const ActQ& a = *g.act;
+  const __mmask16 mask = __mmask16((1u << g.nr_valid) - 1u);
+  for (int64_t t = g.t0; t < g.t1;) {
+    int64_t n = a.L - t % a.L;
+    if (g.t1 - t < n) n = g.t1 - t;
+    float* y = g.y + t * g.ldy;
+    if (n >= 8) {
+      packed_tile16<8, kType>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
+      t += 8;
+    } else if (n >= 4) {
+      packed_tile16<4, kType>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
+      t += 4;
+    } else if (n >= 2) {
+      packed_tile16<2, kType>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
+      t += 2;
+    } else {
+      packed_tile16<1, kType>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
+      t += 1;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // GEMV: as the AVX2 version (matmul_avx2.cpp) with vpdpbusd; the offset correction seeds the accumulator.
 
 template <int T, bool kMin>
@@ -342,6 +413,20 @@ HS_AVX512 void gemm_int_avx512(const IntScheme& s, const GemmArgs& g) {
     gemm_run16<32, true>(g);  // Q4_1, Q4_K, Q5_K
   } else {
     gemm_run16<32, false>(g);  // Q4_0, Q8_0 (u8 = q + 128)
+  }
+}
+
+HS_AVX512 void gemm_packed_avx512(GgmlType type, const GemmArgs& g) {
+  switch (type) {
+    case GgmlType::Q4_0:
+      packed_run16<GgmlType::Q4_0>(g);
+      break;
+    case GgmlType::Q4_1:
+      packed_run16<GgmlType::Q4_1>(g);
+      break;
+    default:
+      packed_run16<GgmlType::Q8_0>(g);
+      break;
   }
 }
 

@@ -88,6 +88,21 @@ bool pack_tile_avx2(GgmlType type, const IntScheme& s, const uint8_t* row0, size
 bool pack_tile_avx512(GgmlType type, const IntScheme& s, const uint8_t* row0, size_t row_bytes, int64_t nsb,
                       uint8_t* out);
 
+// Weights packed once, ahead of time (cpu::pack_weight, matmul.h), for the AVX-512 integer kernels: tiles of
+// 16 rows (kGemmRowsAvx512; rows past the matrix end are zero), and in each tile, per 32-column block:
+//   Q4_0 / Q4_1: 4 vectors of 64 bytes; byte 4r+i of vector k holds u[r][4k+i] in its low nibble and
+//                u[r][16+4k+i] in its high nibble (u = the block's 4-bit values, i.e. steps k and k+4 of
+//                the GEMM layout above), then 16 fp16 d, then (Q4_1) 16 fp16 m;
+//   Q8_0:        8 vectors of 64 bytes; byte 4r+i of vector k is q[r][4k+i] + 128, then 16 fp16 d.
+// 288 / 320 / 544 bytes per block of 16 rows: exactly the GGML blocks' size, so a decode step streams no more
+// bytes than from the file's rows. Returns 0 for types without a packed form.
+size_t packed16_block_bytes(GgmlType type);
+// The register-tiled microkernel over a packed tile (g.wpack = the tile, g.nsb = 32-column blocks), every
+// token of [t0, t1) of an L = kGemmTokensAvx512 ActQ built with int_scheme(type, AVX-512). Each token's
+// result is computed by the same instructions whatever the number of tokens (and equals gemm_int_avx512 on
+// the tile packed per call), so batching never changes a row's bits.
+void gemm_packed_avx512(GgmlType type, const GemmArgs& g);
+
 void gemm_int_avx2(const IntScheme& s, const GemmArgs& g);
 void gemm_int_avx512(const IntScheme& s, const GemmArgs& g);
 void gemv_int_avx2(const GemvArgs& g);

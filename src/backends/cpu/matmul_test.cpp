@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -308,6 +309,93 @@ TEST_F(MatmulTest, SimdPathSelection) {
   }
 }
 
+// ---- weights packed ahead of time
+// ------------------------------------------------------------------------
+
+// A 64-byte aligned packed copy of w.
+struct PackedCopy {
+  std::vector<uint8_t> bytes;
+  void* data = nullptr;
+  explicit PackedCopy(const MatmulWeight& w) {
+    bytes.assign(packed_weight_bytes(w) + 64, 0xEE);
+    data = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(bytes.data()) + 63) & ~uintptr_t(63));
+    pack_weight(w, data);
+  }
+};
+
+TEST_F(MatmulTest, PackedWeightSizes) {
+  if (!cpu_features().has_avx512_path()) {
+    EXPECT_EQ(packed_weight_bytes(make_weight(GgmlType::Q4_1, nullptr, 16, 64)), 0u);
+    GTEST_SKIP() << "no AVX-512 VNNI on this CPU: weights are never packed";
+  }
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0}) {
+    // Whole tiles: exactly the GGML bytes; a partial tile is padded to 16 rows.
+    EXPECT_EQ(packed_weight_bytes(make_weight(t, nullptr, 32, 576)), 32 * ggml_traits(t).block_bytes * 18);
+    EXPECT_EQ(packed_weight_bytes(make_weight(t, nullptr, 17, 64)), 32 * ggml_traits(t).block_bytes * 2);
+  }
+  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::Q4_K, GgmlType::Q6_K})
+    EXPECT_EQ(packed_weight_bytes(make_weight(t, nullptr, 16, 256)), 0u) << ggml_traits(t).name;
+}
+
+// Packed weights: within the error bound of the exact product, and bit for bit the per-call repacked GEMM
+// (the same instructions per token), on every thread count.
+TEST_F(MatmulTest, PackedWeightsMatchRefAndTheRepackedGemm) {
+  if (!cpu_features().has_avx512_path()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  PathGuard guard;
+  set_simd_path(SimdPath::kAvx512);
+  std::mt19937 rng(49);
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0})
+    for (int64_t rows : {1, 16, 37, 301})
+      for (int64_t cols : {32, 160, 576})
+        for (int64_t n_tokens : {1, 2, 3, 4, 5, 8, 9, 17}) {
+          const Prepared p = prepare({t, rows, cols, n_tokens}, rng, false);
+          MatmulWeight w = make_weight(t, p.wbytes.data(), rows, cols);
+          std::vector<float> want(size_t(n_tokens * p.ldy), -7.0f);
+          const int64_t saved = detail::set_gemm_min_tokens(1);
+          matmul(w, p.x.data(), n_tokens, p.ldx, want.data(), p.ldy, p2);
+          detail::set_gemm_min_tokens(saved);
+          const PackedCopy packed(w);
+          w.packed = packed.data;
+          for (ThreadPool* pool : pools) {
+            std::vector<float> y(size_t(n_tokens * p.ldy), -7.0f);
+            matmul(w, p.x.data(), n_tokens, p.ldx, y.data(), p.ldy, *pool);
+            for (int64_t tk = 0; tk < n_tokens; ++tk)
+              for (int64_t r = 0; r < rows; ++r) {
+                const size_t i = size_t(tk * p.ldy + r);
+                ASSERT_LE(std::fabs(double(y[i]) - p.yref[i]), p.bound.tol[size_t(tk * rows + r)])
+                    << ggml_traits(t).name << " rows=" << rows << " cols=" << cols << " n=" << n_tokens;
+                ASSERT_EQ(y[i], want[i]) << ggml_traits(t).name << " rows=" << rows << " cols=" << cols
+                                         << " n=" << n_tokens << " t=" << tk << " r=" << r;
+              }
+            ASSERT_EQ(0, std::memcmp(y.data(), want.data(), y.size() * sizeof(float)))  // padding untouched
+                << ggml_traits(t).name << " rows=" << rows << " n=" << n_tokens;
+          }
+        }
+}
+
+// With packed weights a token's result has the same bits alone and in any batch: the server's decode
+// batches and prefill chunks then never change a sequence's logits.
+TEST_F(MatmulTest, PackedWeightsGiveEachTokenItsLoneBits) {
+  if (!cpu_features().has_avx512_path()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  PathGuard guard;
+  set_simd_path(SimdPath::kAvx512);
+  std::mt19937 rng(50);
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0}) {
+    const int64_t rows = 53, cols = 576, n = 19;
+    const Prepared p = prepare({t, rows, cols, n}, rng, false);
+    MatmulWeight w = make_weight(t, p.wbytes.data(), rows, cols);
+    const PackedCopy packed(w);
+    w.packed = packed.data;
+    std::vector<float> all(size_t(n * p.ldy)), one(size_t(p.ldy));
+    matmul(w, p.x.data(), n, p.ldx, all.data(), p.ldy, p2);
+    for (int64_t tk = 0; tk < n; ++tk) {
+      matmul(w, p.x.data() + tk * p.ldx, 1, p.ldx, one.data(), p.ldy, p3);
+      ASSERT_EQ(0, std::memcmp(one.data(), all.data() + tk * p.ldy, size_t(rows) * sizeof(float)))
+          << ggml_traits(t).name << " token " << tk;
+    }
+  }
+}
+
 // ---- the real model
 // -----------------------------------------------------------------------------------------
 
@@ -336,9 +424,23 @@ TEST_F(MatmulTest, RealModelWeights) {
       matmul_ref(w, x.data(), n_tokens, ldx, yref.data(), ldy);
       const Bound bound = error_bound(w, x.data(), n_tokens, ldx, false);
       PathGuard guard;
-      for (SimdPath path : supported_simd_paths()) {
+      MatmulWeight wp = w;
+      std::unique_ptr<PackedCopy> packed;
+      if (packed_weight_bytes(w) > 0) {
+        packed = std::make_unique<PackedCopy>(w);
+        wp.packed = packed->data;
+      }
+      struct Variant {
+        SimdPath path;
+        bool packed;
+      };
+      std::vector<Variant> variants;
+      for (SimdPath path : supported_simd_paths()) variants.push_back({path, false});
+      if (packed) variants.push_back({SimdPath::kAvx512, true});
+      for (const Variant& variant : variants) {
+        const SimdPath path = variant.path;
         set_simd_path(path);
-        matmul(w, x.data(), n_tokens, ldx, y.data(), ldy, p2);
+        matmul(variant.packed ? wp : w, x.data(), n_tokens, ldx, y.data(), ldy, p2);
         double max_err = 0, max_ratio = 0, err2 = 0, ref2 = 0;
         for (size_t i = 0; i < y.size(); ++i) {
           const int64_t t = int64_t(i) / ldy, r = int64_t(i) % ldy;
@@ -349,8 +451,8 @@ TEST_F(MatmulTest, RealModelWeights) {
           ref2 += double(yref[i]) * yref[i];
           max_ratio = std::max(max_ratio, err / tol);
         }
-        std::printf("  %s %s n_tokens=%lld: max |err| %.3g, max |err| / bound %.3f, rms err / rms y %.2e\n",
-                    want.name, simd_path_name(path), (long long)n_tokens, max_err, max_ratio,
+        std::printf("  %s %s%s n_tokens=%lld: max |err| %.3g, max |err| / bound %.3f, rms err / rms y %.2e\n",
+                    want.name, simd_path_name(path), variant.packed ? " packed" : "", (long long)n_tokens, max_err, max_ratio,
                     std::sqrt(err2 / std::max(ref2, 1e-300)));
       }
     }
