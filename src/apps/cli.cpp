@@ -145,7 +145,8 @@ void add_common_options(OptionTable& t, CommonArgs& a) {
   t.add({"-v", "--verbose", "", "print model metadata and more details",
          [&a](const std::string&) { a.verbose = true; }});
   t.add({"", "--matmul", "f32|int8",
-         "activations in the linear layers: exact fp32 (default) or llama.cpp-style int8 blocks (faster, less exact)",
+         "CPU activations in the linear layers: int8 blocks of 32 as llama.cpp (default; integer dot products over "
+         "weights repacked once at load) or exact fp32 (the reference: slower, logits within ~1e-2 of Hugging Face)",
          [&a](const std::string& v) {
            HS_CHECK(v == "f32" || v == "int8", "--matmul must be f32 or int8, got '%s'", v.c_str());
            a.int8_matmul = v == "int8";

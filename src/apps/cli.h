@@ -42,7 +42,7 @@ struct CommonArgs {
   int threads = 0;    // -t; 0 = number of CPUs
   int ctx = 0;        // -c; 0 = the model's training context
   bool verbose = false;
-  bool int8_matmul = false;  // --matmul int8
+  bool int8_matmul = true;  // --matmul int8 (default) | f32
   std::string device = "auto";  // --device cpu|cuda|auto (auto: cuda when built with it and a GPU is present)
   std::string random_weights;   // --random-weights PRESET (GPU only): no model file
   bool use_cuda() const;        // resolves --device; throws hs::Error for cuda without a GPU

@@ -92,7 +92,7 @@ int cmd_eval(const std::vector<std::string>& args) {
   const bool on_gpu = (what == "ppl" || what == "passkey") ? common.use_cuda() : false;
   HS_CHECK(!(what == "recall" || what == "mask") || common.device != "cuda",
            "eval %s reads the CPU model's queries and keys: it runs on the CPU only (drop --device cuda)", what.c_str());
-  LoadedModel lm = load_model(common, json);
+  LoadedModel lm = load_model(common, json, on_gpu);
   Model& model = *lm.model;
   const int32_t ctx = lm.n_ctx;
   const std::string attn = model.attention().describe();

@@ -105,7 +105,7 @@ int cmd_run(const std::vector<std::string>& args, bool interactive_chat) {
 
   HS_CHECK(common.random_weights.empty(), "--random-weights has no tokenizer: use it with `hipserve bench`");
   const bool on_gpu = common.use_cuda();
-  LoadedModel lm = load_model(common);
+  LoadedModel lm = load_model(common, false, on_gpu);
   const Tokenizer& tok = lm.model->tokenizer();
   std::unique_ptr<Sequence> seq = make_sequence(common, lm, on_gpu);
   Session session(*seq, tok);

@@ -93,7 +93,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     // Test hook: hold the load back so tests can see /health answer 503 while loading.
     if (const char* delay = std::getenv("HIPSERVE_TEST_LOAD_DELAY_MS"))
       std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(delay)));
-    LoadedModel lm = load_model(common);
+    LoadedModel lm = load_model(common, false, on_gpu);
     server::LoadedForServe out;
     out.model_name = lm.model->config().name.empty() ? "hipserve" : lm.model->config().name;
     EngineOptions eo = so.engine;

@@ -77,7 +77,7 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
   if (!common.random_weights.empty()) {
     gm = cuda::GpuModel::random(cuda::random_preset(common.random_weights), 1234, go);
   } else {
-    lm = load_model(common, plan.json);
+    lm = load_model(common, plan.json, true);
     gm = cuda::GpuModel::upload(*lm.model, go);
   }
   const ModelConfig& c = gm->config();

@@ -17,7 +17,7 @@ double peak_rss_mib() {
   return double(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-LoadedModel load_model(const CommonArgs& args, bool quiet) {
+LoadedModel load_model(const CommonArgs& args, bool quiet, bool on_gpu) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::string path = args.model.empty() ? default_model_path() : args.model;
   if (access(path.c_str(), F_OK) != 0) {
@@ -31,7 +31,7 @@ LoadedModel load_model(const CommonArgs& args, bool quiet) {
   const AttentionConfig attn = args.attention();  // validate flags before the (slow) load
   lm.model = Model::load(path, lo);
   lm.model->set_attention(attn);
-  lm.model->set_matmul_mode(args.int8_matmul ? MatmulMode::Int8 : MatmulMode::F32);
+  lm.model->set_matmul_mode(args.int8_matmul && !on_gpu ? MatmulMode::Int8 : MatmulMode::F32);
   const ModelConfig& c = lm.model->config();
   lm.n_ctx = args.ctx > 0 ? args.ctx : c.n_ctx_train;
   const int threads = args.threads > 0 ? args.threads : default_threads();
@@ -48,7 +48,7 @@ LoadedModel load_model(const CommonArgs& args, bool quiet) {
     std::fprintf(stderr, "hipserve: weights %.1f MiB (%s); context %d tokens; %d threads; loaded in %.0f ms\n",
                  double(lm.model->weight_bytes()) / (1 << 20), type_list.c_str(), lm.n_ctx, threads, lm.load_ms);
     std::fprintf(stderr, "hipserve: attention: %s; matmul activations: %s%s\n", attn.describe().c_str(),
-                 args.int8_matmul ? "int8" : "f32",
+                 on_gpu ? "bf16 (GPU)" : args.int8_matmul ? "int8" : "f32",
                  lm.model->packed_weight_bytes() > 0
                      ? strfmt(" (weights repacked for AVX-512: %.1f MiB)",
                               double(lm.model->packed_weight_bytes()) / (1 << 20)).c_str()

@@ -17,7 +17,8 @@ struct LoadedModel {
 };
 
 // Prints one summary line (and the metadata with --verbose) to stderr.
-LoadedModel load_model(const CommonArgs& args, bool quiet = false);
+// on_gpu: the model only feeds a GPU upload, so the CPU kernels' packed weights (--matmul int8) are skipped.
+LoadedModel load_model(const CommonArgs& args, bool quiet = false, bool on_gpu = false);
 
 // Peak resident memory of this process so far, in MiB (getrusage).
 double peak_rss_mib();
