@@ -744,6 +744,10 @@ const Value* File::find(std::string_view key) const {
   return it == metadata_index_.end() ? nullptr : &metadata_[it->second].second;
 }
 
+void File::release_pages(const void* p, size_t n) const {
+  if (map_) map_->release_pages(p, n);
+}
+
 const TensorInfo* File::find_tensor(std::string_view name) const {
   auto it = tensor_index_.find(name);
   return it == tensor_index_.end() ? nullptr : &tensors_[it->second];

@@ -151,6 +151,9 @@ class File {
   std::vector<int32_t> get_i32_array(std::string_view key) const;
 
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  // Gives the resident pages of [p, p + n) back when the bytes come from a mapped file (MappedFile::
+  // release_pages: they are read back from the file if touched again); a no-op for owned bytes.
+  void release_pages(const void* p, size_t n) const;
   const TensorInfo* find_tensor(std::string_view name) const;
 
  private:

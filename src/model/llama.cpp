@@ -174,6 +174,9 @@ void Model::set_matmul_mode(MatmulMode mode) {
     cpu::pack_weight(*w, at);
     w->packed = at;
     at += cpu::align64(n);
+    // The int8 kernels now read only the packed copy: the file's pages of this matrix need not stay resident
+    // (embedding lookups and --matmul f32 fault back what they touch).
+    file_->release_pages(w->data, size_t(w->rows) * w->row_bytes);
   }
   packed_bytes_ = total;
   all_packed_ = every;

@@ -1,5 +1,6 @@
 #include "util/mapped_file.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -35,6 +36,14 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     data_ = static_cast<const uint8_t*>(p);
   }
   ::close(fd);
+}
+
+void MappedFile::release_pages(const void* p, size_t n) const {
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  uintptr_t b = std::max(uintptr_t(p), uintptr_t(data_)), e = std::min(uintptr_t(p) + n, uintptr_t(data_) + size_);
+  b = (b + page - 1) & ~(page - 1);
+  e &= ~(page - 1);
+  if (data_ && e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

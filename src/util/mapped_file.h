@@ -18,6 +18,10 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops the whole pages inside [p, p + n) from this process's resident memory (madvise DONTNEED; the map
+  // is private and read-only, so a later read faults them back in from the file). Parts outside the map
+  // and partial pages at the ends are left alone.
+  void release_pages(const void* p, size_t n) const;
 
  private:
   std::string path_;
