@@ -42,17 +42,18 @@ ab_decode() {  # title, variable, label
       -d 0,131072 -r 3 2>&1 | grep -E 'tg32' | awk -F'|' '{print $7 $8}' | tr '\n' ' ')"
   done
 }
-log "greedy generation, GPU vs CPU (reduced SmolLM2)"
+log "greedy generation, GPU vs CPU (reduced SmolLM2; the CPU with exact fp32 activations, the oracle)"
+oracle() { [ "$1" = cpu ] && echo "--matmul f32"; }
 for d in cuda cpu; do
-  timeout 60 "$HS" run --device $d -p "The capital of France is" -n 24 --temp 0 -c 512 2>"$OUT/run_$d.err" > "$OUT/run_$d.txt"
+  timeout 60 "$HS" run --device $d $(oracle $d) -p "The capital of France is" -n 24 --temp 0 -c 512 2>"$OUT/run_$d.err" > "$OUT/run_$d.txt"
   echo "[$d] $(tr '\n' ' ' < "$OUT/run_$d.txt")"; grep -E "eval time" "$OUT/run_$d.err"
 done
 if [ -f gpu-data/text.txt ]; then
   log "eval and chat through the Sequence interface, GPU vs CPU (reduced SmolLM2)"
   for d in cuda cpu; do
-    echo "[$d] $(timeout 120 "$HS" eval ppl -f gpu-data/text.txt -c 1024 --chunks 4 --device $d 2>/dev/null | head -1)"
-    timeout 120 "$HS" eval passkey -c 1024 --depths 0.5 --trials 2 --device $d 2>/dev/null | tail -3
-    printf 'Name a color.\n/exit\n' | timeout 60 "$HS" chat --device $d -n 12 --temp 0 -c 512 2>/dev/null | tr '\n' ' '; echo
+    echo "[$d] $(timeout 120 "$HS" eval ppl -f gpu-data/text.txt -c 1024 --chunks 4 --device $d $(oracle $d) 2>/dev/null | head -1)"
+    timeout 120 "$HS" eval passkey -c 1024 --depths 0.5 --trials 2 --device $d $(oracle $d) 2>/dev/null | tail -3
+    printf 'Name a color.\n/exit\n' | timeout 60 "$HS" chat --device $d $(oracle $d) -n 12 --temp 0 -c 512 2>/dev/null | tr '\n' ' '; echo
   done
 fi
 if "$HS" serve --help 2>/dev/null | grep -q -- "--device cuda"; then  # the real server (not the stub)
