@@ -147,9 +147,11 @@ void bm_model(benchmark::State& state, int64_t n_tokens, SimdPath path, bool pac
   static std::vector<uint8_t> pack_bytes;
   if (packed) {
     size_t need = 64;
-    for (const Layer& L : layers) need += (packed_weight_bytes(make_weight(L.type, nullptr, L.rows, L.cols)) + 63) & ~size_t(63);
+    for (const Layer& L : layers)
+      need += (packed_weight_bytes(make_weight(L.type, nullptr, L.rows, L.cols)) + 63) & ~size_t(63);
     pack_bytes.assign(need, 0);
-    uint8_t* at = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(pack_bytes.data()) + 63) & ~uintptr_t(63));
+    uint8_t* at =
+        reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(pack_bytes.data()) + 63) & ~uintptr_t(63));
     for (size_t i = 0; i < layers.size(); ++i) {
       const Layer& L = layers[i];
       const MatmulWeight w = make_weight(L.type, weights.data() + L.offset, L.rows, L.cols);

@@ -402,8 +402,9 @@ void run_packed(Job& job) {
   const int64_t n_token_tiles = (job.n_tokens + L - 1) / L;
   for (int64_t i; (i = job.next.fetch_add(1, std::memory_order_relaxed)) < job.n_items;) {
     const int64_t group = i / job.token_splits, split = i % job.token_splits;
-    const int64_t g0 = group < job.n_lead ? group * job.lead_rows
-                                          : job.n_lead * job.lead_rows + (group - job.n_lead) * job.rows_per_item;
+    const int64_t g0 = group < job.n_lead
+                           ? group * job.lead_rows
+                           : job.n_lead * job.lead_rows + (group - job.n_lead) * job.rows_per_item;
     const int64_t g1 = std::min(n_tiles, group < job.n_lead ? g0 + job.lead_rows : g0 + job.rows_per_item);
     GemmArgs g;
     g.nsb = nsb;
