@@ -39,7 +39,9 @@ std::string drain(GenRequest& r) {
 struct MatmulModeGuard {
   Model& m;
   MatmulMode saved;
-  MatmulModeGuard(Model& model, MatmulMode mode) : m(model), saved(model.matmul_mode()) { m.set_matmul_mode(mode); }
+  MatmulModeGuard(Model& model, MatmulMode mode) : m(model), saved(model.matmul_mode()) {
+    m.set_matmul_mode(mode);
+  }
   ~MatmulModeGuard() { m.set_matmul_mode(saved); }
 };
 

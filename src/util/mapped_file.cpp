@@ -1,12 +1,12 @@
 #include "util/mapped_file.h"
 
-#include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "util/common.h"
 
@@ -40,7 +40,8 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
 
 void MappedFile::release_pages(const void* p, size_t n) const {
   const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
-  uintptr_t b = std::max(uintptr_t(p), uintptr_t(data_)), e = std::min(uintptr_t(p) + n, uintptr_t(data_) + size_);
+  uintptr_t b = std::max(uintptr_t(p), uintptr_t(data_)),
+            e = std::min(uintptr_t(p) + n, uintptr_t(data_) + size_);
   b = (b + page - 1) & ~(page - 1);
   e &= ~(page - 1);
   if (data_ && e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);

@@ -496,7 +496,8 @@ size_t packed_weight_bytes(const MatmulWeight& w) {
 }
 
 void pack_weight(const MatmulWeight& w, void* out) {
-  HS_CHECK(packed_weight_bytes(w) > 0, "pack_weight: no packed form for %s on this CPU", ggml_traits(w.type).name);
+  HS_CHECK(packed_weight_bytes(w) > 0, "pack_weight: no packed form for %s on this CPU",
+           ggml_traits(w.type).name);
   HS_CHECK(reinterpret_cast<uintptr_t>(out) % 64 == 0, "pack_weight: output is not 64-byte aligned");
   constexpr int NR = detail::kGemmRowsAvx512;
   // Each tile goes through the per-call GEMM packer (u8 per value, fp32 scales), then is narrowed: two 4-bit
@@ -586,7 +587,8 @@ void matmul(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx
     job.rows_per_item = std::max<int64_t>(1, n_tiles / (8 * nth));
     const int64_t n_groups =
         job.n_lead + (n_tiles - job.n_lead * job.lead_rows + job.rows_per_item - 1) / job.rows_per_item;
-    job.token_splits = std::min<int64_t>(n_token_tiles, std::max<int64_t>(1, (4 * nth + n_groups - 1) / n_groups));
+    job.token_splits =
+        std::min<int64_t>(n_token_tiles, std::max<int64_t>(1, (4 * nth + n_groups - 1) / n_groups));
     job.n_items = n_groups * job.token_splits;
     pool.run([&job](int, int) { run_packed(job); });
     return;

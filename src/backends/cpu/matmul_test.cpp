@@ -452,8 +452,8 @@ TEST_F(MatmulTest, RealModelWeights) {
           max_ratio = std::max(max_ratio, err / tol);
         }
         std::printf("  %s %s%s n_tokens=%lld: max |err| %.3g, max |err| / bound %.3f, rms err / rms y %.2e\n",
-                    want.name, simd_path_name(path), variant.packed ? " packed" : "", (long long)n_tokens, max_err, max_ratio,
-                    std::sqrt(err2 / std::max(ref2, 1e-300)));
+                    want.name, simd_path_name(path), variant.packed ? " packed" : "", (long long)n_tokens,
+                    max_err, max_ratio, std::sqrt(err2 / std::max(ref2, 1e-300)));
       }
     }
     // Embedding lookups are exact.
