@@ -153,7 +153,8 @@ void Model::set_attention(const AttentionConfig& config) {
 
 void Model::set_matmul_mode(MatmulMode mode) {
   matmul_mode_ = mode;
-  if (mode != MatmulMode::Int8 || packed_.data()) return;
+  // Only where the packed copy will be read: the AVX-512 path active (HIPSERVE_CPU=avx2 keeps the GGML rows).
+  if (mode != MatmulMode::Int8 || packed_.data() || cpu::simd_path() != cpu::SimdPath::kAvx512) return;
   std::vector<cpu::MatmulWeight*> all;
   for (LayerWeights& L : layers_)
     for (cpu::MatmulWeight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) all.push_back(w);
