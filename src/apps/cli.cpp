@@ -188,6 +188,12 @@ void add_common_options(OptionTable& t, CommonArgs& a) {
     t.add({"", flag, "N", f.help,
            [&a, flag, key](const std::string& v) { a.attn_overrides[key] = parse_int(flag, v, 0, 1 << 24); }});
   }
+  t.add({"", "--hip-dense-also", "LIST",
+         "HiP: more layers kept dense beyond the first l_d, as inclusive ranges, e.g. 9-15 (default: none)",
+         [&a](const std::string& v) {
+           parse_layer_list(v, "--hip-dense-also");  // reject bad lists now, with the flag's name
+           a.attn_overrides["dense_also"] = v;
+         }});
 }
 
 AttentionConfig CommonArgs::attention() const {
