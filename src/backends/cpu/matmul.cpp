@@ -324,9 +324,51 @@ struct Job {
   IntScheme scheme;
   ActQ act;
   int64_t rows_per_item, token_splits, n_items;
-  int64_t lead_rows = 0, n_lead = 0;  // GEMV: the first n_lead items have lead_rows rows (see matmul())
+  int64_t lead_rows = 0, n_lead = 0;  // guided chunks: the first n_lead items have lead_rows units
   std::atomic<int64_t> next{0};
+
+  // Guided chunks over n units (GEMV: rows, packed: 16-row tiles) in multiples of `align`: each thread's
+  // first item is a long contiguous stream of n / (2 nth) units, the rest of the matrix goes in n / (8 nth)
+  // pieces that balance late or slow threads. (Pure streaming reads of the model's matrices measured the same
+  // with 1, 4 or 16 chunks per thread; decode reached ~90% of that rate.) Returns the number of chunks.
+  int64_t plan_guided(int64_t n, int nth, int64_t align) {
+    lead_rows = n / (2 * nth) / align * align;
+    n_lead = lead_rows > 0 ? nth : 0;
+    rows_per_item = std::max<int64_t>(align, n / (8 * nth) / align * align);
+    return n_lead + (n - n_lead * lead_rows + rows_per_item - 1) / rows_per_item;
+  }
+  // Units [*b, *e) of guided chunk i (of n units).
+  void guided_range(int64_t i, int64_t n, int64_t* b, int64_t* e) const {
+    *b = i < n_lead ? i * lead_rows : n_lead * lead_rows + (i - n_lead) * rows_per_item;
+    *e = std::min(n, *b + (i < n_lead ? lead_rows : rows_per_item));
+  }
+  // Tokens [*t0, *t1) of token split `split` (whole tiles of act.L tokens).
+  void split_tokens(int64_t split, int64_t* t0, int64_t* t1) const {
+    const int64_t L = act.L, n_token_tiles = (n_tokens + L - 1) / L;
+    *t0 = std::min(n_tokens, n_token_tiles * split / token_splits * L);
+    *t1 = std::min(n_tokens, n_token_tiles * (split + 1) / token_splits * L);
+  }
 };
+
+// Quantizes every token of job.x into job.act: inline for one tile of tokens (decode: no pool round), else
+// token tiles spread over the pool.
+void quantize_job_activations(Job& job, ThreadPool& pool) {
+  const int64_t L = job.act.L, n_token_tiles = (job.n_tokens + L - 1) / L;
+  if (n_token_tiles == 1) {
+    quantize_activations(job.x, job.ldx, job.act, job.scheme.sb, job.scheme.offset, 0, job.n_tokens);
+    return;
+  }
+  pool.run([&job, n_token_tiles, L](int ith, int nth) {
+    const int64_t t0 = std::min(job.n_tokens, n_token_tiles * ith / nth * L);
+    const int64_t t1 = std::min(job.n_tokens, n_token_tiles * (ith + 1) / nth * L);
+    quantize_activations(job.x, job.ldx, job.act, job.scheme.sb, job.scheme.offset, t0, t1);
+  });
+}
+
+// Token splits for n_units row units: enough items to keep every thread busy when the units are few.
+int64_t token_splits_for(int64_t n_token_tiles, int64_t n_units, int nth) {
+  return std::min<int64_t>(n_token_tiles, std::max<int64_t>(1, (4 * nth + n_units - 1) / n_units));
+}
 
 void run_gemv(Job& job, int ith, int nth) {
   const MatmulWeight& w = *job.w;
@@ -340,9 +382,7 @@ void run_gemv(Job& job, int ith, int nth) {
   g.y = job.y;
   g.ldy = job.ldy;
   for (int64_t i; (i = job.next.fetch_add(1, std::memory_order_relaxed)) < job.n_items;) {
-    g.r0 = i < job.n_lead ? i * job.lead_rows
-                          : job.n_lead * job.lead_rows + (i - job.n_lead) * job.rows_per_item;
-    g.r1 = std::min(w.rows, i < job.n_lead ? g.r0 + job.lead_rows : g.r0 + job.rows_per_item);
+    job.guided_range(i, w.rows, &g.r0, &g.r1);
     if (job.path == SimdPath::kAvx512 && has_avx512_gemv(w.type)) {
       detail::gemv_int_avx512(g);
     } else {
@@ -356,8 +396,6 @@ void run_gemm(Job& job, int ith, int nth) {
   const int NR = job.path == SimdPath::kAvx512 ? detail::kGemmRowsAvx512 : detail::kGemmRowsAvx2;
   const int64_t nsb = w.cols / job.scheme.sb;
   uint8_t* pack = thread_scratch(1, size_t(nsb) * detail::packed_subblock_bytes(job.scheme, NR));
-  const int64_t L = job.act.L;
-  const int64_t n_token_tiles = (job.n_tokens + L - 1) / L;
   int64_t packed_tile = -1;
   for (int64_t i; (i = job.next.fetch_add(1, std::memory_order_relaxed)) < job.n_items;) {
     const int64_t tile = i / job.token_splits, split = i % job.token_splits;
@@ -376,8 +414,7 @@ void run_gemm(Job& job, int ith, int nth) {
     g.wpack = pack;
     g.nsb = nsb;
     g.act = &job.act;
-    g.t0 = std::min(job.n_tokens, n_token_tiles * split / job.token_splits * L);
-    g.t1 = std::min(job.n_tokens, n_token_tiles * (split + 1) / job.token_splits * L);
+    job.split_tokens(split, &g.t0, &g.t1);
     g.y = job.y + r0;
     g.ldy = job.ldy;
     g.nr_valid = nr;
@@ -398,19 +435,13 @@ void run_packed(Job& job) {
   const int64_t nsb = w.cols / 32;
   const size_t tile_bytes = size_t(nsb) * detail::packed16_block_bytes(w.type);
   const int64_t n_tiles = (w.rows + NR - 1) / NR;
-  const int64_t L = job.act.L;
-  const int64_t n_token_tiles = (job.n_tokens + L - 1) / L;
   for (int64_t i; (i = job.next.fetch_add(1, std::memory_order_relaxed)) < job.n_items;) {
-    const int64_t group = i / job.token_splits, split = i % job.token_splits;
-    const int64_t g0 = group < job.n_lead
-                           ? group * job.lead_rows
-                           : job.n_lead * job.lead_rows + (group - job.n_lead) * job.rows_per_item;
-    const int64_t g1 = std::min(n_tiles, group < job.n_lead ? g0 + job.lead_rows : g0 + job.rows_per_item);
+    int64_t g0, g1;
+    job.guided_range(i / job.token_splits, n_tiles, &g0, &g1);
     GemmArgs g;
     g.nsb = nsb;
     g.act = &job.act;
-    g.t0 = std::min(job.n_tokens, n_token_tiles * split / job.token_splits * L);
-    g.t1 = std::min(job.n_tokens, n_token_tiles * (split + 1) / job.token_splits * L);
+    job.split_tokens(i % job.token_splits, &g.t0, &g.t1);
     g.ldy = job.ldy;
     if (g.t0 >= g.t1) continue;
     for (int64_t tile = g0; tile < g1; ++tile) {
@@ -487,8 +518,7 @@ size_t detail::packed16_block_bytes(GgmlType type) {
 }
 
 size_t packed_weight_bytes(const MatmulWeight& w) {
-  const std::vector<SimdPath> paths = supported_simd_paths();
-  if (std::find(paths.begin(), paths.end(), SimdPath::kAvx512) == paths.end()) return 0;
+  if (!cpu_features().has_avx512_path()) return 0;
   const size_t block = detail::packed16_block_bytes(w.type);
   if (block == 0 || w.rows <= 0 || w.cols <= 0 || w.cols % 32 != 0) return 0;
   const int64_t NR = detail::kGemmRowsAvx512;
@@ -570,25 +600,10 @@ void matmul(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx
     constexpr int NR = detail::kGemmRowsAvx512, L = detail::kGemmTokensAvx512;
     job.scheme = int_scheme(w.type, SimdPath::kAvx512);
     job.act = make_actq(w.cols, L, job.scheme.sb, n_tokens, thread_scratch);
-    const int64_t n_token_tiles = (n_tokens + L - 1) / L;
-    if (n_token_tiles == 1) {  // decode: no second pool round for one tile of activations
-      quantize_activations(x, ldx, job.act, job.scheme.sb, job.scheme.offset, 0, n_tokens);
-    } else {
-      pool.run([&job, n_token_tiles](int ith, int nth) {
-        const int64_t t0 = std::min(job.n_tokens, n_token_tiles * ith / nth * L);
-        const int64_t t1 = std::min(job.n_tokens, n_token_tiles * (ith + 1) / nth * L);
-        quantize_activations(job.x, job.ldx, job.act, job.scheme.sb, job.scheme.offset, t0, t1);
-      });
-    }
-    // Tiles in guided chunks as the GEMV's rows: each thread's first item a long stream, then small pieces.
-    const int64_t n_tiles = (w.rows + NR - 1) / NR;
-    job.lead_rows = n_tiles / (2 * nth);
-    job.n_lead = job.lead_rows > 0 ? nth : 0;
-    job.rows_per_item = std::max<int64_t>(1, n_tiles / (8 * nth));
-    const int64_t n_groups =
-        job.n_lead + (n_tiles - job.n_lead * job.lead_rows + job.rows_per_item - 1) / job.rows_per_item;
-    job.token_splits =
-        std::min<int64_t>(n_token_tiles, std::max<int64_t>(1, (4 * nth + n_groups - 1) / n_groups));
+    quantize_job_activations(job, pool);
+    // Whole tiles in guided chunks, as the GEMV's rows.
+    const int64_t n_groups = job.plan_guided((w.rows + NR - 1) / NR, nth, 1);
+    job.token_splits = token_splits_for((n_tokens + L - 1) / L, n_groups, nth);
     job.n_items = n_groups * job.token_splits;
     pool.run([&job](int, int) { run_packed(job); });
     return;
@@ -603,31 +618,16 @@ void matmul(const MatmulWeight& w, const float* x, int64_t n_tokens, int64_t ldx
   job.act = make_actq(w.cols, L, job.scheme.sb, n_tokens, thread_scratch);
   if (!gemm) {
     quantize_activations(x, ldx, job.act, job.scheme.sb, job.scheme.offset, 0, n_tokens);
-    // Guided chunks of whole rows (multiples of 8): each thread's first item is a long contiguous stream of
-    // rows / (2 nth) rows, the rest of the matrix goes in rows / (8 nth) pieces that balance late or slow
-    // threads. (Pure streaming reads of the model's matrices measured the same with 1, 4 or 16 chunks per
-    // thread; decode reached ~90% of that rate.)
-    job.lead_rows = (w.rows / (2 * nth)) & ~int64_t(7);
-    job.n_lead = job.lead_rows > 0 ? nth : 0;
-    job.rows_per_item = std::max<int64_t>(8, (w.rows / (8 * nth)) & ~int64_t(7));
-    job.n_items =
-        job.n_lead + (w.rows - job.n_lead * job.lead_rows + job.rows_per_item - 1) / job.rows_per_item;
+    job.n_items = job.plan_guided(w.rows, nth, 8);  // chunks of whole rows, multiples of 8
     pool.run([&job](int ith, int nth) { run_gemv(job, ith, nth); });
     return;
   }
 
-  const int64_t n_token_tiles = (n_tokens + L - 1) / L;
-  pool.run([&job, n_token_tiles](int ith, int nth) {
-    const int64_t L = job.act.L;
-    const int64_t t0 = std::min(job.n_tokens, n_token_tiles * ith / nth * L);
-    const int64_t t1 = std::min(job.n_tokens, n_token_tiles * (ith + 1) / nth * L);
-    quantize_activations(job.x, job.ldx, job.act, job.scheme.sb, job.scheme.offset, t0, t1);
-  });
+  quantize_job_activations(job, pool);
   const int NR = job.path == SimdPath::kAvx512 ? detail::kGemmRowsAvx512 : detail::kGemmRowsAvx2;
   const int64_t n_row_tiles = (w.rows + NR - 1) / NR;
   // Split tokens too when there are too few row tiles to keep every thread busy.
-  job.token_splits =
-      std::min<int64_t>(n_token_tiles, std::max<int64_t>(1, (4 * nth + n_row_tiles - 1) / n_row_tiles));
+  job.token_splits = token_splits_for((n_tokens + L - 1) / L, n_row_tiles, nth);
   job.n_items = n_row_tiles * job.token_splits;
   pool.run([&job](int ith, int nth) { run_gemm(job, ith, nth); });
 }

@@ -75,28 +75,38 @@ HS_AVX512 void gemm_tile16(const uint8_t* __restrict wp, int64_t nsb, const int3
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
 }
 
+// Runs tile(t, y) over tokens [t0, t1) of g in passes of 8, 4, 2 or 1 tokens inside the ActQ's tiles of L
+// tokens; tile is a template lambda on the pass size NT.
+template <class Tile>
+HS_AVX512 inline void run_token_passes(const GemmArgs& g, const Tile& tile) {
+  const int64_t L = g.act->L;
+  for (int64_t t = g.t0; t < g.t1;) {
+    int64_t n = L - t % L;
+    if (g.t1 - t < n) n = g.t1 - t;
+    float* y = g.y + t * g.ldy;
+    if (n >= 8) {
+      tile.template operator()<8>(t, y);
+      t += 8;
+    } else if (n >= 4) {
+      tile.template operator()<4>(t, y);
+      t += 4;
+    } else if (n >= 2) {
+      tile.template operator()<2>(t, y);
+      t += 2;
+    } else {
+      tile.template operator()<1>(t, y);
+      t += 1;
+    }
+  }
+}
+
 template <int SB, bool kMin>
 HS_AVX512 void gemm_run16(const GemmArgs& g) {
   const ActQ& a = *g.act;
   const __mmask16 mask = __mmask16((1u << g.nr_valid) - 1u);
-  for (int64_t t = g.t0; t < g.t1;) {
-    int64_t n = a.L - t % a.L;
-    if (g.t1 - t < n) n = g.t1 - t;
-    float* y = g.y + t * g.ldy;
-    if (n >= 8) {
-      gemm_tile16<8, SB, kMin>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
-      t += 8;
-    } else if (n >= 4) {
-      gemm_tile16<4, SB, kMin>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
-      t += 4;
-    } else if (n >= 2) {
-      gemm_tile16<2, SB, kMin>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
-      t += 2;
-    } else {
-      gemm_tile16<1, SB, kMin>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
-      t += 1;
-    }
-  }
+  run_token_passes(g, [&]<int NT>(int64_t t, float* y) HS_AVX512 {
+    gemm_tile16<NT, SB, kMin>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -150,24 +160,9 @@ template <GgmlType kType>
 HS_AVX512 void packed_run16(const GemmArgs& g) {
   const ActQ& a = *g.act;
   const __mmask16 mask = __mmask16((1u << g.nr_valid) - 1u);
-  for (int64_t t = g.t0; t < g.t1;) {
-    int64_t n = a.L - t % a.L;
-    if (g.t1 - t < n) n = g.t1 - t;
-    float* y = g.y + t * g.ldy;
-    if (n >= 8) {
-      packed_tile16<8, kType>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
-      t += 8;
-    } else if (n >= 4) {
-      packed_tile16<4, kType>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
-      t += 4;
-    } else if (n >= 2) {
-      packed_tile16<2, kType>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
-      t += 2;
-    } else {
-      packed_tile16<1, kType>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
-      t += 1;
-    }
-  }
+  run_token_passes(g, [&]<int NT>(int64_t t, float* y) HS_AVX512 {
+    packed_tile16<NT, kType>(g.wpack, g.nsb, a.q(t), a.ds(t), a.off(t), y, g.ldy, mask);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
