@@ -11,7 +11,7 @@ APT_PACKAGES := build-essential cmake pkg-config git python3 python3-pip \
                 libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libpcre2-dev \
                 libcpp-httplib-dev python3-venv
 
-.PHONY: all deps model build run test test-fast test-asan bench fuzz clean format
+.PHONY: all deps cudnn-headers model build run test test-fast test-asan bench fuzz clean format
 
 all: build
 
@@ -27,7 +27,14 @@ deps:
 model:
 	scripts/fetch_model.sh
 
-$(BUILD)/build.ninja $(BUILD)/Makefile:
+# cuDNN's headers for the CUDA build's fused-attention path (only where nvcc is installed; without them the
+# CUDA build still works, with its own dense prefill kernel only).
+cudnn-headers:
+	@if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then \
+	  scripts/fetch_cudnn_headers.sh || echo "warning: cuDNN headers not fetched; the CUDA build runs without cuDNN attention"; \
+	fi
+
+$(BUILD)/build.ninja $(BUILD)/Makefile: | cudnn-headers
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
 
 build: deps $(BUILD)/Makefile

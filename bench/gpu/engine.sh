@@ -8,7 +8,8 @@
 #   gpu_deps/engine/           nlohmann headers, pcre2.h, libpcre2-8.a (from the Debian packages)
 #   gpu_deps/googletest/       GoogleTest sources
 #   gpu_act/                   real activations for the attention tests (bench/gpu/dump_activations)
-# E2E=quick|full (default full), TESTS=0 skips the tests. With gpu_deps/engine/include/httplib.h (prepare_carry.sh)
+# E2E=quick|full (default full), TESTS=0 skips the tests, E2E_PF=0 the cuDNN prefill A/B, ONLY_PF=1 stops after it.
+# With gpu_deps/engine/include/httplib.h (prepare_carry.sh)
 # the real `serve` is built and checked on the GPU: greedy completions against `hipserve run`, a load test.
 set -uo pipefail
 OUT=${OUT:-out}
@@ -42,6 +43,22 @@ ab_decode() {  # title, variable, label
       -d 0,131072 -r 3 2>&1 | grep -E 'tg32' | awk -F'|' '{print $7 $8}' | tr '\n' ' ')"
   done
 }
+# A/B of cuDNN's fused attention for dense prefill (8B; HIPSERVE_CUDNN=1 turns it on): --no-warmup first
+# (includes building cuDNN's plans), then with the warm-up (plans cached). E2E_PF=0 skips it.
+ab_prefill() {
+  log "prefill: cuDNN dense attention on / off (8B, ${E2E_PF_P:-32768,131072})"
+  echo "dense prefill attention: $(HIPSERVE_CUDNN=1 "$HS" bench --random-weights llama3.1-8b -p 512 -n 0 -r 1 2>&1 | grep -o 'dense prefill attention: .*')"
+  for attn in dense hip; do
+    for v in 1 0; do
+      for w in --no-warmup ""; do
+        echo "[$attn cudnn=$v ${w:-warm}] $(env $([ $v = 1 ] && echo HIPSERVE_CUDNN=1) timeout 240 "$HS" bench --random-weights llama3.1-8b \
+          --attn $attn -p ${E2E_PF_P:-32768,131072} -n 0 -r 1 $w 2>&1 | grep -E '\| *pp' | awk -F'|' '{print $6 $7}' | tr '\n' ' ')"
+      done
+    done
+  done
+}
+[ "${E2E_PF:-1}" = 1 ] && ab_prefill 2>&1 | tee "$OUT/prefill_cudnn.txt"
+[ "${ONLY_PF:-0}" = 1 ] && exit $rc
 log "greedy generation, GPU vs CPU (reduced SmolLM2; the CPU with exact fp32 activations, the oracle)"
 oracle() { [ "$1" = cpu ] && echo "--matmul f32"; }
 for d in cuda cpu; do

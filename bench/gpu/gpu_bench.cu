@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -182,6 +183,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--attn-only")) attn_only = true;
   }
   if (quick) prefill_T = {32768};
+  std::printf("cuDNN attention: %s\n", cudnn_attention_status().c_str());
   if (decode_only) prefill_T.clear();
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -219,6 +221,32 @@ int main(int argc, char** argv) {
       const int reps = big ? (T > 131072 ? 3 : 5) : 20;
       const auto [med, mn] = time_ms([&] { CHECK(attention_prefill_dense(p, s)); }, 1, reps, s);
       js.row("dense_prefill_v0", T, med, mn, reps, causal_flops(T, pr.H, pr.D) / (med * 1e-3) / 1e12);
+    }
+    if (cudnn_attention_available()) {  // cuDNN's fused attention; its first call of a shape builds the plan
+      const auto t0 = std::chrono::steady_clock::now();
+      CHECK(attention_prefill_dense_cudnn(p, s));
+      CHECK(cudaStreamSynchronize(s));
+      const double build_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("cuDNN plan build + first run at T=%d: %.1f ms\n", T, build_ms);
+      const int reps = big ? (T > 131072 ? 3 : 5) : 20;
+      const auto [med, mn] = time_ms([&] { CHECK(attention_prefill_dense_cudnn(p, s)); }, 1, reps, s);
+      js.row("dense_prefill_cudnn", T, med, mn, reps, causal_flops(T, pr.H, pr.D) / (med * 1e-3) / 1e12);
+      // The engine's case: the last chunk of 2048 rows after T - 2048 cached keys (cuDNN: the padded plan
+      // with the bottom-right diagonal), ours against cuDNN.
+      AttnParams c = p;
+      c.n_q = 2048;
+      c.q_pos0 = T - 2048;
+      const int creps = big ? 10 : 30;
+      const auto o = time_ms([&] { CHECK(attention_prefill_dense(c, s)); }, 1, creps, s);
+      js.row("dense_chunk2048_last_v0", T, o.first, o.second, creps, 0);
+      const auto t1 = std::chrono::steady_clock::now();
+      CHECK(attention_prefill_dense_cudnn(c, s));
+      CHECK(cudaStreamSynchronize(s));
+      std::printf("cuDNN plan build + first run, chunk at T=%d: %.1f ms\n", T,
+                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count());
+      const auto cu = time_ms([&] { CHECK(attention_prefill_dense_cudnn(c, s)); }, 1, creps, s);
+      js.row("dense_chunk2048_last_cudnn", T, cu.first, cu.second, creps, 0);
     }
     // HiP with the paper defaults (b_q 32, b_sq 2: 16 sampled rows) and, for comparison, b_q 64 with b_sq 4
     // (also 16 sampled rows; half the query blocks, so about half the estimation work).

@@ -34,6 +34,12 @@ def main():
             if hip and b:
                 md.append(f"- T={T}: HiP prefill {hip['ms_median']:.2f} ms, {b['ms_median'] / hip['ms_median']:.2f}x faster "
                           f"than {base} ({b['ms_median']:.2f} ms)")
+        ours = by.get(("dense_prefill_cudnn", T))
+        for base in ("sdpa_default_prefill", "sdpa_flash_prefill"):
+            b = by.get((base, T))
+            if ours and b:
+                md.append(f"- T={T}: our dense prefill through cuDNN {ours['ms_median']:.2f} ms, "
+                          f"{b['ms_median'] / ours['ms_median']:.2f}x {base} ({b['ms_median']:.2f} ms)")
     for base in ("sdpa_default_decode", "dense_decode"):
         h, b = by.get(("hip_decode_amortized", 131072)), by.get((base, 131072))
         if h and b:

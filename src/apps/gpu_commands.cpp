@@ -223,7 +223,8 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
     std::printf("| %-30s | %6.2f GiB | CUDA    | %-22s | %12s | %8.2f ± %5.2f |\n", c.name.substr(0, 30).c_str(),
                 double(gm->weight_bytes()) / (1 << 30), dev.substr(0, 22).c_str(), r.test.c_str(), r.mean(),
                 r.stddev());
-  std::printf("\nattention: %s\n", common.attention().describe().c_str());
+  std::printf("\nattention: %s; dense prefill attention: %s\n", common.attention().describe().c_str(),
+              cuda::dense_prefill_attention().c_str());
   std::printf("decode bound from reading the weights once per token at %.0f GB/s: %.1f tok/s\n", bw, bound_tok_s);
   for (const GpuResult& r : results) {
     if (r.n_gen == 0 || r.prof.steps == 0) continue;

@@ -25,6 +25,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 
 namespace hs::cuda {
 
@@ -41,6 +42,9 @@ struct AttnParams {
   int32_t n_q = 0, n_kv = 0, q_pos0 = 0;
   int32_t n_head = 0, n_kv_head = 0, head_dim = 0;  // head_dim 64 or 128
   float scale = 0.0f;                               // softmax scale, usually 1/sqrt(head_dim)
+  // Positions whose K/V memory is allocated (>= n_kv; 0 means n_kv). Only the cuDNN path reads it: its plans
+  // are built for key counts rounded up within this capacity, the keys past the real ones masked as padding.
+  int32_t kv_capacity = 0;
 };
 
 // HiP parameters, the same meaning as hs::HipConfig (src/ops/hip_attention.h). GPU limits: block_q 32 or 64 for
@@ -69,6 +73,16 @@ inline constexpr int32_t kMaxDecodeSplits = 256;
 
 // Dense causal attention for any n_q (prefill chunk at q_pos0).
 cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream);
+// The same through cuDNN's fused attention (the cuDNN frontend's SDPA graph, libcudnn opened at run time).
+// Plans are cached per shape; building one takes ~0.5-1 s, so a chunk after cached keys (q_pos0 > 0) runs a
+// plan for a key count rounded up to a power of two (within kv_capacity), with the real counts passed as
+// padding lengths and the causal diagonal aligned to the bottom right: a long prefill in equal chunks builds
+// ~log2(chunks) plans. cudaErrorNotSupported when this build has no cuDNN headers, libcudnn cannot be
+// loaded, HIPSERVE_NO_CUDNN is set, or cuDNN rejects the shape; the caller then runs attention_prefill_dense.
+// Not CUDA-graph capturable (the first call of a shape builds its plan).
+cudaError_t attention_prefill_dense_cudnn(const AttnParams& p, cudaStream_t stream);
+bool cudnn_attention_available();
+std::string cudnn_attention_status();  // "cuDNN 9.14.0 (frontend 1.32)", or why it is not available
 // Dense decode: n_q == 1 (the query at position n_kv - 1 = q_pos0), split-K over the keys, one CTA per (KV
 // group, split) so the G query heads of a group share every K/V read; partials merged by a second kernel.
 cudaError_t attention_decode_dense(const AttnParams& p, const DecodeWorkspace& ws, cudaStream_t stream);

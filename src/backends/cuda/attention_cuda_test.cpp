@@ -179,9 +179,10 @@ ThreadPool& pool() {
   return tp;
 }
 
-void check_dense_prefill(const Problem& pr) {
+void check_dense_prefill(const Problem& pr, bool cudnn = false) {
   DevProblem dp(pr);
-  CUDA_OK(cuda::attention_prefill_dense(dp.p, nullptr));
+  CUDA_OK(cudnn ? cuda::attention_prefill_dense_cudnn(dp.p, nullptr)
+                : cuda::attention_prefill_dense(dp.p, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<uint16_t> got;
   CUDA_OK(dp.out.download(got));
@@ -195,8 +196,8 @@ void check_dense_prefill(const Problem& pr) {
   const double err = rel_error(got, ref, &unwritten);
   EXPECT_EQ(unwritten, 0);
   EXPECT_LT(err, kMaxRelError);
-  std::printf("dense prefill D=%d H=%d/%d n_q=%d n_kv=%d q_pos0=%d: rel error %.2e\n", pr.D, pr.H, pr.Hkv, pr.n_q,
-              pr.n_kv, pr.q_pos0, err);
+  std::printf("%s prefill D=%d H=%d/%d n_q=%d n_kv=%d q_pos0=%d: rel error %.2e\n", cudnn ? "cuDNN" : "dense",
+              pr.D, pr.H, pr.Hkv, pr.n_q, pr.n_kv, pr.q_pos0, err);
 }
 
 TEST(CudaAttention, DensePrefillMatchesCpu) {
@@ -209,6 +210,28 @@ TEST(CudaAttention, DensePrefillMatchesCpu) {
   check_dense_prefill(Problem(150, 350, 200, 9, 3, 64, seed++));  // a chunk after a cached prefix
   check_dense_prefill(Problem(1, 513, 512, 3, 3, 64, seed++));    // one row
   check_dense_prefill(Problem(2000, 2000, 0, 4, 1, 128, seed++));  // long rows: many rescales
+}
+
+// cuDNN's fused attention (attention_cudnn.cpp) on the same problems: the largest power of two of the rows
+// through cuDNN, the rest through our kernel; chunks after cached keys run a plan for a power-of-two key
+// count with the real lengths as padding (keys past the last query hold random data and must not count);
+// repeated plans (the cache) with new data and new lengths.
+TEST(CudaAttention, CudnnDensePrefillMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  if (!cuda::cudnn_attention_available())
+    GTEST_SKIP() << "cuDNN attention: " << cuda::cudnn_attention_status();
+  std::printf("%s\n", cuda::cudnn_attention_status().c_str());
+  uint32_t seed = std::random_device{}();
+  check_dense_prefill(Problem(300, 300, 0, 8, 2, 128, seed++), true);
+  check_dense_prefill(Problem(300, 300, 0, 8, 2, 128, seed++), true);  // the cached plan, new data
+  check_dense_prefill(Problem(77, 400, 323, 8, 2, 128, seed++), true);
+  check_dense_prefill(Problem(64, 500, 200, 8, 2, 128, seed++), true);    // keys past the last query
+  check_dense_prefill(Problem(64, 1000, 200, 8, 2, 128, seed++), true);   // a plan for 512 keys, 264 real
+  check_dense_prefill(Problem(100, 1000, 300, 8, 2, 128, seed++), true);  // the same plan, other lengths
+  check_dense_prefill(Problem(1, 513, 512, 4, 4, 128, seed++), true);
+  check_dense_prefill(Problem(300, 300, 0, 9, 3, 64, seed++), true);
+  check_dense_prefill(Problem(150, 350, 200, 9, 3, 64, seed++), true);
+  check_dense_prefill(Problem(2000, 2000, 0, 4, 1, 128, seed++), true);
 }
 
 void check_dense_decode(const Problem& pr) {

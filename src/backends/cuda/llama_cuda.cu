@@ -38,6 +38,11 @@ namespace hs::cuda {
 
 namespace {
 
+bool engine_uses_cudnn() {
+  const char* on = std::getenv("HIPSERVE_CUDNN");
+  return on && *on && std::string(on) != "0" && cudnn_attention_available();
+}
+
 void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail(strfmt("CUDA error in %s: %s", what, cudaGetErrorString(e)));
 }
@@ -539,6 +544,23 @@ struct GpuModel::Impl {
     const int n = e ? std::atoi(e) : kGemvMaxTokens;
     return n >= 1 && n <= kGemvMaxTokens ? n : kGemvMaxTokens;
   }();
+  // Dense prefill attention (the dense layers, and HiP layers whose keys all lie in sink + window) through
+  // cuDNN's fused attention for chunks of at least kCudnnMinRows rows when asked (env HIPSERVE_CUDNN=1) and
+  // libcudnn loads; our kernel where cuDNN declines a shape. Not the default: each new plan costs ~30-90 ms
+  // to build and the first of a kind ~0.5 s (docs/GPU.md), more than the 3 dense layers of a single long
+  // prompt save.
+  static constexpr int32_t kCudnnMinRows = 64;
+  bool use_cudnn = engine_uses_cudnn();
+  void dense_prefill(const AttnParams& p) {
+    if (use_cudnn && p.n_q >= kCudnnMinRows) {
+      cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+      if (cudaStreamIsCapturing(stream, &cs) == cudaSuccess && cs == cudaStreamCaptureStatusNone) {
+        const cudaError_t e = attention_prefill_dense_cudnn(p, stream);
+        if (e != cudaErrorNotSupported) return check_cuda(e, "attention_prefill_dense_cudnn");
+      }
+    }
+    check_cuda(attention_prefill_dense(p, stream), "attention_prefill_dense");
+  }
   // Programmatic dependent launch of our small kernels and GEMVs (env HIPSERVE_CUDA_NO_PDL=1: plain launches).
   bool use_pdl = getenv("HIPSERVE_CUDA_NO_PDL") == nullptr;
   // Decode's one-row RMSNorm and RoPE on more threads / CTAs (1024 threads; 8 CTAs per row): a single 256-thread
@@ -748,6 +770,7 @@ struct GpuModel::Impl {
     p.kv_pos_stride = cfg.head_dim;
     p.n_q = n;
     p.n_kv = pos0 + n;
+    p.kv_capacity = opt.n_ctx;
     p.q_pos0 = pos0;
     p.n_head = cfg.n_head;
     p.n_kv_head = cfg.n_head_kv;
@@ -825,7 +848,7 @@ struct GpuModel::Impl {
               DecodeWorkspace ws{decode_ws.as<float>(), int64_t(decode_ws.bytes() / 4)};
               check_cuda(attention_decode_dense(p, ws, stream), "attention_decode_dense");
             } else {
-              check_cuda(attention_prefill_dense(p, stream), "attention_prefill_dense");
+              dense_prefill(p);
             }
           });
         }
@@ -1099,6 +1122,13 @@ bool device_available(std::string* why) {
     return false;
   }
   return true;
+}
+
+std::string dense_prefill_attention() {
+  if (engine_uses_cudnn()) return "cuDNN fused attention (" + cudnn_attention_status() + ")";
+  if (cudnn_attention_available())
+    return "our kernel (" + cudnn_attention_status() + " available: HIPSERVE_CUDNN=1 uses it)";
+  return "our kernel (cuDNN: " + cudnn_attention_status() + ")";
 }
 
 std::string device_name() {

@@ -37,6 +37,9 @@ std::string device_name();  // "NVIDIA H100 80GB HBM3", or "" without a device
 // Device-to-device copy bandwidth in GB/s (bytes read + written), measured with a 1 GiB copy: the memory
 // ceiling against which decode speed is judged.
 double copy_bandwidth_gbs();
+// Which dense prefill attention the model runs: "cuDNN fused attention (cuDNN 9.14.0, frontend 1.32)", or
+// "our kernel (cuDNN: <why not>)".
+std::string dense_prefill_attention();
 
 // Shapes of well-known models for random-weight speed work ("llama3.1-8b", "llama3.2-1b", "qwen2.5-7b",
 // "smollm2-135m"); throws hs::Error listing the names for an unknown one.
