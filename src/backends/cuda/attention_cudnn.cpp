@@ -53,9 +53,11 @@ int32_t pow2_ceil(int32_t x) {
 
 class CudnnAttention {
  public:
+  // Never destroyed: its plans hold cuDNN descriptors, which must not be freed after the CUDA runtime has shut
+  // down at exit.
   static CudnnAttention& get() {
-    static CudnnAttention instance;
-    return instance;
+    static CudnnAttention* instance = new CudnnAttention;
+    return *instance;
   }
 
   const std::string& status() const { return status_; }
