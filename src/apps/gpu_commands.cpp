@@ -224,7 +224,7 @@ int gpu_bench(const CommonArgs& common, const BenchPlan& plan) {
                 double(gm->weight_bytes()) / (1 << 30), dev.substr(0, 22).c_str(), r.test.c_str(), r.mean(),
                 r.stddev());
   std::printf("\nattention: %s; dense prefill attention: %s\n", common.attention().describe().c_str(),
-              cuda::dense_prefill_attention().c_str());
+              cuda::dense_prefill_attention(gm->options().cudnn_prefill).c_str());
   std::printf("decode bound from reading the weights once per token at %.0f GB/s: %.1f tok/s\n", bw, bound_tok_s);
   for (const GpuResult& r : results) {
     if (r.n_gen == 0 || r.prof.steps == 0) continue;
@@ -254,10 +254,16 @@ std::unique_ptr<SlotBackend> make_slot_backend(const CommonArgs& common, LoadedM
   cuda::GpuModelOptions o = gpu_options(common, e.n_ctx);
   o.n_seq = e.n_slots;
   o.max_batch_tokens = std::max(o.max_batch_tokens, std::max(e.n_slots, e.prefill_chunk));
+  o.cudnn_prefill = true;  // a long-lived server wins back cuDNN's plan builds, done here before serving
   auto gm = cuda::GpuModel::upload(*lm.model, o);
   std::fprintf(stderr, "hipserve: serving on %s (weights %.1f MiB bf16, K/V %.1f MiB for %d slots, uploaded in %.0f ms)\n",
                cuda::device_name().c_str(), double(gm->weight_bytes()) / (1 << 20), double(gm->kv_bytes()) / (1 << 20),
                e.n_slots, ms_since(t_up));
+  const auto t_warm = clock_type::now();
+  const int plans = gm->warm_up_cudnn();
+  std::fprintf(stderr, "hipserve: dense prefill attention: %s%s\n",
+               cuda::dense_prefill_attention(o.cudnn_prefill).c_str(),
+               plans > 0 ? strfmt("; %d plans built in %.0f ms", plans, ms_since(t_warm)).c_str() : "");
   return std::make_unique<cuda::GpuSlotBackend>(std::move(gm));
 }
 

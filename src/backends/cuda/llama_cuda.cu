@@ -38,9 +38,11 @@ namespace hs::cuda {
 
 namespace {
 
-bool engine_uses_cudnn() {
-  const char* on = std::getenv("HIPSERVE_CUDNN");
-  return on && *on && std::string(on) != "0" && cudnn_attention_available();
+// The option, unless the environment says otherwise (HIPSERVE_CUDNN=1 / 0); and only where libcudnn loads.
+bool engine_uses_cudnn(bool option) {
+  const char* env = std::getenv("HIPSERVE_CUDNN");
+  const bool want = env && *env ? std::string(env) != "0" : option;
+  return want && cudnn_attention_available();
 }
 
 void check_cuda(cudaError_t e, const char* what) {
@@ -545,12 +547,12 @@ struct GpuModel::Impl {
     return n >= 1 && n <= kGemvMaxTokens ? n : kGemvMaxTokens;
   }();
   // Dense prefill attention (the dense layers, and HiP layers whose keys all lie in sink + window) through
-  // cuDNN's fused attention for chunks of at least kCudnnMinRows rows when asked (env HIPSERVE_CUDNN=1) and
-  // libcudnn loads; our kernel where cuDNN declines a shape. Not the default: each new plan costs ~30-90 ms
-  // to build and the first of a kind ~0.5 s (docs/GPU.md), more than the 3 dense layers of a single long
-  // prompt save.
+  // cuDNN's fused attention for chunks of at least kCudnnMinRows rows when asked (opt.cudnn_prefill or
+  // HIPSERVE_CUDNN) and libcudnn loads; our kernel where cuDNN declines a shape. Not the default for one-shot
+  // commands: each new plan costs ~30-90 ms to build and the first of a kind ~0.5 s (docs/GPU.md), more than
+  // the 3 dense layers of a single long prompt save; `serve` turns it on and warms the plans up at start.
   static constexpr int32_t kCudnnMinRows = 64;
-  bool use_cudnn = engine_uses_cudnn();
+  bool use_cudnn = false;  // from opt, in the constructor
   void dense_prefill(const AttnParams& p) {
     if (use_cudnn && p.n_q >= kCudnnMinRows) {
       cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
@@ -608,6 +610,7 @@ struct GpuModel::Impl {
     HS_CHECK(why.empty(), "invalid attention config: %s", why.c_str());
     const HipConfig& h = opt.attn.hip;
     hip = HipParams{h.k, h.block_q, h.block_k, h.stride_q, h.stride_k, h.n_sink, h.window, h.refresh};
+    use_cudnn = engine_uses_cudnn(opt.cudnn_prefill);
     if (opt.attn.kind == AttentionKind::Hip)
       HS_CHECK(h.block_q == 32 && h.block_q / h.stride_q <= 16 && Kb() <= 1024,
                "CUDA HiP needs block_q 32, block_q / stride_q <= 16 and k / block_k <= 1024");
@@ -777,6 +780,37 @@ struct GpuModel::Impl {
     p.head_dim = cfg.head_dim;
     p.scale = 1.0f / std::sqrt(float(cfg.head_dim));
     return p;
+  }
+
+  // Runs cuDNN's plans for the prefill shapes (GpuModel::warm_up_cudnn) on the scratch buffers and sequence
+  // 0's layer-0 K/V (the results are garbage and overwritten by the next forward). Returns the shapes run.
+  int warm_up_cudnn() {
+    if (!use_cudnn) return 0;
+    int32_t top = 1;  // the rows a full chunk sends to cuDNN: its largest power of two
+    while (top * 2 <= opt.max_batch_tokens) top *= 2;
+    if (top < kCudnnMinRows) return 0;
+    Segment sg{};
+    sg.seq = 0;
+    sg.row0 = 0;
+    AttnParams base = attn_params(0, sg);
+    int shapes = 0;
+    auto run = [&](int32_t n_q, int32_t q_pos0) {
+      AttnParams p = base;
+      p.n_q = n_q;
+      p.q_pos0 = q_pos0;
+      p.n_kv = q_pos0 + n_q;
+      if (p.n_kv > opt.n_ctx) return;
+      const cudaError_t e = attention_prefill_dense_cudnn(p, stream);
+      if (e == cudaErrorNotSupported) return;
+      check_cuda(e, "attention_prefill_dense_cudnn (warm-up)");
+      ++shapes;
+    };
+    for (int32_t n = kCudnnMinRows; n <= top; n *= 2) run(n, 0);  // first chunks of any prompt length
+    // Full chunks after cached keys: their plans cover key counts up to each power of two (and n_ctx).
+    for (int64_t s_kv = 2 * int64_t(top); s_kv < 2 * int64_t(opt.n_ctx); s_kv *= 2)
+      run(top, int32_t(std::min<int64_t>(s_kv, opt.n_ctx)) - top);
+    HS_CUDA(cudaStreamSynchronize(stream));
+    return shapes;
   }
 
   // Enqueues the layers for one sequence's rows tokens[0, n) (already in `tokens`) at positions [pos0, pos0 + n).
@@ -1124,8 +1158,8 @@ bool device_available(std::string* why) {
   return true;
 }
 
-std::string dense_prefill_attention() {
-  if (engine_uses_cudnn()) return "cuDNN fused attention (" + cudnn_attention_status() + ")";
+std::string dense_prefill_attention(bool cudnn_prefill) {
+  if (engine_uses_cudnn(cudnn_prefill)) return "cuDNN fused attention (" + cudnn_attention_status() + ")";
   if (cudnn_attention_available())
     return "our kernel (" + cudnn_attention_status() + " available: HIPSERVE_CUDNN=1 uses it)";
   return "our kernel (cuDNN: " + cudnn_attention_status() + ")";
@@ -1346,6 +1380,13 @@ size_t GpuModel::kv_bytes() const {
   }
   return b;
 }
+int GpuModel::warm_up_cudnn() {
+  return impl_->warm_up_cudnn();
+}
+bool GpuModel::uses_cudnn() const {
+  return impl_->use_cudnn;
+}
+
 void GpuModel::set_profiling(bool on) {
   impl_->profiling = on;
   impl_->prof = GpuProfile();

@@ -37,9 +37,9 @@ std::string device_name();  // "NVIDIA H100 80GB HBM3", or "" without a device
 // Device-to-device copy bandwidth in GB/s (bytes read + written), measured with a 1 GiB copy: the memory
 // ceiling against which decode speed is judged.
 double copy_bandwidth_gbs();
-// Which dense prefill attention the model runs: "cuDNN fused attention (cuDNN 9.14.0, frontend 1.32)", or
-// "our kernel (cuDNN: <why not>)".
-std::string dense_prefill_attention();
+// Which dense prefill attention a model with this option runs: "cuDNN fused attention (cuDNN 9.14.0, frontend
+// 1.32)", or "our kernel (...)" with why not.
+std::string dense_prefill_attention(bool cudnn_prefill);
 
 // Shapes of well-known models for random-weight speed work ("llama3.1-8b", "llama3.2-1b", "qwen2.5-7b",
 // "smollm2-135m"); throws hs::Error listing the names for an unknown one.
@@ -52,6 +52,10 @@ struct GpuModelOptions {
   int32_t max_batch_tokens = 2048;   // prefill chunk (rows per forward)
   AttentionConfig attn;              // as on the CPU
   bool cuda_graphs = true;           // decode steps as graphs
+  // Dense prefill attention (chunks of >= 64 rows) through cuDNN's fused attention where libcudnn loads;
+  // plans are built on first use (~30-90 ms each, the first of a kind ~0.5 s) unless warm_up_cudnn() built
+  // them. The environment overrides it: HIPSERVE_CUDNN=1 on, HIPSERVE_CUDNN=0 off.
+  bool cudnn_prefill = false;
 };
 
 // Where the time of the last prefill / decode call went (CUDA events around each phase; only filled when
@@ -100,6 +104,13 @@ class GpuModel {
   // steps: the batched GEMV keeps each token's summation order, the other kernels work per row or per sequence.
   int32_t bit_exact_batch_rows() const;
   void truncate(int32_t seq, int32_t n);  // forgets sequence seq's positions >= n (n <= n_past_of(seq))
+
+  // With cudnn_prefill: builds cuDNN's plans for the prefill shapes this model will meet (first chunks of 64,
+  // 128, ... rows up to the chunk size; full chunks after 2, 4, 8, ... chunks of cached keys up to n_ctx) by
+  // running them once on the scratch buffers. Returns the number of plans run; 0 without cuDNN. Waits for the
+  // GPU.
+  int warm_up_cudnn();
+  bool uses_cudnn() const;
 
   size_t weight_bytes() const;  // device bytes of the weights
   size_t kv_bytes() const;      // device bytes of the K/V cache

@@ -10,6 +10,8 @@
 // rotation pair, a missing bias, a stale cache row each move the logits by O(1)).
 #include "backends/cuda/llama_cuda.h"
 
+#include "backends/cuda/attention_cuda.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -82,7 +84,8 @@ struct Pair {
   ThreadPool pool{2};
 };
 
-std::unique_ptr<Pair> make_pair(const AttentionConfig& attn, int n_ctx, bool graphs = true) {
+std::unique_ptr<Pair> make_pair(const AttentionConfig& attn, int n_ctx, bool graphs = true,
+                                bool cudnn = false) {
   auto p = std::make_unique<Pair>();
   p->cpu = testing::smollm2();
   p->cpu->set_attention(attn);
@@ -91,7 +94,12 @@ std::unique_ptr<Pair> make_pair(const AttentionConfig& attn, int n_ctx, bool gra
   o.max_batch_tokens = 256;  // several chunks for the longer prompts
   o.attn = attn;
   o.cuda_graphs = graphs;
+  o.cudnn_prefill = cudnn;
   p->gpu = cuda::GpuModel::upload(*p->cpu, o);
+  if (cudnn) {
+    EXPECT_TRUE(p->gpu->uses_cudnn());
+    std::printf("  cuDNN warm-up: %d plans\n", p->gpu->warm_up_cudnn());
+  }
   p->cache = std::make_unique<KvCache>(p->cpu->config(), n_ctx);
   return p;
 }
@@ -113,9 +121,10 @@ AttentionConfig one_dense_layer(bool hip) {
 // Prefill logits, then greedy decode: every step's logits close to the CPU's, and the same tokens except
 // where the CPU's top two logits lie within the error budget (those are printed and the runs continue from
 // the CPU's token so the comparison stays aligned).
-void compare_generation(const AttentionConfig& attn, int n_prompt, int n_gen, double bound) {
+void compare_generation(const AttentionConfig& attn, int n_prompt, int n_gen, double bound,
+                        bool cudnn = false) {
   HS_REQUIRE_SMOLLM2();
-  auto p = make_pair(attn, n_prompt + n_gen + 8);
+  auto p = make_pair(attn, n_prompt + n_gen + 8, true, cudnn);
   const int V = p->cpu->config().n_vocab;
   const std::vector<int32_t> ids = text_tokens(*p->cpu, n_prompt);
   std::vector<float> lc(static_cast<size_t>(V)), lg(static_cast<size_t>(V));
@@ -153,6 +162,16 @@ TEST(LlamaCuda, DenseMatchesCpu) {
 TEST(LlamaCuda, DenseChunkedLongPromptMatchesCpu) {
   HS_REQUIRE_GPU();
   compare_generation(dense(), 700, 8, 3e-2);  // 3 prefill chunks of 256
+}
+
+// The dense prefill attention through cuDNN (GpuModelOptions::cudnn_prefill, what serve runs, after its plan
+// warm-up): chunks of 256 rows after 0, 256 and 512 cached keys (padded plans; the last chunk's 188 rows
+// split into 128 through cuDNN and 60 through our kernel).
+TEST(LlamaCuda, DenseChunkedLongPromptWithCudnnMatchesCpu) {
+  HS_REQUIRE_GPU();
+  if (!cuda::cudnn_attention_available())
+    GTEST_SKIP() << "cuDNN attention: " << cuda::cudnn_attention_status();
+  compare_generation(dense(), 700, 8, 3e-2, true);
 }
 
 TEST(LlamaCuda, HipMatchesCpu) {
