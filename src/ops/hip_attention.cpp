@@ -566,6 +566,82 @@ void for_each_item(ThreadPool& pool, int32_t n, const Fn& fn) {
   });
 }
 
+// Decode (one row per head, mask of one query block): the sink and the window are the same keys for every
+// query head of a KV group, so one item per group attends to them with the group's G rows in one tile (each
+// K/V block read once for G heads instead of G times), one item per head attends to its own selected blocks
+// (keys <= t - w), and each head's two partial states are merged (disjoint key sets: the blocks start at
+// n_sink). Deterministic: the same items and merge order whatever the thread count.
+struct DecodeScratch {
+  std::vector<SoftmaxState> group, head;  // [n_kv_head] of G rows, [n_head] of 1 row
+  std::vector<QueryTile> tiles;           // [n_kv_head + n_head]
+};
+
+int64_t decode_attend(const HipConfig& cfg, const AttentionParams& p, const HipMask& mask, ThreadPool& pool,
+                      bool count) {
+  // Of the calling thread (a reference, so that the items on the pool's threads see this one, not theirs);
+  // the items write disjoint entries.
+  thread_local DecodeScratch scratch;
+  DecodeScratch& sc = scratch;
+  const int32_t H = p.n_head, Hkv = p.n_kv_head, G = H / Hkv, dim = p.head_dim;
+  const int32_t t = p.q_pos0, w = cfg.window, far = t - w, bk = cfg.block_k;
+  const int32_t sink_hi = std::max(0, std::min(cfg.n_sink, far + 1)), win_lo = std::max(0, t - w + 1);
+  if (sc.group.size() < size_t(Hkv)) sc.group.resize(size_t(Hkv));
+  if (sc.head.size() < size_t(H)) sc.head.resize(size_t(H));
+  if (sc.tiles.size() < size_t(Hkv + H)) sc.tiles.resize(size_t(Hkv + H));
+  std::atomic<int64_t> attended{0};
+  for_each_item(pool, Hkv + H, [&](int32_t item) {
+    QueryTile& qt = sc.tiles[size_t(item)];
+    if (item < Hkv) {  // the group's sink and window
+      const int32_t g = item;
+      const KvHeadView kv = kv_head_view(p, g);
+      SoftmaxState& st = sc.group[size_t(g)];
+      qt.init(G, dim);
+      st.init(G, dim);
+      for (int32_t r = 0; r < G; ++r) qt.set_row(r, p.q + int64_t(g * G + r) * dim, p.scale, 0, sink_hi);
+      if (sink_hi > 0) attention_update(st, qt, kv, 0, sink_hi);
+      for (int32_t r = 0; r < G; ++r) qt.set_key_range(r, win_lo, t + 1);
+      if (w > 0) attention_update(st, qt, kv, win_lo, t + 1);
+      if (count)
+        attended.fetch_add(int64_t(G) * (sink_hi + (w > 0 ? t + 1 - win_lo : 0)), std::memory_order_relaxed);
+      return;
+    }
+    const int32_t h = item - Hkv;  // the head's selected blocks, keys <= far
+    SoftmaxState& st = sc.head[size_t(h)];
+    qt.init(1, dim);
+    st.init(1, dim);
+    qt.set_row(0, p.q + int64_t(h) * dim, p.scale, 0, far + 1);
+    std::vector<int32_t>& keys = attn_scratch().keys;
+    keys.clear();
+    for (int32_t i = mask.indptr[h]; i < mask.indptr[h + 1]; ++i) {
+      const int32_t k0 = mask.indices[i] * bk, k1 = std::min(k0 + bk, far + 1);
+      for (int32_t j = k0; j < k1; ++j) keys.push_back(j);
+    }
+    if (!keys.empty())
+      attention_update_gather(st, qt, kv_head_view(p, h / G), keys.data(), int32_t(keys.size()));
+    if (count) attended.fetch_add(int64_t(keys.size()), std::memory_order_relaxed);
+  });
+  // Merge each head's row of its group state into its own state (the SoftmaxState::merge rule, one row).
+  for (int32_t h = 0; h < H; ++h) {
+    const SoftmaxState& a = sc.group[size_t(h / G)];
+    SoftmaxState& b = sc.head[size_t(h)];
+    const int32_t r = h % G;
+    const float ma = a.m()[r], mb = b.m()[0];
+    float* out = p.out + int64_t(h) * dim;
+    if (ma == -INFINITY) {
+      b.finalize_row(0, out);
+      continue;
+    }
+    const float m = std::max(ma, mb);
+    const float fa = std::exp(ma - m), fb = mb == -INFINITY ? 0.0f : std::exp(mb - m);
+    const float l = a.l()[r] * fa + b.l()[0] * fb;
+    const float* oa = a.o_row(r);
+    const float* ob = b.o_row(0);
+    const float inv = l > 0 ? 1.0f / l : 0.0f;
+    for (int32_t d = 0; d < dim; ++d) out[d] = (oa[d] * fa + ob[d] * fb) * inv;
+  }
+  return attended.load();
+}
+
 }  // namespace
 
 std::vector<int32_t> hip_estimate_blocks(const HipConfig& cfg, const AttentionParams& p, int32_t head,
@@ -634,6 +710,16 @@ void hip_attention(const HipConfig& cfg, const AttentionParams& p, HipMask& mask
 
   const auto t1 = std::chrono::steady_clock::now();
   const bool count = stats != nullptr;
+  if (p.n_q == 1) {
+    const int64_t a = decode_attend(cfg, p, mask, pool, count);
+    if (stats) {
+      stats->attn_ms += ms_since(t1);
+      stats->scored_keys += scored.load();
+      stats->iterations += iters.load();
+      stats->attended_keys += a;
+    }
+    return;
+  }
   for_each_item(pool, n_items, [&](int32_t item) {
     const int32_t m = item / H, h = item % H;
     const int32_t row = h * nqb + m;
