@@ -102,7 +102,9 @@ struct HipStats {
 // position of the call's last row), then attend. estimate = false: reuse `mask` (decode between refreshes:
 // requires n_q == 1 and a mask of one query block for the same number of heads, e.g. the one estimated by an
 // earlier decode step; its blocks still only contribute keys <= t - w).
-// Work is split over (head, query block) in prefill and over heads in decode; per-thread scratch only.
+// Work is split over (head, query block) in prefill; in decode over KV groups (the sink and window, shared by
+// the group's query heads: each K/V block read once for all of them) and heads (their selected blocks), the
+// two partial states merged per head. Per-thread scratch only.
 void hip_attention(const HipConfig& cfg, const AttentionParams& p, HipMask& mask, bool estimate,
                    ThreadPool& pool, HipStats* stats = nullptr);
 
