@@ -581,7 +581,8 @@ int64_t decode_attend(const HipConfig& cfg, const AttentionParams& p, const HipM
   // Of the calling thread (a reference, so that the items on the pool's threads see this one, not theirs);
   // the items write disjoint entries.
   thread_local DecodeScratch scratch;
-  DecodeScratch& sc = scratch;
+  DecodeScratch* const scp = &scratch;
+  DecodeScratch& sc = *scp;
   const int32_t H = p.n_head, Hkv = p.n_kv_head, G = H / Hkv, dim = p.head_dim;
   const int32_t t = p.q_pos0, w = cfg.window, far = t - w, bk = cfg.block_k;
   const int32_t sink_hi = std::max(0, std::min(cfg.n_sink, far + 1)), win_lo = std::max(0, t - w + 1);

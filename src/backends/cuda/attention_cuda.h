@@ -43,7 +43,8 @@ struct AttnParams {
   int32_t n_head = 0, n_kv_head = 0, head_dim = 0;  // head_dim 64 or 128
   float scale = 0.0f;                               // softmax scale, usually 1/sqrt(head_dim)
   // Positions whose K/V memory is allocated (>= n_kv; 0 means n_kv). Only the cuDNN path reads it: its plans
-  // are built for key counts rounded up within this capacity, the keys past the real ones masked as padding.
+  // are built for key counts rounded up within this capacity, the keys past the real ones masked as padding
+  // (but loaded: they must hold finite values, e.g. zeros, since 0 * NaN is NaN in P.V).
   int32_t kv_capacity = 0;
 };
 
@@ -79,7 +80,8 @@ cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream);
 // padding lengths and the causal diagonal aligned to the bottom right: a long prefill in equal chunks builds
 // ~log2(chunks) plans. cudaErrorNotSupported when this build has no cuDNN headers, libcudnn cannot be
 // loaded, HIPSERVE_NO_CUDNN is set, or cuDNN rejects the shape; the caller then runs attention_prefill_dense.
-// Not CUDA-graph capturable (the first call of a shape builds its plan).
+// Not CUDA-graph capturable (the first call of a shape builds its plan). One stream at a time: the workspace
+// and the padding-length buffer are shared by all calls (the engine syncs its stream after each forward).
 cudaError_t attention_prefill_dense_cudnn(const AttnParams& p, cudaStream_t stream);
 bool cudnn_attention_available();
 std::string cudnn_attention_status();  // "cuDNN 9.14.0 (frontend 1.32)", or why it is not available

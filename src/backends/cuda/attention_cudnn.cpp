@@ -86,12 +86,19 @@ class CudnnAttention {
       if (workspace_) cudaFree(workspace_);
       workspace_ = nullptr;
       workspace_bytes_ = 0;
-      if (cudaError_t e = cudaMalloc(&workspace_, size_t(plan->workspace_bytes)); e != cudaSuccess) return e;
+      if (cudaMalloc(&workspace_, size_t(plan->workspace_bytes)) != cudaSuccess) {
+        cudaGetLastError();  // out of memory here is not fatal: the caller runs our kernel
+        workspace_ = nullptr;
+        return cudaErrorNotSupported;
+      }
       workspace_bytes_ = plan->workspace_bytes;
     }
     if (padded) {
-      if (!seq_lens_)
-        if (cudaError_t e = cudaMalloc(&seq_lens_, 2 * sizeof(int32_t)); e != cudaSuccess) return e;
+      if (!seq_lens_ && cudaMalloc(&seq_lens_, 2 * sizeof(int32_t)) != cudaSuccess) {
+        cudaGetLastError();
+        seq_lens_ = nullptr;
+        return cudaErrorNotSupported;
+      }
       // From pageable memory: the copy is staged before the call returns, so `lens` may go out of scope.
       const int32_t lens[2] = {p.n_q, s_kv};
       if (cudaError_t e = cudaMemcpyAsync(seq_lens_, lens, sizeof(lens), cudaMemcpyHostToDevice, stream);
@@ -108,9 +115,11 @@ class CudnnAttention {
       pack[kUidSeqKv] = seq_lens_ + 1;
     }
     fe::error_t e = plan->graph->execute(handle_, pack, workspace_);
-    if (e.is_bad()) {
-      std::fprintf(stderr, "hipserve: cuDNN attention failed: %s\n", e.get_message().c_str());
-      return cudaErrorUnknown;
+    if (e.is_bad()) {  // nothing was written: the caller runs our kernel instead
+      std::fprintf(stderr, "hipserve: cuDNN attention failed, using our kernel: %s\n",
+                   e.get_message().c_str());
+      cudaGetLastError();
+      return cudaErrorNotSupported;
     }
     return cudaGetLastError();
   }
@@ -165,6 +174,7 @@ class CudnnAttention {
                    ex.what());
       plan.reset();
     }
+    if (!plan) cudaGetLastError();               // leave no error behind for the fallback kernel's check
     plans_.emplace_front(key, std::move(plan));  // a failed shape is remembered too (no retry per call)
     if (plans_.size() > kMaxPlans) plans_.pop_back();
     return plans_.front().second ? &*plans_.front().second : nullptr;

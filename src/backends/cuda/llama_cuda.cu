@@ -651,6 +651,10 @@ struct GpuModel::Impl {
       for (int il = 0; il < cfg.n_layer; ++il) {
         sq.k_cache.emplace_back(size_t(kv_elems) * 2);
         sq.v_cache.emplace_back(size_t(kv_elems) * 2);
+        // Zeros, not whatever the allocation held: cuDNN's padded plans load (masked) positions past the
+        // sequence, and a masked NaN would still poison P.V (0 * NaN).
+        HS_CUDA(cudaMemset(sq.k_cache.back().as<void>(), 0, sq.k_cache.back().bytes()));
+        HS_CUDA(cudaMemset(sq.v_cache.back().as<void>(), 0, sq.v_cache.back().bytes()));
         if (opt.attn.layer_uses_hip(il)) {
           sq.mask_blocks.emplace_back(size_t(cfg.n_head) * Kb() * 4);
           sq.mask_counts.emplace_back(size_t(cfg.n_head) * 4);
