@@ -51,26 +51,28 @@ void SoftmaxState::reset() {
 void SoftmaxState::merge(const SoftmaxState& other) {
   HS_CHECK(other.n_rows_ == n_rows_ && other.dim_ == dim_, "SoftmaxState::merge: shape %d x %d vs %d x %d",
            n_rows_, dim_, other.n_rows_, other.dim_);
-  for (int32_t r = 0; r < n_rows_; ++r) {
-    const float m1 = m_.data()[r], m2 = other.m_.data()[r];
-    if (m2 == -std::numeric_limits<float>::infinity()) continue;  // other saw no key for this row
-    float* o = o_row(r);
-    const float* o2 = other.o_row(r);
-    if (m1 == -std::numeric_limits<float>::infinity()) {  // this row saw no key: take the other's
-      m_.data()[r] = m2;
-      l_.data()[r] = other.l_.data()[r];
-      std::copy_n(o2, dim_, o);
-      continue;
-    }
-    const float m = std::max(m1, m2);
-    const float a1 = std::exp(m1 - m), a2 = std::exp(m2 - m);  // one of them is exactly 1
-    m_.data()[r] = m;
-    l_.data()[r] = l_.data()[r] * a1 + other.l_.data()[r] * a2;
-    const __m256 va1 = _mm256_set1_ps(a1), va2 = _mm256_set1_ps(a2);
-    for (int32_t d = 0; d < dim_; d += 8)
-      _mm256_store_ps(
-          o + d, _mm256_fmadd_ps(_mm256_load_ps(o2 + d), va2, _mm256_mul_ps(_mm256_load_ps(o + d), va1)));
+  for (int32_t r = 0; r < n_rows_; ++r) merge_row(r, other, r);
+}
+
+void SoftmaxState::merge_row(int32_t r, const SoftmaxState& other, int32_t other_row) {
+  const float m1 = m_.data()[r], m2 = other.m_.data()[other_row];
+  if (m2 == -std::numeric_limits<float>::infinity()) return;  // other saw no key for this row
+  float* o = o_row(r);
+  const float* o2 = other.o_row(other_row);
+  if (m1 == -std::numeric_limits<float>::infinity()) {  // this row saw no key: take the other's
+    m_.data()[r] = m2;
+    l_.data()[r] = other.l_.data()[other_row];
+    std::copy_n(o2, dim_, o);
+    return;
   }
+  const float m = std::max(m1, m2);
+  const float a1 = std::exp(m1 - m), a2 = std::exp(m2 - m);  // one of them is exactly 1
+  m_.data()[r] = m;
+  l_.data()[r] = l_.data()[r] * a1 + other.l_.data()[other_row] * a2;
+  const __m256 va1 = _mm256_set1_ps(a1), va2 = _mm256_set1_ps(a2);
+  for (int32_t d = 0; d < dim_; d += 8)
+    _mm256_store_ps(o + d,
+                    _mm256_fmadd_ps(_mm256_load_ps(o2 + d), va2, _mm256_mul_ps(_mm256_load_ps(o + d), va1)));
 }
 
 void SoftmaxState::finalize_row(int32_t r, float* out) const {

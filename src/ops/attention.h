@@ -86,6 +86,9 @@ class SoftmaxState {
   // this := state of (this key set) U (other's), row by row; same n_rows and dim. Empty sides (m = -inf) are
   // exact no-ops, so fully masked pieces never produce NaN.
   void merge(const SoftmaxState& other);
+  // The same for one row: row r := row r of this U row other_row of other (e.g. a head's row of a GQA group's
+  // state into that head's own one-row state).
+  void merge_row(int32_t r, const SoftmaxState& other, int32_t other_row);
   // out[d] = o[r][d] / l[r]; a row that saw no key (l == 0) gives zeros.
   void finalize_row(int32_t r, float* out) const;
   void finalize(float* out, int64_t out_stride) const;  // row r to out + r*out_stride

@@ -581,8 +581,7 @@ int64_t decode_attend(const HipConfig& cfg, const AttentionParams& p, const HipM
   // Of the calling thread (a reference, so that the items on the pool's threads see this one, not theirs);
   // the items write disjoint entries.
   thread_local DecodeScratch scratch;
-  DecodeScratch* const scp = &scratch;
-  DecodeScratch& sc = *scp;
+  DecodeScratch& sc = scratch;
   const int32_t H = p.n_head, Hkv = p.n_kv_head, G = H / Hkv, dim = p.head_dim;
   const int32_t t = p.q_pos0, w = cfg.window, far = t - w, bk = cfg.block_k;
   const int32_t sink_hi = std::max(0, std::min(cfg.n_sink, far + 1)), win_lo = std::max(0, t - w + 1);
@@ -621,24 +620,9 @@ int64_t decode_attend(const HipConfig& cfg, const AttentionParams& p, const HipM
       attention_update_gather(st, qt, kv_head_view(p, h / G), keys.data(), int32_t(keys.size()));
     if (count) attended.fetch_add(int64_t(keys.size()), std::memory_order_relaxed);
   });
-  // Merge each head's row of its group state into its own state (the SoftmaxState::merge rule, one row).
-  for (int32_t h = 0; h < H; ++h) {
-    const SoftmaxState& a = sc.group[size_t(h / G)];
-    SoftmaxState& b = sc.head[size_t(h)];
-    const int32_t r = h % G;
-    const float ma = a.m()[r], mb = b.m()[0];
-    float* out = p.out + int64_t(h) * dim;
-    if (ma == -INFINITY) {
-      b.finalize_row(0, out);
-      continue;
-    }
-    const float m = std::max(ma, mb);
-    const float fa = std::exp(ma - m), fb = mb == -INFINITY ? 0.0f : std::exp(mb - m);
-    const float l = a.l()[r] * fa + b.l()[0] * fb;
-    const float* oa = a.o_row(r);
-    const float* ob = b.o_row(0);
-    const float inv = l > 0 ? 1.0f / l : 0.0f;
-    for (int32_t d = 0; d < dim; ++d) out[d] = (oa[d] * fa + ob[d] * fb) * inv;
+  for (int32_t h = 0; h < H; ++h) {  // each head's row of its group's state into the head's own state
+    sc.head[size_t(h)].merge_row(0, sc.group[size_t(h / G)], h % G);
+    sc.head[size_t(h)].finalize_row(0, p.out + int64_t(h) * dim);
   }
   return attended.load();
 }
@@ -711,24 +695,17 @@ void hip_attention(const HipConfig& cfg, const AttentionParams& p, HipMask& mask
 
   const auto t1 = std::chrono::steady_clock::now();
   const bool count = stats != nullptr;
-  if (p.n_q == 1) {
-    const int64_t a = decode_attend(cfg, p, mask, pool, count);
-    if (stats) {
-      stats->attn_ms += ms_since(t1);
-      stats->scored_keys += scored.load();
-      stats->iterations += iters.load();
-      stats->attended_keys += a;
-    }
-    return;
-  }
-  for_each_item(pool, n_items, [&](int32_t item) {
-    const int32_t m = item / H, h = item % H;
-    const int32_t row = h * nqb + m;
-    const int32_t b0 = mask.indptr[row];
-    const int64_t a = attend_block(cfg, p, h, m, mask.indices.data() + b0, mask.indptr[row + 1] - b0,
-                                   attn_scratch(), count);
-    if (count) attended.fetch_add(a, std::memory_order_relaxed);
-  });
+  if (p.n_q == 1)
+    attended = decode_attend(cfg, p, mask, pool, count);
+  else
+    for_each_item(pool, n_items, [&](int32_t item) {
+      const int32_t m = item / H, h = item % H;
+      const int32_t row = h * nqb + m;
+      const int32_t b0 = mask.indptr[row];
+      const int64_t a = attend_block(cfg, p, h, m, mask.indices.data() + b0, mask.indptr[row + 1] - b0,
+                                     attn_scratch(), count);
+      if (count) attended.fetch_add(a, std::memory_order_relaxed);
+    });
   if (stats) {
     stats->attn_ms += ms_since(t1);
     stats->scored_keys += scored.load();

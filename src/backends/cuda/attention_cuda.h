@@ -79,10 +79,18 @@ cudaError_t attention_prefill_dense(const AttnParams& p, cudaStream_t stream);
 // plan for a key count rounded up to a power of two (within kv_capacity), with the real counts passed as
 // padding lengths and the causal diagonal aligned to the bottom right: a long prefill in equal chunks builds
 // ~log2(chunks) plans. cudaErrorNotSupported when this build has no cuDNN headers, libcudnn cannot be
-// loaded, HIPSERVE_NO_CUDNN is set, or cuDNN rejects the shape; the caller then runs attention_prefill_dense.
+// loaded, HIPSERVE_CUDNN=0 is set, or cuDNN rejects the shape; the caller then runs attention_prefill_dense.
 // Not CUDA-graph capturable (the first call of a shape builds its plan). One stream at a time: the workspace
 // and the padding-length buffer are shared by all calls (the engine syncs its stream after each forward).
 cudaError_t attention_prefill_dense_cudnn(const AttnParams& p, cudaStream_t stream);
+// The rows of an n_q-row call that go through cuDNN: the largest power of two <= n_q (so that prompts of
+// every length share a few plans); attention_prefill_dense_cudnn runs the rest (fewer than half) through our
+// kernel.
+inline int32_t cudnn_prefill_rows(int32_t n_q) {
+  int32_t rows = 1;
+  while (rows <= n_q / 2) rows *= 2;
+  return rows;
+}
 bool cudnn_attention_available();
 std::string cudnn_attention_status();  // "cuDNN 9.14.0 (frontend 1.32)", or why it is not available
 // Dense decode: n_q == 1 (the query at position n_kv - 1 = q_pos0), split-K over the keys, one CTA per (KV

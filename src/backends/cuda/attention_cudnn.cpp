@@ -82,23 +82,22 @@ class CudnnAttention {
                       p.out_stride, p.scale,    padded,           device};
     Plan* plan = find_or_build(key, p, s_plan, padded);
     if (!plan) return cudaErrorNotSupported;
+    // Out of memory here is not fatal: the caller runs our kernel (and the CUDA error is cleared for it).
+    auto alloc = [](void** ptr, size_t bytes) {
+      if (cudaMalloc(ptr, bytes) == cudaSuccess) return true;
+      cudaGetLastError();
+      *ptr = nullptr;
+      return false;
+    };
     if (plan->workspace_bytes > workspace_bytes_) {
       if (workspace_) cudaFree(workspace_);
-      workspace_ = nullptr;
       workspace_bytes_ = 0;
-      if (cudaMalloc(&workspace_, size_t(plan->workspace_bytes)) != cudaSuccess) {
-        cudaGetLastError();  // out of memory here is not fatal: the caller runs our kernel
-        workspace_ = nullptr;
-        return cudaErrorNotSupported;
-      }
+      if (!alloc(&workspace_, size_t(plan->workspace_bytes))) return cudaErrorNotSupported;
       workspace_bytes_ = plan->workspace_bytes;
     }
     if (padded) {
-      if (!seq_lens_ && cudaMalloc(&seq_lens_, 2 * sizeof(int32_t)) != cudaSuccess) {
-        cudaGetLastError();
-        seq_lens_ = nullptr;
+      if (!seq_lens_ && !alloc(reinterpret_cast<void**>(&seq_lens_), 2 * sizeof(int32_t)))
         return cudaErrorNotSupported;
-      }
       // From pageable memory: the copy is staged before the call returns, so `lens` may go out of scope.
       const int32_t lens[2] = {p.n_q, s_kv};
       if (cudaError_t e = cudaMemcpyAsync(seq_lens_, lens, sizeof(lens), cudaMemcpyHostToDevice, stream);
@@ -126,8 +125,8 @@ class CudnnAttention {
 
  private:
   CudnnAttention() {
-    if (const char* off = std::getenv("HIPSERVE_NO_CUDNN"); off && *off && std::string(off) != "0") {
-      status_ = "off (HIPSERVE_NO_CUDNN)";
+    if (const char* env = std::getenv("HIPSERVE_CUDNN"); env && std::string(env) == "0") {
+      status_ = "off (HIPSERVE_CUDNN=0)";
       return;
     }
     for (const char* lib : {"libcudnn.so.9", "libcudnn.so"}) {
@@ -257,10 +256,8 @@ class CudnnAttention {
 
 cudaError_t attention_prefill_dense_cudnn(const AttnParams& p, cudaStream_t stream) {
   if (p.n_q <= 0 || p.q_pos0 < 0 || p.q_pos0 + p.n_q > p.n_kv) return cudaErrorInvalidValue;
-  // Rows are independent: the largest power of two of them through cuDNN (so that prompts of every length
-  // share a few plans), the rest (< half) through our kernel after them.
-  int32_t head = 1;
-  while (head * 2 <= p.n_q) head *= 2;
+  // Rows are independent: cudnn_prefill_rows of them through cuDNN, the rest through our kernel after them.
+  const int32_t head = cudnn_prefill_rows(p.n_q);
   AttnParams a = p;
   a.n_q = head;
   if (cudaError_t e = CudnnAttention::get().run(a, stream); e != cudaSuccess) return e;

@@ -38,11 +38,10 @@ namespace hs::cuda {
 
 namespace {
 
-// The option, unless the environment says otherwise (HIPSERVE_CUDNN=1 / 0); and only where libcudnn loads.
+// The option, or HIPSERVE_CUDNN=1; only where libcudnn loads (HIPSERVE_CUDNN=0 keeps it from loading).
 bool engine_uses_cudnn(bool option) {
   const char* env = std::getenv("HIPSERVE_CUDNN");
-  const bool want = env && *env ? std::string(env) != "0" : option;
-  return want && cudnn_attention_available();
+  return (option || (env && std::string(env) == "1")) && cudnn_attention_available();
 }
 
 void check_cuda(cudaError_t e, const char* what) {
@@ -790,13 +789,9 @@ struct GpuModel::Impl {
   // 0's layer-0 K/V (the results are garbage and overwritten by the next forward). Returns the shapes run.
   int warm_up_cudnn() {
     if (!use_cudnn) return 0;
-    int32_t top = 1;  // the rows a full chunk sends to cuDNN: its largest power of two
-    while (top * 2 <= opt.max_batch_tokens) top *= 2;
+    const int32_t top = cudnn_prefill_rows(opt.max_batch_tokens);  // the rows a full chunk sends to cuDNN
     if (top < kCudnnMinRows) return 0;
-    Segment sg{};
-    sg.seq = 0;
-    sg.row0 = 0;
-    AttnParams base = attn_params(0, sg);
+    const AttnParams base = attn_params(0, Segment{});
     int shapes = 0;
     auto run = [&](int32_t n_q, int32_t q_pos0) {
       AttnParams p = base;
