@@ -35,6 +35,8 @@ echo "tests exit code: $test_rc"
 [ "${SKIP_BENCH:-0}" = 1 ] && exit 0
 log "benchmark (ours)"
 timeout 170 "$BUILD/hipserve_gpu_bench" --json "$OUT/ours.jsonl" ${QUICK:+--quick} 2>&1 | tee "$OUT/bench.log"
+log "benchmark: decode GEMVs against the card's read bandwidth"
+timeout 120 "$BUILD/hipserve_gemv_bench" --json "$OUT/gemv.jsonl" 2>&1 | tee "$OUT/gemv.log"
 log "benchmark (torch SDPA)"
 TS="32768 131072 262144"; [ -n "${QUICK:-}" ] && TS=32768
 [ "${SKIP_SDPA:-0}" = 1 ] || PYTHONUNBUFFERED=1 timeout 150 python3 bench/gpu/sdpa_bench.py --json "$OUT/sdpa.jsonl" --T $TS 2>&1 | tee "$OUT/sdpa.log"
