@@ -526,14 +526,42 @@ __device__ void decode_split_body(const DecodeArgs& a, const Keys& keys, int hea
     for (int u = 0; u < UNR; ++u) {
       float kf[8];
       bf16x8_to_float(kr[u], kf);
+      if constexpr (GH == 4 && LPK == 16) {
+        // Four heads' partial dots reduced over the 16 lanes of the key with 5 shuffles instead of 16: at
+        // distance 8 each lane keeps two heads and sends the other two, at 4 one head, then a plain sum over
+        // the last 4 lanes; lane bits (3, 2) name the head it then holds, and 4 shuffles hand every lane all
+        // four sums (9 shuffles per key instead of 16). H100, one 128K layer of H 32/8: 0.214 vs 0.218 ms.
+        float s4[4];
 #pragma unroll
-      for (int h = 0; h < GH; ++h) {
-        float s = 0.f;
+        for (int h = 0; h < 4; ++h) {
+          s4[h] = 0.f;
 #pragma unroll
-        for (int d = 0; d < 8; ++d) s = fmaf(q[h][d], kf[d], s);
+          for (int d = 0; d < 8; ++d) s4[h] = fmaf(q[h][d], kf[d], s4[h]);
+        }
+        const bool b3 = sub & 8, b2 = sub & 4;
+        float k0 = b3 ? s4[2] : s4[0], k1 = b3 ? s4[3] : s4[1];
+        k0 += __shfl_xor_sync(0xffffffffu, b3 ? s4[0] : s4[2], 8);
+        k1 += __shfl_xor_sync(0xffffffffu, b3 ? s4[1] : s4[3], 8);
+        float mine = b2 ? k1 : k0;
+        mine += __shfl_xor_sync(0xffffffffu, b2 ? k0 : k1, 4);
+        mine += __shfl_xor_sync(0xffffffffu, mine, 2);
+        mine += __shfl_xor_sync(0xffffffffu, mine, 1);
+        const int lane16 = threadIdx.x & 16;
 #pragma unroll
-        for (int off = 1; off < LPK; off <<= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        sc[h][u] = kp[u] >= 0 ? s : -INFINITY;
+        for (int h = 0; h < 4; ++h) {
+          const float v = __shfl_sync(0xffffffffu, mine, lane16 | ((h >> 1) << 3) | ((h & 1) << 2));
+          sc[h][u] = kp[u] >= 0 ? v : -INFINITY;
+        }
+      } else {
+#pragma unroll
+        for (int h = 0; h < GH; ++h) {
+          float s = 0.f;
+#pragma unroll
+          for (int d = 0; d < 8; ++d) s = fmaf(q[h][d], kf[d], s);
+#pragma unroll
+          for (int off = 1; off < LPK; off <<= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+          sc[h][u] = kp[u] >= 0 ? s : -INFINITY;
+        }
       }
     }
 #pragma unroll
