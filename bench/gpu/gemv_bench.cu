@@ -60,22 +60,6 @@ __global__ void fill_bf16(bf16* p, int64_t n, uint32_t seed) {
   }
 }
 
-template <class... KArgs, class... Args>
-void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
-                Args&&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  CK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
-}
-
 using GemvKernel = void (*)(const bf16*, int64_t, int, const bf16*, float*, bool);
 struct Variant {
   std::string name;
@@ -86,8 +70,8 @@ struct Variant {
 void gemv(const Variant& v, const bf16* w, int64_t rows, int cols, const bf16* x, float* y, bool acc,
           cudaStream_t s) {
   const int64_t per = int64_t(kGemvWarps) * v.rows_per_warp;
-  launch_pdl(v.kernel, dim3(unsigned((rows + per - 1) / per)), dim3(kGemvWarps * 32), 0, s, w, rows, cols, x,
-             y, acc);
+  CK(launch_kernel(true, v.kernel, dim3(unsigned((rows + per - 1) / per)), dim3(kGemvWarps * 32), 0, s, w,
+                   rows, cols, x, y, acc));
 }
 
 }  // namespace gemv_bench

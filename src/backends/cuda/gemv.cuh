@@ -7,13 +7,14 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 namespace hs::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
 
-// Programmatic dependent launch (sm_90): a kernel launched with the PDL attribute (launch() in llama_cuda.cu)
+// Programmatic dependent launch (sm_90): a kernel launched with the PDL attribute (launch_kernel below)
 // may start while its predecessor in the stream still runs; it must call pdl_wait() before it reads anything
 // the predecessor writes, or writes anything the predecessor reads. Work before the wait may touch only data
 // no earlier kernel of the step writes (the GEMV streams its first weights there: the weights are constant).
@@ -28,6 +29,24 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch when `pdl` (the kernel
+// must call pdl_wait() before touching its predecessor's data; see above).
+template <class... KArgs, class... Args>
+cudaError_t launch_kernel(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                          cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = pdl ? attr : nullptr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 // Decode's matrix-vector products: y[r] (+)= sum_c W[r][c] x[c], W [rows][cols] bf16 row-major, x bf16, y

@@ -265,22 +265,12 @@ __global__ void fill_kernel(float* p, int64_t n, float v) {
 constexpr int kGemvMaxTokens = 4;
 int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch when `pdl` (the kernel must
-// call pdl_wait() before touching its predecessor's data; see above).
+// launch_kernel (gemv.cuh), failing with a message on a launch error.
 template <class... KArgs, class... Args>
 void launch(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
             Args&&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = pdl ? attr : nullptr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  check_cuda(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "cudaLaunchKernelEx");
+  check_cuda(launch_kernel(pdl, kernel, grid, block, smem, stream, std::forward<Args>(args)...),
+             "cudaLaunchKernelEx");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
