@@ -74,6 +74,8 @@ if [ -f "$model" ]; then
   expect_error "shrink too many layers" "exceeds" "$bin" shrink -m "$model" -o "$tmp/x.gguf" --layers 31
   expect_error "shrink onto itself" "overwrite" "$bin" shrink -m "$model" -o "$model" --layers 2
   expect_error "eval recall on the GPU" "CPU only" "$bin" eval recall -m "$model" -f "$tmp/none.txt" --device cuda
+  expect_error "eval passkey --needle on the GPU" "CPU only" "$bin" eval passkey -m "$model" --needle --device cuda
+  expect_error "--needle without passkey" "goes with eval passkey" "$bin" eval ppl -m "$model" -f "$tmp/none.txt" --needle
   printf 'Hello\n/reset\nWhat is 2+2?\n' >"$tmp/chat_in.txt"
   if "$bin" chat -m "$model" -n 8 --temp 0 <"$tmp/chat_in.txt" >"$tmp/out" 2>"$tmp/err"; then
     pass=$((pass + 1)); echo "ok   chat from stdin"

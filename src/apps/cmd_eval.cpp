@@ -42,7 +42,8 @@ std::vector<double> parse_depths(const std::string& v) {
 int cmd_eval(const std::vector<std::string>& args) {
   const char* usage =
       "usage: hipserve eval ppl     -f TEXT [-c CTX] [--chunks N] [attention flags]\n"
-      "       hipserve eval passkey [-c CTX] [--depths 0,0.25,0.5,0.75,1] [--trials K] [attention flags]\n"
+      "       hipserve eval passkey [-c CTX] [--depths 0,0.25,0.5,0.75,1] [--trials K] [--needle] [attention "
+      "flags]\n"
       "       hipserve eval recall  -f TEXT [-c CTX] [--queries N] [attention flags]\n"
       "       hipserve eval mask    -f TEXT [-c CTX] --layer L --head H [--grid G] --out FILE.json\n\n";
   CommonArgs common;
@@ -51,7 +52,7 @@ int cmd_eval(const std::vector<std::string>& args) {
   std::string out_file;
   uint64_t seed = 42;
   std::vector<double> depths = {0, 0.25, 0.5, 0.75, 1};
-  bool json = false, help = false;
+  bool json = false, help = false, needle = false;
   OptionTable t;
   add_common_options(t, common);
   t.add({"-f", "--file", "TEXT", "text file (UTF-8) for ppl and recall", [&](const std::string& v) { file = v; }});
@@ -63,6 +64,12 @@ int cmd_eval(const std::vector<std::string>& args) {
          [&](const std::string& v) { trials = parse_int("--trials", v, 1, 100000); }});
   t.add({"-s", "--seed", "N", "passkey: seed for the keys (default: 42)",
          [&](const std::string& v) { seed = uint64_t(parse_int("--seed", v, 0, 1 << 30)); }});
+  t.add({"", "--needle", "",
+         "passkey: also show, per trial, which attention heads retrieve the key's digits at the last prompt "
+         "row "
+         "(>= 10% of their exact attention) and whether HiP's mask there covers each one's top digit (CPU "
+         "only)",
+         [&](const std::string&) { needle = true; }});
   t.add({"", "--queries", "N", "recall: query rows evaluated at the end of the context (default: 128)",
          [&](const std::string& v) { queries = parse_int("--queries", v, 1, 512); }});
   t.add({"", "--layer", "L", "mask: layer to draw (default: 12)",
@@ -89,7 +96,11 @@ int cmd_eval(const std::vector<std::string>& args) {
 
   HS_CHECK(common.random_weights.empty(), "--random-weights has no tokenizer: use it with `hipserve bench`");
   // ppl and passkey run on the chosen device; recall and mask read the CPU model's Q/K (CPU only).
-  const bool on_gpu = (what == "ppl" || what == "passkey") ? common.use_cuda() : false;
+  HS_CHECK(!needle || what == "passkey", "--needle goes with eval passkey");
+  HS_CHECK(!needle || common.device != "cuda",
+           "eval passkey --needle reads the CPU model's queries and keys: it runs on the CPU only (drop "
+           "--device cuda)");
+  const bool on_gpu = (what == "ppl" || what == "passkey") ? common.use_cuda() && !needle : false;
   HS_CHECK(!(what == "recall" || what == "mask") || common.device != "cuda",
            "eval %s reads the CPU model's queries and keys: it runs on the CPU only (drop --device cuda)", what.c_str());
   LoadedModel lm = load_model(common, json, on_gpu);
@@ -142,6 +153,43 @@ int cmd_eval(const std::vector<std::string>& args) {
         std::printf("| %.2f | %d/%d | %s |\n", r.depths[i], r.correct[i], r.trials[i], a.c_str());
       }
       std::printf("%.1f s\n", r.seconds);
+    }
+    if (needle) {
+      // Per trial: the retrieval heads (all layers, as if every layer ran HiP) and those HiP's mask misses.
+      nlohmann::json nj = nlohmann::json::array();
+      if (!json)
+        std::printf(
+            "\nretrieval heads at the last prompt row (>= 10%% of the exact attention on the key's digits), "
+            "and those whose top digit HiP's mask of the last query block misses:\n"
+            "| depth | key | answer | retrieval heads covered | missed (layer:head) |\n"
+            "| ---: | ---: | --- | ---: | --- |\n");
+      for (size_t i = 0; i < r.depths.size(); ++i)
+        for (const auto& [key, answer] : r.trials_detail[i]) {
+          const PasskeyPrompt p = make_passkey_prompt(model.tokenizer(), ctx, r.depths[i], key);
+          const NeedleResult nr = evaluate_needle(model, p, *lm.pool);
+          int32_t heads = 0, covered = 0;
+          for (size_t l = 0; l < nr.retrieval_heads.size(); ++l)
+            heads += nr.retrieval_heads[l], covered += nr.covered[l];
+          std::string missed;
+          for (const auto& [l, h] : nr.missed) missed += strfmt("%s%d:%d", missed.empty() ? "" : " ", l, h);
+          const bool ok = passkey_answer_correct(answer, key);
+          nj.push_back({{"depth", r.depths[i]},
+                        {"key", key},
+                        {"answer", answer},
+                        {"correct", ok},
+                        {"retrieval_heads", nr.retrieval_heads},
+                        {"covered", nr.covered},
+                        {"needle_mass", nr.needle_mass},
+                        {"missed", nr.missed}});
+          if (!json) {
+            std::string a = answer;
+            for (char& ch : a)
+              if (ch == '\n' || ch == '|') ch = ' ';
+            std::printf("| %.2f | %05d | %s%s | %d/%d | %s |\n", r.depths[i], key,
+                        ok ? "" : "wrong: ", a.c_str(), covered, heads, missed.c_str());
+          }
+        }
+      out["needle"] = nj;
     }
   } else if (what == "mask") {
     const std::vector<int32_t> toks = tokenize_file(model.tokenizer(), file);

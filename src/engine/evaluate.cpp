@@ -118,6 +118,20 @@ PasskeyPrompt make_passkey_prompt(const Tokenizer& tok, int32_t ctx, double dept
   return p;
 }
 
+bool passkey_answer_correct(const std::string& answer, int32_t key) {
+  // The first run of 5 digits in the answer.
+  std::string digits;
+  for (char ch : answer) {
+    if (ch >= '0' && ch <= '9') {
+      digits += ch;
+      if (digits.size() == 5) break;
+    } else if (!digits.empty()) {
+      digits.clear();
+    }
+  }
+  return digits == strfmt("%05d", key);
+}
+
 PasskeyResult evaluate_passkey(Sequence& seq, const Tokenizer& tok, int32_t ctx, const std::vector<double>& depths,
                                int32_t trials, uint64_t seed, const EvalProgress& progress) {
   HS_CHECK(trials >= 1, "passkey needs at least one trial");
@@ -145,17 +159,7 @@ PasskeyResult evaluate_passkey(Sequence& seq, const Tokenizer& tok, int32_t ctx,
         answer += tok.token_to_bytes(next);
         if (i + 1 < 8) seq.append(std::span<const int32_t>(&next, 1), logits.data());
       }
-      // The first run of 5 digits in the answer.
-      std::string digits;
-      for (char ch : answer) {
-        if (ch >= '0' && ch <= '9') {
-          digits += ch;
-          if (digits.size() == 5) break;
-        } else if (!digits.empty()) {
-          digits.clear();
-        }
-      }
-      if (digits == strfmt("%05d", p.key)) correct++;
+      if (passkey_answer_correct(answer, p.key)) correct++;
       if (t == 0) res.sample_answers.push_back(answer);
       res.trials_detail.back().emplace_back(p.key, answer);
       if (progress) progress(++done, int64_t(depths.size()) * trials);
@@ -164,6 +168,93 @@ PasskeyResult evaluate_passkey(Sequence& seq, const Tokenizer& tok, int32_t ctx,
     res.trials.push_back(trials);
   }
   res.seconds = seconds_since(t0);
+  return res;
+}
+
+NeedleResult evaluate_needle(Model& model, const PasskeyPrompt& prompt, ThreadPool& pool, double min_mass,
+                             const HipConfig* probe) {
+  const ModelConfig& c = model.config();
+  const HipConfig hip = probe ? *probe : model.attention().hip;
+  const std::string why = hip.validate();
+  HS_CHECK(why.empty(), "needle: %s", why.c_str());
+  const int32_t n = int32_t(prompt.tokens.size()), HD = c.head_dim, QD = c.q_dim();
+  HS_CHECK(n >= 2, "needle: prompt of %d tokens is too short", n);
+  // The key's digit tokens: the digits among the needle's tokens (both mentions of the key).
+  std::vector<int32_t> digits;
+  const std::string key = strfmt("%05d", prompt.key);
+  for (int32_t i = prompt.key_position; i < n; ++i) {
+    std::string piece = model.tokenizer().token_to_bytes(prompt.tokens[size_t(i)]);
+    piece.erase(0, piece.find_first_not_of(' '));  // " 1" is a digit token too
+    bool all_digits = !piece.empty();
+    for (char ch : piece) all_digits = all_digits && ch >= '0' && ch <= '9';
+    if (all_digits && key.find(piece) != std::string::npos) digits.push_back(i);
+    if (digits.size() >= 2 * key.size()) break;
+  }
+  HS_CHECK(!digits.empty(), "needle: no digit token of the key %s in the prompt", key.c_str());
+
+  const int32_t n_rows = (n - 1) % hip.block_q + 1, pos0 = n - n_rows;
+  NeedleResult res;
+  res.retrieval_heads.assign(size_t(c.n_layer), 0);
+  res.covered.assign(size_t(c.n_layer), 0);
+  res.needle_mass.assign(size_t(c.n_layer), 0.0);
+  KvCache cache(c, n);
+  if (pos0 > 0)
+    model.prefill(cache, std::span<const int32_t>(prompt.tokens.data(), size_t(pos0)), nullptr, pool);
+  std::vector<float> q;
+  model.set_debug_tap([&](const char* name, int layer, const float* data, int64_t rows, int64_t cols) {
+    if (layer < 0) return;
+    if (std::string(name) == "q_rope") {
+      q.assign(data, data + rows * cols);
+      return;
+    }
+    if (std::string(name) != "attn_out") return;
+    const AttentionParams p = layer_attention_params(c, cache, layer, q.data(), int32_t(rows), pos0);
+    const int32_t t = n - 1, G = c.n_head / c.n_head_kv;
+    std::vector<double> mass(size_t(c.n_head), 0.0);
+    std::vector<int32_t> top(size_t(c.n_head), -1);
+    std::vector<uint8_t> hit(size_t(c.n_head), 0);
+    pool.parallel_for(c.n_head, 1, [&](int64_t b, int64_t e) {
+      std::vector<double> s(size_t(t) + 1);
+      for (int64_t h = b; h < e; ++h) {
+        const float* qi = p.q + int64_t(rows - 1) * QD + h * HD;
+        const uint16_t* kh = p.k + (h / G) * p.kv_head_stride;
+        double mx = -1e300;
+        for (int32_t j = 0; j <= t; ++j) {
+          const uint16_t* kj = kh + int64_t(j) * p.kv_pos_stride;
+          double d = 0;
+          for (int32_t x = 0; x < HD; ++x) d += double(qi[x]) * fp16_to_fp32(kj[x]);
+          s[size_t(j)] = d * p.scale;
+          mx = std::max(mx, s[size_t(j)]);
+        }
+        double z = 0;
+        for (int32_t j = 0; j <= t; ++j) z += std::exp(s[size_t(j)] - mx);
+        double best = -1;
+        for (int32_t j : digits) {
+          const double a = std::exp(s[size_t(j)] - mx) / z;
+          mass[size_t(h)] += a;
+          if (a > best) best = a, top[size_t(h)] = j;
+        }
+        // What HiP attends for row t: the selected blocks of the last query block, the sink, the window.
+        const int32_t m = (rows - 1) / hip.block_q;
+        const std::vector<int32_t> blocks = hip_estimate_blocks(hip, p, int32_t(h), m);
+        const int32_t j = top[size_t(h)];
+        bool in = j < hip.n_sink || j > t - hip.window;
+        for (int32_t blk : blocks) in = in || (j >= blk * hip.block_k && j < (blk + 1) * hip.block_k);
+        hit[size_t(h)] = in;
+      }
+    });
+    for (int32_t h = 0; h < c.n_head; ++h) {
+      res.needle_mass[size_t(layer)] += mass[size_t(h)] / c.n_head;
+      if (mass[size_t(h)] < min_mass) continue;
+      res.retrieval_heads[size_t(layer)]++;
+      if (hit[size_t(h)])
+        res.covered[size_t(layer)]++;
+      else
+        res.missed.emplace_back(layer, h);
+    }
+  });
+  model.prefill(cache, std::span<const int32_t>(prompt.tokens.data() + pos0, size_t(n_rows)), nullptr, pool);
+  model.set_debug_tap({});
   return res;
 }
 

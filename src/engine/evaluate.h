@@ -41,6 +41,8 @@ struct PasskeyPrompt {
   int32_t key_position = 0;  // token index where the key sentence starts
 };
 PasskeyPrompt make_passkey_prompt(const Tokenizer& tok, int32_t ctx, double depth, int32_t key);
+// A trial's verdict: the first run of 5 digits in the answer is the key.
+bool passkey_answer_correct(const std::string& answer, int32_t key);
 struct PasskeyResult {
   std::vector<double> depths;
   std::vector<int32_t> correct, trials;
@@ -52,6 +54,23 @@ struct PasskeyResult {
 // Runs on any backend: `seq` (its n_ctx() >= ctx) is cleared before each trial.
 PasskeyResult evaluate_passkey(Sequence& seq, const Tokenizer& tok, int32_t ctx, const std::vector<double>& depths,
                                int32_t trials, uint64_t seed, const EvalProgress& progress = {});
+
+// Where the key is lost (CPU model, any attention): the prompt is run up to its last query block, then that
+// block's rows (the last (n - 1) % b_q + 1 prompt tokens: the partial block prefill ends on) run with, in
+// every layer, HiP's mask of the block estimated for each query head (dense layers too, as if they ran HiP).
+// For the last row (the one that predicts the first answer token), per (layer, head): the share of its exact
+// softmax attention that falls on the key's digit tokens (both mentions in the needle), and whether the digit
+// it attends most lies in what HiP would attend (selected blocks, sink or window). A "retrieval head" gives
+// the digits at least `min_mass` of its attention. The masks probed use `probe` (default: the model's HiP
+// settings, which the forward pass itself runs with).
+struct NeedleResult {
+  std::vector<int32_t> retrieval_heads;  // per layer
+  std::vector<int32_t> covered;          // per layer: retrieval heads whose top digit HiP attends
+  std::vector<double> needle_mass;       // per layer: mean over heads of the digits' attention share
+  std::vector<std::pair<int32_t, int32_t>> missed;  // (layer, head) of retrieval heads HiP misses
+};
+NeedleResult evaluate_needle(Model& model, const PasskeyPrompt& prompt, ThreadPool& pool,
+                             double min_mass = 0.1, const HipConfig* probe = nullptr);
 
 // Mask recall on real Q/K: after prefilling `ctx - n_query` tokens of the text, the last `n_query` rows are run
 // and, in every layer (dense ones too, as if they ran HiP), HiP's mask is estimated for each (head, query
