@@ -9,7 +9,7 @@
 #   gpu_deps/googletest/       GoogleTest sources
 #   gpu_act/                   real activations for the attention tests (bench/gpu/dump_activations)
 # E2E=quick|full (default full), TESTS=0 skips the tests, E2E_PF=0 the cuDNN prefill A/B, ONLY_PF=1 stops after it,
-# AB_VARS="VAR ..." adds a decode A/B of each switch.
+# AB_VARS="VAR ..." adds an on/off A/B of each environment switch on 8B decode (HiP, depth 0 and 128K).
 # With gpu_deps/engine/include/httplib.h (prepare_carry.sh)
 # the real `serve` is built and checked on the GPU: greedy completions against `hipserve run`, a load test.
 set -uo pipefail
@@ -145,7 +145,6 @@ PY
   ab_decode "programmatic dependent launch on / off" HIPSERVE_CUDA_NO_PDL no_pdl
   ab_decode "one-row RMSNorm / RoPE on 1024 threads / 8 CTAs vs one 256-thread CTA" HIPSERVE_CUDA_NARROW_SMALL narrow_small
 fi
-# AB_VARS="VAR ...": an on/off A/B of each environment switch on 8B decode (HiP, depth 0 and 128K).
 for ab in ${AB_VARS:-}; do ab_decode "$ab" "$ab" "$ab"; done
 if [ -n "${GEMV_SHAPES:-}" ]; then
   log "decode GEMV shapes (rows per warp, loads per lane per step), HiP, depth 0"

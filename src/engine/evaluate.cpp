@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <random>
 
 #include "ops/hip_attention.h"
@@ -34,6 +35,54 @@ AttentionParams layer_attention_params(const ModelConfig& c, KvCache& cache, int
   p.head_dim = c.head_dim;
   p.scale = 1.0f / std::sqrt(float(c.head_dim));
   return p;
+}
+
+// Calls on_layer(layer, p) at every layer's attention output during the model's forward passes while it
+// lives: p = layer_attention_params of that layer's query rows (after RoPE) at positions q_pos0 (read at each
+// call; the cache then holds these rows' keys). The tap is removed when this object goes, also on an
+// exception.
+class AttentionTap {
+ public:
+  AttentionTap(Model& model, KvCache& cache, const int32_t& q_pos0,
+               std::function<void(int32_t, const AttentionParams&)> on_layer)
+      : model_(model) {
+    model.set_debug_tap([&model, &cache, &q_pos0, on_layer = std::move(on_layer), q = std::vector<float>()](
+                            const char* name, int layer, const float* data, int64_t rows,
+                            int64_t cols) mutable {
+      if (layer < 0) return;
+      if (std::string(name) == "q_rope") {
+        q.assign(data, data + rows * cols);
+        return;
+      }
+      if (std::string(name) != "attn_out") return;
+      on_layer(layer, layer_attention_params(model.config(), cache, layer, q.data(), int32_t(rows), q_pos0));
+    });
+  }
+  ~AttentionTap() { model_.set_debug_tap(nullptr); }
+  AttentionTap(const AttentionTap&) = delete;
+  AttentionTap& operator=(const AttentionTap&) = delete;
+
+ private:
+  Model& model_;
+};
+
+// prob[j] = the exact softmax attention (double) of query row `row` of head `head` on key j, for keys
+// [0, t] with t = q_pos0 + row.
+void exact_attention_row(const AttentionParams& p, int32_t head, int32_t row, std::vector<double>& prob) {
+  const int32_t t = p.q_pos0 + row, HD = p.head_dim;
+  const float* qi = p.q + int64_t(row) * p.q_stride + int64_t(head) * HD;
+  const uint16_t* kh = p.k + int64_t(head / (p.n_head / p.n_kv_head)) * p.kv_head_stride;
+  prob.assign(size_t(t) + 1, 0.0);
+  double mx = -1e300;
+  for (int32_t j = 0; j <= t; ++j) {
+    double s = 0;
+    for (int32_t d = 0; d < HD; ++d) s += double(qi[d]) * fp16_to_fp32(kh[int64_t(j) * p.kv_pos_stride + d]);
+    prob[size_t(j)] = s * p.scale;
+    mx = std::max(mx, prob[size_t(j)]);
+  }
+  double sum = 0;
+  for (int32_t j = 0; j <= t; ++j) sum += (prob[size_t(j)] = std::exp(prob[size_t(j)] - mx));
+  for (int32_t j = 0; j <= t; ++j) prob[size_t(j)] /= sum;
 }
 
 // -log softmax(logits)[target], in double.
@@ -177,7 +226,7 @@ NeedleResult evaluate_needle(Model& model, const PasskeyPrompt& prompt, ThreadPo
   const HipConfig hip = probe ? *probe : model.attention().hip;
   const std::string why = hip.validate();
   HS_CHECK(why.empty(), "needle: %s", why.c_str());
-  const int32_t n = int32_t(prompt.tokens.size()), HD = c.head_dim, QD = c.q_dim();
+  const int32_t n = int32_t(prompt.tokens.size());
   HS_CHECK(n >= 2, "needle: prompt of %d tokens is too short", n);
   // The key's digit tokens: the digits among the needle's tokens (both mentions of the key).
   std::vector<int32_t> digits;
@@ -200,46 +249,24 @@ NeedleResult evaluate_needle(Model& model, const PasskeyPrompt& prompt, ThreadPo
   KvCache cache(c, n);
   if (pos0 > 0)
     model.prefill(cache, std::span<const int32_t>(prompt.tokens.data(), size_t(pos0)), nullptr, pool);
-  std::vector<float> q;
-  model.set_debug_tap([&](const char* name, int layer, const float* data, int64_t rows, int64_t cols) {
-    if (layer < 0) return;
-    if (std::string(name) == "q_rope") {
-      q.assign(data, data + rows * cols);
-      return;
-    }
-    if (std::string(name) != "attn_out") return;
-    const AttentionParams p = layer_attention_params(c, cache, layer, q.data(), int32_t(rows), pos0);
-    const int32_t t = n - 1, G = c.n_head / c.n_head_kv;
+  AttentionTap tap(model, cache, pos0, [&](int32_t layer, const AttentionParams& p) {
+    const int32_t t = n - 1, last = p.n_q - 1;
     std::vector<double> mass(size_t(c.n_head), 0.0);
-    std::vector<int32_t> top(size_t(c.n_head), -1);
     std::vector<uint8_t> hit(size_t(c.n_head), 0);
     pool.parallel_for(c.n_head, 1, [&](int64_t b, int64_t e) {
-      std::vector<double> s(size_t(t) + 1);
+      std::vector<double> prob;
       for (int64_t h = b; h < e; ++h) {
-        const float* qi = p.q + int64_t(rows - 1) * QD + h * HD;
-        const uint16_t* kh = p.k + (h / G) * p.kv_head_stride;
-        double mx = -1e300;
-        for (int32_t j = 0; j <= t; ++j) {
-          const uint16_t* kj = kh + int64_t(j) * p.kv_pos_stride;
-          double d = 0;
-          for (int32_t x = 0; x < HD; ++x) d += double(qi[x]) * fp16_to_fp32(kj[x]);
-          s[size_t(j)] = d * p.scale;
-          mx = std::max(mx, s[size_t(j)]);
-        }
-        double z = 0;
-        for (int32_t j = 0; j <= t; ++j) z += std::exp(s[size_t(j)] - mx);
+        exact_attention_row(p, int32_t(h), last, prob);
         double best = -1;
+        int32_t top = -1;
         for (int32_t j : digits) {
-          const double a = std::exp(s[size_t(j)] - mx) / z;
-          mass[size_t(h)] += a;
-          if (a > best) best = a, top[size_t(h)] = j;
+          mass[size_t(h)] += prob[size_t(j)];
+          if (prob[size_t(j)] > best) best = prob[size_t(j)], top = j;
         }
         // What HiP attends for row t: the selected blocks of the last query block, the sink, the window.
-        const int32_t m = (rows - 1) / hip.block_q;
-        const std::vector<int32_t> blocks = hip_estimate_blocks(hip, p, int32_t(h), m);
-        const int32_t j = top[size_t(h)];
-        bool in = j < hip.n_sink || j > t - hip.window;
-        for (int32_t blk : blocks) in = in || (j >= blk * hip.block_k && j < (blk + 1) * hip.block_k);
+        const std::vector<int32_t> blocks = hip_estimate_blocks(hip, p, int32_t(h), last / hip.block_q);
+        bool in = top < hip.n_sink || top > t - hip.window;
+        for (int32_t blk : blocks) in = in || (top >= blk * hip.block_k && top < (blk + 1) * hip.block_k);
         hit[size_t(h)] = in;
       }
     });
@@ -254,7 +281,6 @@ NeedleResult evaluate_needle(Model& model, const PasskeyPrompt& prompt, ThreadPo
     }
   });
   model.prefill(cache, std::span<const int32_t>(prompt.tokens.data() + pos0, size_t(n_rows)), nullptr, pool);
-  model.set_debug_tap({});
   return res;
 }
 
@@ -284,16 +310,7 @@ RecallResult evaluate_recall(Model& model, const std::vector<int32_t>& tokens, i
   model.prefill(cache, std::span<const int32_t>(tokens.data(), n_ctx_tokens), nullptr, pool,
                 [&](int64_t d, int64_t) { if (progress) progress(d, ctx); });
 
-  // Capture q (after RoPE) of the query rows per layer; at attn_out the cache holds this layer's keys.
-  std::vector<float> q;
-  model.set_debug_tap([&](const char* name, int layer, const float* data, int64_t rows, int64_t cols) {
-    if (layer < 0) return;
-    if (std::string(name) == "q_rope") {
-      q.assign(data, data + rows * cols);
-      return;
-    }
-    if (std::string(name) != "attn_out") return;
-    const AttentionParams p = layer_attention_params(c, cache, layer, q.data(), int32_t(rows), n_ctx_tokens);
+  AttentionTap tap(model, cache, n_ctx_tokens, [&](int32_t layer, const AttentionParams& p) {
     const int32_t n_qb = (p.n_q + hip.block_q - 1) / hip.block_q;
     std::vector<std::pair<double, int32_t>> per_row(c.n_head * n_qb, {0.0, 0});
     pool.parallel_for(int64_t(c.n_head) * n_qb, 1, [&](int64_t b, int64_t e) {
@@ -347,13 +364,7 @@ RecallResult evaluate_recall(Model& model, const std::vector<int32_t>& tokens, i
     if (progress) progress(n_ctx_tokens + int64_t(layer + 1) * n_query / c.n_layer, ctx);
   });
   std::vector<float> dummy(c.n_vocab);
-  try {
-    model.prefill(cache, std::span<const int32_t>(tokens.data() + n_ctx_tokens, n_query), dummy.data(), pool);
-  } catch (...) {
-    model.set_debug_tap(nullptr);
-    throw;
-  }
-  model.set_debug_tap(nullptr);
+  model.prefill(cache, std::span<const int32_t>(tokens.data() + n_ctx_tokens, n_query), dummy.data(), pool);
   res.seconds = seconds_since(t0);
   return res;
 }
@@ -366,7 +377,6 @@ MaskPicture evaluate_mask_picture(Model& model, const std::vector<int32_t>& toke
   HS_CHECK(head >= 0 && head < c.n_head, "head %d is out of range [0, %d)", head, c.n_head);
   HS_CHECK(grid >= 8 && grid <= ctx, "grid %d must be in [8, ctx]", grid);
   const HipConfig hip = model.attention().hip;
-  const int32_t HD = c.head_dim, QD = c.q_dim();
   MaskPicture pic;
   pic.ctx = ctx, pic.layer = layer, pic.head = head, pic.grid = grid;
   pic.attention.assign(size_t(grid) * grid, 0.0f);
@@ -374,18 +384,9 @@ MaskPicture evaluate_mask_picture(Model& model, const std::vector<int32_t>& toke
   auto cell = [&](int32_t pos) { return int32_t(int64_t(pos) * grid / ctx); };
 
   KvCache cache(c, ctx);
-  std::vector<float> q;
   int32_t chunk_pos0 = 0;
-  model.set_debug_tap([&](const char* name, int il, const float* data, int64_t rows, int64_t cols) {
+  AttentionTap tap(model, cache, chunk_pos0, [&](int32_t il, const AttentionParams& p) {
     if (il != layer) return;
-    if (std::string(name) == "q_rope") {
-      q.assign(data, data + rows * cols);
-      return;
-    }
-    if (std::string(name) != "attn_out") return;
-    const AttentionParams p = layer_attention_params(c, cache, layer, q.data(), int32_t(rows), chunk_pos0);
-    const int32_t g = head / (c.n_head / c.n_head_kv);
-    const uint16_t* kh = p.k + g * p.kv_head_stride;
     const int32_t n_qb = (p.n_q + hip.block_q - 1) / hip.block_q;
     std::vector<double> prob;
     for (int32_t m = 0; m < n_qb; ++m) {
@@ -395,21 +396,11 @@ MaskPicture evaluate_mask_picture(Model& model, const std::vector<int32_t>& toke
         for (int32_t j = b * hip.block_k; j < std::min(p.n_kv, (b + 1) * hip.block_k); ++j) sel[j] = 1;
       for (int32_t i = m * hip.block_q; i < std::min(p.n_q, (m + 1) * hip.block_q); ++i) {
         const int32_t t = p.q_pos0 + i;
-        const float* qi = p.q + int64_t(i) * QD + head * HD;
-        prob.assign(t + 1, 0.0);
-        double mx = -1e300;
-        for (int32_t j = 0; j <= t; ++j) {
-          double s = 0;
-          for (int32_t d = 0; d < HD; ++d) s += double(qi[d]) * fp16_to_fp32(kh[int64_t(j) * p.kv_pos_stride + d]);
-          prob[j] = s * p.scale;
-          mx = std::max(mx, prob[j]);
-        }
-        double sum = 0;
-        for (int32_t j = 0; j <= t; ++j) sum += (prob[j] = std::exp(prob[j] - mx));
+        exact_attention_row(p, head, i, prob);
         const int32_t ci = cell(t);
         for (int32_t j = 0; j <= t; ++j) {
           const size_t at = size_t(ci) * grid + cell(j);
-          pic.attention[at] = std::max(pic.attention[at], float(prob[j] / sum));
+          pic.attention[at] = std::max(pic.attention[at], float(prob[j]));
           const bool attended = j < hip.n_sink || j > t - hip.window || (sel[j] && j <= t - hip.window);
           covered[at] += attended;
           pairs[at] += 1;
@@ -418,18 +409,12 @@ MaskPicture evaluate_mask_picture(Model& model, const std::vector<int32_t>& toke
     }
   });
   const int32_t chunk = model.max_batch_tokens();
-  try {
-    for (int32_t start = 0; start < ctx; start += chunk) {
-      chunk_pos0 = start;
-      const int32_t n = std::min(chunk, ctx - start);
-      SeqBatch s{&cache, tokens.data() + start, n, false, nullptr};
-      model.forward(std::span<const SeqBatch>(&s, 1), pool);
-    }
-  } catch (...) {
-    model.set_debug_tap(nullptr);
-    throw;
+  for (int32_t start = 0; start < ctx; start += chunk) {
+    chunk_pos0 = start;
+    const int32_t n = std::min(chunk, ctx - start);
+    SeqBatch s{&cache, tokens.data() + start, n, false, nullptr};
+    model.forward(std::span<const SeqBatch>(&s, 1), pool);
   }
-  model.set_debug_tap(nullptr);
   pic.mask.assign(size_t(grid) * grid, 0.0f);
   for (size_t i = 0; i < pic.mask.size(); ++i) pic.mask[i] = pairs[i] > 0 ? float(covered[i] / pairs[i]) : 0.0f;
   return pic;

@@ -19,17 +19,10 @@ TEST(Evaluate, PasskeyVerdictIsTheFirstRunOfFiveDigits) {
   EXPECT_TRUE(passkey_answer_correct("07001", 7001));  // keys print with leading zeros
 }
 
-struct AttnGuard {  // restores the shared model's attention config
-  Model& m;
-  AttentionConfig saved;
-  explicit AttnGuard(Model& model) : m(model), saved(model.attention()) {}
-  ~AttnGuard() { m.set_attention(saved); }
-};
-
 TEST(Evaluate, NeedleDiagnosticCoversEveryRetrievalHeadOnlyWhenTheMaskKeepsEverything) {
   HS_REQUIRE_SMOLLM2();
   Model& m = *testing::smollm2();
-  AttnGuard guard(m);
+  testing::AttentionGuard guard(m);
   ThreadPool pool(2);
   const PasskeyPrompt p = make_passkey_prompt(m.tokenizer(), 1024, 0.5, 14958);
   const int32_t L = m.config().n_layer;

@@ -33,17 +33,10 @@ std::vector<int32_t> text_tokens(const Tokenizer& tok, size_t n) {
   return ids;
 }
 
-struct AttnGuard {  // restores the shared model's attention config
-  Model& m;
-  AttentionConfig saved;
-  explicit AttnGuard(Model& model) : m(model), saved(model.attention()) {}
-  ~AttnGuard() { m.set_attention(saved); }
-};
-
 TEST(HipModel, DegenerateHipEqualsDenseInPrefillAndDecode) {
   HS_REQUIRE_SMOLLM2();
   Model& m = *testing::smollm2();
-  AttnGuard guard(m);
+  testing::AttentionGuard guard(m);
   ThreadPool pool(2);
   const int32_t V = m.config().n_vocab;
   const std::vector<int32_t> toks = text_tokens(m.tokenizer(), 300);
@@ -77,7 +70,7 @@ TEST(HipModel, HipDecodeTracksDenseOnRealText) {
   HS_REQUIRE_SMOLLM2();
   if (!have_shared_text()) GTEST_SKIP() << "needs real text: " << kTextPath << " not found";
   Model& m = *testing::smollm2();
-  AttnGuard guard(m);
+  testing::AttentionGuard guard(m);
   ThreadPool pool(2);
   const int32_t V = m.config().n_vocab;
 #ifdef HIPSERVE_SANITIZED
@@ -115,7 +108,7 @@ TEST(HipModel, HipDecodeTracksDenseOnRealText) {
 TEST(HipModel, FastEstimatorEqualsTranscriptionOnRealActivations) {
   HS_REQUIRE_SMOLLM2();
   Model& m = *testing::smollm2();
-  AttnGuard guard(m);
+  testing::AttentionGuard guard(m);
   ThreadPool pool(2);
   const ModelConfig& c = m.config();
 #ifdef HIPSERVE_SANITIZED

@@ -38,6 +38,14 @@ inline std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
   return t;
 }
 
+// Restores a model's attention settings when it goes (tests that change the shared model's attention).
+struct AttentionGuard {
+  Model& m;
+  AttentionConfig saved;
+  explicit AttentionGuard(Model& model) : m(model), saved(model.attention()) {}
+  ~AttentionGuard() { m.set_attention(saved); }
+};
+
 #define HS_REQUIRE_SMOLLM2()                                                                                   \
   if (!::hs::testing::have_smollm2())                                                                           \
   GTEST_SKIP() << "SmolLM2 model not found at " << ::hs::testing::smollm2_path()                               \

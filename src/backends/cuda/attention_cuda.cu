@@ -526,18 +526,19 @@ __device__ void decode_split_body(const DecodeArgs& a, const Keys& keys, int hea
     for (int u = 0; u < UNR; ++u) {
       float kf[8];
       bf16x8_to_float(kr[u], kf);
+      float part[GH];  // this lane's 8 dims of each head's dot product
+#pragma unroll
+      for (int h = 0; h < GH; ++h) {
+        part[h] = 0.f;
+#pragma unroll
+        for (int d = 0; d < 8; ++d) part[h] = fmaf(q[h][d], kf[d], part[h]);
+      }
       if constexpr (GH == 4 && LPK == 16) {
         // Four heads' partial dots reduced over the 16 lanes of the key with 5 shuffles instead of 16: at
         // distance 8 each lane keeps two heads and sends the other two, at 4 one head, then a plain sum over
         // the last 4 lanes; lane bits (3, 2) name the head it then holds, and 4 shuffles hand every lane all
         // four sums (9 shuffles per key instead of 16). H100, one 128K layer of H 32/8: 0.214 vs 0.218 ms.
-        float s4[4];
-#pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          s4[h] = 0.f;
-#pragma unroll
-          for (int d = 0; d < 8; ++d) s4[h] = fmaf(q[h][d], kf[d], s4[h]);
-        }
+        const float(&s4)[4] = part;
         const bool b3 = sub & 8, b2 = sub & 4;
         float k0 = b3 ? s4[2] : s4[0], k1 = b3 ? s4[3] : s4[1];
         k0 += __shfl_xor_sync(0xffffffffu, b3 ? s4[0] : s4[2], 8);
@@ -555,9 +556,7 @@ __device__ void decode_split_body(const DecodeArgs& a, const Keys& keys, int hea
       } else {
 #pragma unroll
         for (int h = 0; h < GH; ++h) {
-          float s = 0.f;
-#pragma unroll
-          for (int d = 0; d < 8; ++d) s = fmaf(q[h][d], kf[d], s);
+          float s = part[h];
 #pragma unroll
           for (int off = 1; off < LPK; off <<= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
           sc[h][u] = kp[u] >= 0 ? s : -INFINITY;
